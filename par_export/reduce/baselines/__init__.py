@@ -1,0 +1,5 @@
+"""Peer reducers behind PAR's interface (PAR_SPEC.md, "Baselines"); importing registers them."""
+
+from par_export.reduce.baselines import cls_attn, pool, prumerge, random_keep, text_sim, visionzip
+
+__all__ = ["cls_attn", "pool", "prumerge", "random_keep", "text_sim", "visionzip"]

@@ -1,0 +1,81 @@
+"""``prumerge`` / ``prumerge+``: IQR outliers of CLS attention, the rest merged in (LLaVA-PruMerge)."""
+
+from __future__ import annotations
+
+import torch
+
+from par_export.reduce.budget import fixed_budget
+from par_export.reduce.clustering import cosine_similarity_matrix
+from par_export.reduce.output import ReductionOutput
+from par_export.reduce.reducer import TokenReducer
+from par_export.reduce.registry import register
+from par_export.reduce.retrieval import min_max
+from par_export.reduce.router import center_slots, evenly_spaced, merge_tokens, route_to_centers, select_centers
+
+
+def quartiles(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and third quartile per row of ``[B, N]`` (linear interpolation), each ``[B, 1]``.
+
+    Written with a sort and static positions so that it exports (no ``quantile`` op).
+    """
+    n = values.shape[-1]
+    ordered = torch.sort(values, dim=-1).values
+
+    def at(q: float) -> torch.Tensor:
+        pos = q * (n - 1)
+        low = int(pos)
+        high = min(low + 1, n - 1)
+        frac = pos - low
+        return ordered[:, low : low + 1] * (1.0 - frac) + ordered[:, high : high + 1] * frac
+
+    return at(0.25), at(0.75)
+
+
+@register
+class PruMergeReducer(TokenReducer):
+    """Keeps tokens whose CLS attention is an IQR outlier (``> Q3 + 1.5 IQR``), at most K
+    (at least 1); ``prumerge+`` adds spatially uniform samples up to K.
+
+    Every other token is merged into its most similar kept token, weighted by its
+    CLS attention. PruMerge updates each kept token from its k nearest neighbours;
+    our reconstruction uses the partition of the shared router instead.
+    """
+
+    name = "prumerge"
+    description = "IQR outliers of CLS attention (adaptive, <= K) + attention-weighted merge (PruMerge)"
+    needs_attn = True
+    supports_auto = True  # the outlier count is adaptive; "auto" caps it at k_max
+    spatial_fill = False
+
+    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width):
+        b, n, _ = visual_tokens.shape
+        weights = attn.float()
+        cap = fixed_budget(width if isinstance(budget, str) else budget, b, visual_tokens.device)
+        q1, q3 = quartiles(weights)
+        outlier = weights > q3 + 1.5 * (q3 - q1)
+        chosen = outlier
+        if self.spatial_fill:
+            chosen = outlier | evenly_spaced(~outlier, (cap - outlier.sum(dim=-1)).clamp_min(0))
+        num_kept = torch.minimum(chosen.sum(dim=-1), cap).clamp_min(1)
+
+        keep_index, valid = select_centers(min_max(weights) + 2.0 * chosen.float(), num_kept, width)
+        own_slots = center_slots(keep_index, valid, n)
+        similarity = cosine_similarity_matrix(visual_tokens, self.config.eps)
+        assignment = route_to_centers(similarity, keep_index, valid, own_slots)
+        log_weights = torch.log(weights.clamp_min(torch.finfo(torch.float32).tiny))
+        return ReductionOutput(
+            tokens=merge_tokens(visual_tokens, assignment, log_weights, width).to(visual_tokens.dtype),
+            keep_index=keep_index,
+            assignment=assignment,
+            valid=valid,
+            num_kept=num_kept,
+            scores=weights,
+        )
+
+
+@register
+class PruMergePlusReducer(PruMergeReducer):
+    name = "prumerge+"
+    description = "PruMerge + spatially uniform samples up to K (PruMerge+)"
+    supports_auto = False
+    spatial_fill = True

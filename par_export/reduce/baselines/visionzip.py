@@ -1,0 +1,58 @@
+"""``visionzip``: dominant tokens by CLS attention + contextual tokens merged (VisionZip)."""
+
+from __future__ import annotations
+
+import torch
+
+from par_export.reduce.budget import fixed_budget
+from par_export.reduce.clustering import cosine_similarity_matrix
+from par_export.reduce.output import ReductionOutput
+from par_export.reduce.reducer import TokenReducer
+from par_export.reduce.registry import register
+from par_export.reduce.router import center_slots, evenly_spaced, merge_tokens, route_to_centers, select_centers, top_indices
+
+
+def dominant_count(num_kept: torch.Tensor, dominant: int = 54, total: int = 64) -> torch.Tensor:
+    """VisionZip's split of K: 54 dominant of 64 (108/128, 162/192), rounded."""
+    return (num_kept * dominant * 2 + total) // (total * 2)
+
+
+@register
+class VisionZipReducer(TokenReducer):
+    """Keeps the top dominant tokens by CLS attention; the remaining tokens are
+    averaged into contextual tokens: targets evenly spaced over them, each
+    remaining token merged into its most similar target.
+
+    Our reconstruction measures similarity on the tokens themselves (VisionZip uses
+    the last layer's attention keys).
+    """
+
+    name = "visionzip"
+    description = "dominant tokens by CLS attention + merged contextual tokens (VisionZip)"
+    needs_attn = True
+
+    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width):
+        b, n, _ = visual_tokens.shape
+        num_kept = fixed_budget(budget, b, visual_tokens.device)
+        num_dominant = dominant_count(num_kept)
+        order = top_indices(attn.float(), n)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(b, n))
+        dominant = rank < num_dominant.unsqueeze(-1)
+        target = evenly_spaced(~dominant, num_kept - num_dominant)
+
+        keep_index, valid = select_centers((dominant | target).float(), num_kept, width)
+        own_slots = center_slots(keep_index, valid, n)
+        is_target = torch.gather(target, 1, keep_index.clamp_min(0)) & valid
+        similarity = cosine_similarity_matrix(visual_tokens, self.config.eps)
+        routed = route_to_centers(similarity, keep_index, is_target, own_slots)
+        has_targets = is_target.any(dim=-1, keepdim=True)
+        assignment = torch.where((own_slots >= 0) | has_targets, routed, torch.full_like(routed, -1))
+        merged = merge_tokens(visual_tokens, assignment, torch.zeros(b, n, device=visual_tokens.device), width)
+        return ReductionOutput(
+            tokens=merged.to(visual_tokens.dtype),
+            keep_index=keep_index,
+            assignment=assignment,
+            valid=valid,
+            num_kept=num_kept,
+            scores=attn.float(),
+        )

@@ -1,0 +1,77 @@
+"""Input validation shared by all reducers: clear errors instead of failures deep in torch.
+
+The checks read tensor values, so they run only in eager mode; under tracing or
+export the graph must not depend on them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def is_exporting() -> bool:
+    """True while torch traces the model (TorchScript, dynamo, ONNX export)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+def check_float_tensor(name: str, value: object, shape: str, rank: int) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {shape}, got {type(value).__name__}")
+    if value.dim() != rank:
+        raise ValueError(f"{name} must have rank {rank} {shape}, got shape {tuple(value.shape)}")
+    if value.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {value.dtype}")
+    if not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise ValueError(f"{name} contains {bad} NaN/Inf value(s); reducers need finite inputs")
+    return value
+
+
+def check_reducer_inputs(
+    visual_tokens: object,
+    prompt_embedding: object,
+    prompt_mask: object,
+    attn: object,
+) -> None:
+    """Validate ranks, shapes, dtypes and finiteness of a reducer's inputs."""
+    tokens = check_float_tensor("visual_tokens", visual_tokens, "[B, N, D]", 3)
+    b, n, _ = tokens.shape
+    if n < 2:
+        raise ValueError(f"visual_tokens needs at least 2 tokens per image, got N={n}")
+    if prompt_embedding is not None:
+        prompt = check_float_tensor("prompt_embedding", prompt_embedding, "[B, P, Dq]", 3)
+        if prompt.shape[0] != b:
+            raise ValueError(f"prompt_embedding has batch {prompt.shape[0]}, visual_tokens has batch {b}")
+        if prompt_mask is not None:
+            if not isinstance(prompt_mask, torch.Tensor) or tuple(prompt_mask.shape) != tuple(prompt.shape[:2]):
+                got = tuple(prompt_mask.shape) if isinstance(prompt_mask, torch.Tensor) else type(prompt_mask).__name__
+                raise ValueError(f"prompt_mask must be a [B, P] = {tuple(prompt.shape[:2])} tensor, got {got}")
+    elif prompt_mask is not None:
+        raise ValueError("prompt_mask was given without prompt_embedding")
+    if attn is not None:
+        weights = check_float_tensor("attn", attn, "[B, N]", 2)
+        if tuple(weights.shape) != (b, n):
+            raise ValueError(f"attn must have shape [B, N] = {(b, n)}, got {tuple(weights.shape)}")
+
+
+def check_budget_value(budget: object, num_tokens: int, max_width: int, supports_auto: bool, method: str) -> None:
+    """Validate a call's budget: int in [1, N], ``"auto"``, or a 0-d integer tensor."""
+    if isinstance(budget, str):
+        if budget != "auto":
+            raise ValueError(f"budget must be a positive int or 'auto', got {budget!r}")
+        if not supports_auto:
+            raise ValueError(f"method {method!r} has no adaptive budget; pass an int budget (1..N)")
+        return
+    if isinstance(budget, torch.Tensor):
+        if budget.dim() != 0 or budget.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"a tensor budget must be a 0-d int32/int64 tensor, got {budget.dtype} {tuple(budget.shape)}")
+        k = int(budget)
+        if not 1 <= k <= max_width:
+            raise ValueError(f"tensor budget must be in [1, {max_width}] (k_max, N={num_tokens}), got {k}")
+        return
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise ValueError(f"budget must be a positive int, 'auto' or a 0-d int tensor, got {budget!r}")
+    if not 1 <= budget <= num_tokens:
+        raise ValueError(f"budget must be in [1, N={num_tokens}], got {budget}")

@@ -1,0 +1,97 @@
+"""PAR's configuration: one frozen dataclass whose defaults are those of PAR_SPEC.md."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+Budget = Union[int, Literal["auto"]]
+
+
+@dataclass(frozen=True)
+class PARConfig:
+    """Every option of the PAR pipeline (PAR_SPEC.md, "Pipeline (defaults)").
+
+    Attributes:
+        rewrite: ``"template"`` turns the user prompt into a retrieval query with
+            ``template``; ``"none"`` uses the prompt as given.
+        template: query template; ``{rest}`` is the prompt without chat scaffolding.
+        space: retrieval space. ``"clip"``: CLIP joint space (needs a CLIP text
+            tower); ``"llm"``: LLM input-embedding space against projected tokens.
+        budget: fixed number of kept tokens K, or ``"auto"`` for the adaptive rule
+            ``K = clamp(#{z_i > alpha}, k_min, k_max)``.
+        alpha, k_min, k_max: adaptive budget threshold (in standard deviations) and
+            bounds. ``k_max`` is also the padded output width when the budget is a
+            tensor (dynamic K, as in an exported graph).
+        k_nn: neighbours per token in the kNN graph used for the density.
+        beta: weight of relevance against distinctiveness in the router score.
+        tau: temperature of the merge weights ``softmax(z / tau)``.
+        gamma: tokens with relevance ``z <= -gamma`` are dropped, not merged.
+        router: ``"merge"`` merges every routed token into its center; ``"keep"``
+            keeps the centers unmerged.
+        eps: numerical floor for divisions (std, min-max ranges).
+    """
+
+    rewrite: Literal["template", "none"] = "template"
+    template: str = "a photo of {rest}"
+    space: Literal["clip", "llm"] = "clip"
+    budget: Budget = "auto"
+    alpha: float = 0.0
+    k_min: int = 16
+    k_max: int = 192
+    k_nn: int = 8
+    beta: float = 0.7
+    tau: float = 1.0
+    gamma: float = 1.0
+    router: Literal["merge", "keep"] = "merge"
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        _check_choice("rewrite", self.rewrite, ("template", "none"))
+        _check_choice("space", self.space, ("clip", "llm"))
+        _check_choice("router", self.router, ("merge", "keep"))
+        if "{rest}" not in self.template:
+            raise ValueError(f"PARConfig.template must contain '{{rest}}', got {self.template!r}")
+        check_budget(self.budget, name="PARConfig.budget")
+        if not 1 <= self.k_min <= self.k_max:
+            raise ValueError(
+                f"PARConfig needs 1 <= k_min <= k_max, got k_min={self.k_min}, k_max={self.k_max}"
+            )
+        if self.k_nn < 1:
+            raise ValueError(f"PARConfig.k_nn must be >= 1, got {self.k_nn}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"PARConfig.beta must be in [0, 1], got {self.beta}")
+        if self.tau <= 0:
+            raise ValueError(f"PARConfig.tau must be > 0, got {self.tau}")
+        if self.eps <= 0:
+            raise ValueError(f"PARConfig.eps must be > 0, got {self.eps}")
+
+    def replace(self, **changes: Any) -> "PARConfig":
+        """A copy with ``changes`` applied (the dataclass is frozen)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown PARConfig option(s): {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PARConfig":
+        return cls().replace(**values)
+
+
+def check_budget(budget: Any, name: str = "budget") -> None:
+    """Raise ``ValueError`` unless ``budget`` is a positive int or ``"auto"``."""
+    if budget == "auto":
+        return
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise ValueError(f"{name} must be a positive int or 'auto', got {budget!r}")
+    if budget <= 0:
+        raise ValueError(f"{name} must be > 0, got {budget}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"PARConfig.{name} must be one of {choices}, got {value!r}")

@@ -1,0 +1,61 @@
+"""PAR: prompt-aware retrieval + density-peak clustering + token router (PAR_SPEC.md)."""
+
+from __future__ import annotations
+
+import torch
+
+from par_export.reduce.budget import adaptive_budget, fixed_budget
+from par_export.reduce.clustering import cosine_similarity_matrix, distinctiveness
+from par_export.reduce.output import ReductionOutput
+from par_export.reduce.reducer import TokenReducer
+from par_export.reduce.registry import register
+from par_export.reduce.retrieval import min_max, standardized_relevance
+from par_export.reduce.router import center_slots, merge_tokens, route_to_centers, select_centers
+
+
+def resolve_num_kept(budget: int | str | torch.Tensor, z: torch.Tensor, config) -> torch.Tensor:
+    """``[B]`` int64 K per image: adaptive from ``z`` for ``"auto"``, else the fixed budget."""
+    if isinstance(budget, str):
+        return adaptive_budget(z, config.alpha, config.k_min, config.k_max)
+    return fixed_budget(budget, z.shape[0], z.device)
+
+
+@register
+class PARReducer(TokenReducer):
+    """PAR_SPEC.md steps 3-6 on ``[B, N, D]`` tokens.
+
+    The optional ``query_projection`` maps visual tokens into the prompt's space
+    (CLIP: post-LayerNorm + visual projection; LLM: the multimodal projector).
+    """
+
+    name = "par"
+    description = "PAR: prompt relevance + density-peak clusters + token router (merge)"
+    supports_auto = True
+    uses_prompt = True
+
+    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width) -> ReductionOutput:
+        cfg = self.config
+        query_tokens = None if prompt_embedding is None else self.query_projection(visual_tokens)
+        z = standardized_relevance(query_tokens, prompt_embedding, prompt_mask, attn, cfg.eps)  # [B, N]
+        num_kept = resolve_num_kept(budget, z, cfg)
+
+        similarity = cosine_similarity_matrix(visual_tokens, cfg.eps)  # [B, N, N]
+        scores = cfg.beta * min_max(z, cfg.eps) + (1.0 - cfg.beta) * distinctiveness(similarity, cfg.k_nn, cfg.eps)
+        keep_index, valid = select_centers(scores, num_kept, width)
+
+        own_slots = center_slots(keep_index, valid, visual_tokens.shape[1])
+        if cfg.router == "keep":
+            assignment = own_slots
+        else:
+            routed = route_to_centers(similarity, keep_index, valid, own_slots)
+            kept = (own_slots >= 0) | (z > -cfg.gamma)
+            assignment = torch.where(kept, routed, torch.full_like(routed, -1))
+        merged = merge_tokens(visual_tokens, assignment, z / cfg.tau, width)
+        return ReductionOutput(
+            tokens=merged.to(visual_tokens.dtype),
+            keep_index=keep_index,
+            assignment=assignment,
+            valid=valid,
+            num_kept=num_kept,
+            scores=scores,
+        )

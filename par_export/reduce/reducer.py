@@ -1,0 +1,80 @@
+"""What every reducer shares: input checks, budget resolution, the call signature."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from par_export.reduce.checks import check_budget_value, check_reducer_inputs, is_exporting
+from par_export.reduce.config import PARConfig
+from par_export.reduce.output import ReductionOutput
+
+
+class TokenReducer(nn.Module):
+    """Base of PAR and the baselines.
+
+    Call: ``reducer(visual_tokens [B, N, D], prompt_embedding [B, P, Dq] | None,
+    attn [B, N] | None, budget=None, prompt_mask [B, P] | None) -> ReductionOutput``.
+
+    ``budget`` is a python int K (output width K), ``"auto"`` (adaptive K, output
+    width ``min(k_max, N)``) or a 0-d int tensor (dynamic K, as in an exported
+    graph; output width ``min(k_max, N)``); ``None`` takes ``config.budget``.
+
+    Subclasses set the class attributes and implement :meth:`reduce`.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    supports_auto: ClassVar[bool] = False
+    needs_attn: ClassVar[bool] = False  # CLS attention is required
+    uses_prompt: ClassVar[bool] = False  # relevance from the prompt, CLS attention as fallback
+
+    def __init__(self, config: PARConfig | None = None, query_projection: nn.Module | None = None):
+        super().__init__()
+        self.config = config if config is not None else PARConfig()
+        # Maps visual tokens [B, N, D] into the prompt's space [B, N, Dq]; identity if None.
+        self.query_projection = query_projection if query_projection is not None else nn.Identity()
+
+    def forward(
+        self,
+        visual_tokens: torch.Tensor,
+        prompt_embedding: torch.Tensor | None = None,
+        attn: torch.Tensor | None = None,
+        budget: int | str | torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
+    ) -> ReductionOutput:
+        budget = self.config.budget if budget is None else budget
+        num_tokens = visual_tokens.shape[1]
+        width = budget if isinstance(budget, int) else min(self.config.k_max, num_tokens)
+        if not is_exporting():
+            check_reducer_inputs(visual_tokens, prompt_embedding, prompt_mask, attn)
+            check_budget_value(budget, num_tokens, width, self.supports_auto, self.name)
+            self._check_sources(prompt_embedding, prompt_mask, attn)
+        return self.reduce(visual_tokens, prompt_embedding, prompt_mask, attn, budget, width)
+
+    def reduce(
+        self,
+        visual_tokens: torch.Tensor,
+        prompt_embedding: torch.Tensor | None,
+        prompt_mask: torch.Tensor | None,
+        attn: torch.Tensor | None,
+        budget: int | str | torch.Tensor,
+        width: int,
+    ) -> ReductionOutput:
+        raise NotImplementedError
+
+    def _check_sources(self, prompt_embedding, prompt_mask, attn) -> None:
+        if self.needs_attn and attn is None:
+            raise ValueError(f"method {self.name!r} ranks tokens by CLS attention: pass attn [B, N]")
+        if not self.uses_prompt or attn is not None:
+            return
+        if prompt_embedding is None:
+            raise ValueError(
+                f"method {self.name!r} needs prompt_embedding, or attn [B, N] for the prompt-agnostic fallback"
+            )
+        if prompt_mask is not None and not bool(prompt_mask.bool().any(dim=1).all()):
+            raise ValueError(
+                f"method {self.name!r}: some images have an empty prompt; pass attn [B, N] for their fallback"
+            )

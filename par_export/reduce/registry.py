@@ -1,0 +1,42 @@
+"""Reducers by name: ``create_reducer("par")``, ``available_methods()``."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from par_export.reduce.config import PARConfig
+from par_export.reduce.reducer import TokenReducer
+
+_REDUCERS: dict[str, type[TokenReducer]] = {}
+
+
+def register(cls: type[TokenReducer]) -> type[TokenReducer]:
+    """Class decorator: make ``cls`` available as ``create_reducer(cls.name)``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _REDUCERS and _REDUCERS[cls.name] is not cls:
+        raise ValueError(f"reducer name {cls.name!r} is already registered by {_REDUCERS[cls.name].__name__}")
+    _REDUCERS[cls.name] = cls
+    return cls
+
+
+def reducer_class(name: str) -> type[TokenReducer]:
+    try:
+        return _REDUCERS[name]
+    except KeyError:
+        raise ValueError(f"unknown reduction method {name!r}; available: {', '.join(sorted(_REDUCERS))}") from None
+
+
+def create_reducer(
+    name: str,
+    config: PARConfig | None = None,
+    query_projection: nn.Module | None = None,
+    **options,
+) -> TokenReducer:
+    """A reducer by registered name; ``options`` go to that reducer's constructor."""
+    return reducer_class(name)(config=config, query_projection=query_projection, **options)
+
+
+def available_methods() -> dict[str, str]:
+    """``{name: one-line description}`` of every registered reducer."""
+    return {name: _REDUCERS[name].description for name in sorted(_REDUCERS)}

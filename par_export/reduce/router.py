@@ -1,0 +1,128 @@
+"""Step 6 of PAR: pick cluster centers, route every token to one, merge.
+
+Shared by PAR and the baselines: each reducer differs only in how it scores
+tokens, which tokens it routes and with what weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from par_export.reduce.output import ReductionOutput
+
+
+def top_indices(scores: torch.Tensor, width: int) -> torch.Tensor:
+    """Indices of the ``width`` highest scores per row, ties broken by lower index.
+
+    ``[B, N]`` -> ``[B, width]`` int64 in descending score order. A stable sort,
+    because ``torch.topk`` does not define the order of equal values.
+    """
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    return order[:, :width]
+
+
+def select_centers(scores: torch.Tensor, num_kept: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-``num_kept`` tokens by ``scores``, as ascending indices padded to ``width``.
+
+    Args:
+        scores: ``[B, N]``.
+        num_kept: ``[B]`` int64, ``<= width <= N``.
+    Returns:
+        keep_index ``[B, width]`` int64 (ascending, ``-1`` in padded slots) and
+        valid ``[B, width]`` bool.
+    """
+    n = scores.shape[-1]
+    ranked = top_indices(scores, width)
+    valid = torch.arange(width, device=scores.device).unsqueeze(0) < num_kept.unsqueeze(-1)
+    # Padded slots get the sentinel N so that an ascending sort moves them last.
+    ascending = torch.sort(torch.where(valid, ranked, torch.full_like(ranked, n)), dim=-1).values
+    keep_index = torch.where(valid, ascending, torch.full_like(ascending, -1))
+    return keep_index, valid
+
+
+def center_slots(keep_index: torch.Tensor, valid: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """``[B, N]`` int64: the slot of each token that is a center, ``-1`` for the others."""
+    tokens = torch.arange(num_tokens, device=keep_index.device)
+    is_slot = (tokens.view(1, -1, 1) == keep_index.unsqueeze(1)) & valid.unsqueeze(1)  # [B, N, W]
+    slot = is_slot.to(torch.int64).argmax(dim=-1)
+    return torch.where(is_slot.any(dim=-1), slot, torch.full_like(slot, -1))
+
+
+def route_to_centers(
+    similarity: torch.Tensor, keep_index: torch.Tensor, valid: torch.Tensor, own_slots: torch.Tensor
+) -> torch.Tensor:
+    """Slot of the most similar valid center for every token; centers route to themselves.
+
+    Args:
+        similarity: ``[B, N, N]``.
+        keep_index, valid: ``[B, W]`` from :func:`select_centers`.
+        own_slots: ``[B, N]`` from :func:`center_slots`.
+    Returns:
+        ``[B, N]`` int64 in ``[0, W)``; equal similarities go to the lower slot.
+    """
+    b, n, _ = similarity.shape
+    width = keep_index.shape[-1]
+    gather_index = keep_index.clamp_min(0).unsqueeze(1).expand(b, n, width)
+    to_centers = torch.gather(similarity, 2, gather_index).masked_fill(~valid.unsqueeze(1), float("-inf"))
+    nearest = to_centers.argmax(dim=-1)
+    return torch.where(own_slots >= 0, own_slots, nearest)
+
+
+def merge_tokens(tokens: torch.Tensor, assignment: torch.Tensor, log_weights: torch.Tensor, width: int) -> torch.Tensor:
+    """Weighted mean of the tokens assigned to each slot.
+
+    Each slot ``c`` gets ``sum_i w_i x_i / sum_i w_i`` over ``i`` with
+    ``assignment_i == c`` and ``w_i = exp(log_weights_i)``, i.e. a softmax of
+    ``log_weights`` within the cluster (computed relative to the cluster's maximum,
+    so any temperature is safe). Slots nobody is assigned to are zeros.
+
+    Args:
+        tokens: ``[B, N, D]``.
+        assignment: ``[B, N]`` int64, slot or ``-1`` (dropped).
+        log_weights: ``[B, N]``.
+    Returns:
+        ``[B, width, D]`` float32.
+    """
+    slots = torch.arange(width, device=tokens.device)
+    member = assignment.unsqueeze(-1) == slots.view(1, 1, -1)  # [B, N, W]
+    logits = log_weights.float().unsqueeze(-1).masked_fill(~member, float("-inf"))
+    cluster_max = logits.amax(dim=1, keepdim=True)  # [B, 1, W]
+    cluster_max = torch.where(torch.isfinite(cluster_max), cluster_max, torch.zeros_like(cluster_max))
+    weights = torch.exp(logits - cluster_max)  # zero outside the cluster
+    total = weights.sum(dim=1)  # [B, W]
+    merged = weights.transpose(1, 2) @ tokens.float()
+    return merged / total.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
+
+
+def keep_top_scoring(
+    visual_tokens: torch.Tensor, scores: torch.Tensor, num_kept: torch.Tensor, width: int
+) -> ReductionOutput:
+    """Keep the top-``num_kept`` tokens by ``scores`` unchanged and drop the rest.
+
+    Pruning-only reducers (random, CLS attention, text similarity) are this call.
+    """
+    keep_index, valid = select_centers(scores, num_kept, width)
+    assignment = center_slots(keep_index, valid, visual_tokens.shape[1])
+    gathered = torch.gather(
+        visual_tokens, 1, keep_index.clamp_min(0).unsqueeze(-1).expand(-1, -1, visual_tokens.shape[-1])
+    )
+    tokens = gathered * valid.unsqueeze(-1).to(gathered.dtype)
+    return ReductionOutput(
+        tokens=tokens, keep_index=keep_index, assignment=assignment, valid=valid, num_kept=num_kept, scores=scores.float()
+    )
+
+
+def evenly_spaced(candidates: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Pick ``count`` tokens spread evenly, in index order, over the ``candidates``.
+
+    Args:
+        candidates: ``[B, N]`` bool.
+        count: ``[B]`` int64; all candidates are picked when it exceeds their number.
+    Returns:
+        ``[B, N]`` bool, the first candidate always among the picked when ``count > 0``.
+    """
+    rank = candidates.to(torch.int64).cumsum(dim=-1) - 1  # rank among the candidates
+    total = candidates.sum(dim=-1, keepdim=True).clamp_min(1)
+    c = count.unsqueeze(-1)
+    starts_new_step = (rank * c) // total != ((rank - 1) * c) // total
+    return candidates & ((rank == 0) | starts_new_step) & (c > 0)
