@@ -14,18 +14,18 @@ def cosine_similarity_matrix(tokens: torch.Tensor, eps: float = 1e-6) -> torch.T
     return keys @ keys.transpose(1, 2)
 
 
-def distinctiveness(similarity: torch.Tensor, k_nn: int, eps: float = 1e-6) -> torch.Tensor:
-    """Density-peak score ``d_i = rho_i * delta_i``, min-max normalized per image.
+def density_peaks(similarity: torch.Tensor, k_nn: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density ``rho`` and separation ``delta`` of density-peak clustering.
 
     ``rho_i = exp(-mean_{j in kNN(i)} (1 - S_ij))`` over the ``k_nn`` nearest other
-    tokens; ``delta_i`` is the distance to the nearest token that comes before ``i``
-    in density order (denser, or equally dense with a lower index), and the
-    largest distance for the first token in that order.
+    tokens; ``delta_i`` is the distance ``1 - S_ij`` to the nearest token ``j`` that
+    comes before ``i`` in density order (denser, or equally dense with a lower
+    index), and the largest distance for the first token in that order.
 
     Args:
         similarity: ``[B, N, N]`` cosine similarity.
     Returns:
-        ``[B, N]`` float32 in ``[0, 1]``.
+        density ``[B, N]``, separation ``[B, N]``, both float32.
     """
     n = similarity.shape[-1]
     distance = 1.0 - similarity
@@ -42,4 +42,9 @@ def distinctiveness(similarity: torch.Tensor, k_nn: int, eps: float = 1e-6) -> t
     nearest_denser = distance.masked_fill(~precedes, float("inf")).amin(dim=-1)
     has_denser = precedes.any(dim=-1)
     separation = torch.where(has_denser, nearest_denser, distance.amax(dim=-1))
+    return density, separation
+
+
+def distinctiveness(density: torch.Tensor, separation: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``d_i = rho_i * delta_i``, min-max normalized per image to ``[0, 1]``: ``[B, N]``."""
     return min_max(density * separation, eps)

@@ -28,6 +28,11 @@ class PARConfig:
         beta: weight of relevance against distinctiveness in the router score.
         tau: temperature of the merge weights ``softmax(z / tau)``.
         gamma: tokens with relevance ``z <= -gamma`` are dropped, not merged.
+        duplicate_distance: a token within this cosine distance ``1 - S_ij`` of a
+            token before it in density order is a duplicate and ranks last as a
+            center candidate (our reconstruction: the paper's router removes
+            internal redundancy, and a weighted score alone would let a relevant
+            token and its copies all become centers).
         router: ``"merge"`` merges every routed token into its center; ``"keep"``
             keeps the centers unmerged.
         eps: numerical floor for divisions (std, min-max ranges).
@@ -44,6 +49,7 @@ class PARConfig:
     beta: float = 0.7
     tau: float = 1.0
     gamma: float = 1.0
+    duplicate_distance: float = 1e-4
     router: Literal["merge", "keep"] = "merge"
     eps: float = 1e-6
 
@@ -64,6 +70,8 @@ class PARConfig:
             raise ValueError(f"PARConfig.beta must be in [0, 1], got {self.beta}")
         if self.tau <= 0:
             raise ValueError(f"PARConfig.tau must be > 0, got {self.tau}")
+        if self.duplicate_distance < 0:
+            raise ValueError(f"PARConfig.duplicate_distance must be >= 0, got {self.duplicate_distance}")
         if self.eps <= 0:
             raise ValueError(f"PARConfig.eps must be > 0, got {self.eps}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from par_export.reduce.budget import adaptive_budget, fixed_budget
-from par_export.reduce.clustering import cosine_similarity_matrix, distinctiveness
+from par_export.reduce.clustering import cosine_similarity_matrix, density_peaks, distinctiveness
 from par_export.reduce.output import ReductionOutput
 from par_export.reduce.reducer import TokenReducer
 from par_export.reduce.registry import register
@@ -40,7 +40,11 @@ class PARReducer(TokenReducer):
         num_kept = resolve_num_kept(budget, z, cfg)
 
         similarity = cosine_similarity_matrix(visual_tokens, cfg.eps)  # [B, N, N]
-        scores = cfg.beta * min_max(z, cfg.eps) + (1.0 - cfg.beta) * distinctiveness(similarity, cfg.k_nn, cfg.eps)
+        density, separation = density_peaks(similarity, cfg.k_nn)
+        scores = cfg.beta * min_max(z, cfg.eps) + (1.0 - cfg.beta) * distinctiveness(density, separation, cfg.eps)
+        # A (near-)duplicate of a denser token ranks below every other token (scores
+        # are in [0, 1]): it becomes a center only when K leaves no other choice.
+        scores = scores - 2.0 * (separation <= cfg.duplicate_distance).float()
         keep_index, valid = select_centers(scores, num_kept, width)
 
         own_slots = center_slots(keep_index, valid, visual_tokens.shape[1])

@@ -1,0 +1,31 @@
+"""Shared fixtures: synthetic token batches with known structure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import par_export  # noqa: F401  (registers every reducer)
+from par_export.reduce import available_methods, reducer_class
+
+METHODS = sorted(available_methods())
+
+
+def budget_for(method: str, k: int = 32):
+    """A budget every method accepts (pool needs a python int)."""
+    return k
+
+
+@pytest.fixture
+def batch():
+    """``x [2, 144, 32]``, prompt ``[2, 3, 32]``, CLS attention ``[2, 144]`` (12x12 grid)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 144, 32, generator=gen)
+    prompt = torch.randn(2, 3, 32, generator=gen)
+    attn = torch.softmax(torch.randn(2, 144, generator=gen) * 3, dim=-1)
+    return x, prompt, attn
+
+
+def needs(method: str) -> dict:
+    cls = reducer_class(method)
+    return {"uses_prompt": cls.uses_prompt, "needs_attn": cls.needs_attn}
