@@ -29,3 +29,14 @@ def batch():
 def needs(method: str) -> dict:
     cls = reducer_class(method)
     return {"uses_prompt": cls.uses_prompt, "needs_attn": cls.needs_attn}
+
+
+@pytest.fixture(scope="session")
+def tiny_folders(tmp_path_factory):
+    """Tiny random-weight LLaVA and CLIP folders written with ``save_pretrained``."""
+    from par_export.models.tiny import save_tiny_clip, save_tiny_llava
+
+    root = tmp_path_factory.mktemp("tiny")
+    llava = save_tiny_llava(root / "llava")
+    clip = save_tiny_clip(root / "clip", llava)
+    return llava, clip

@@ -1,0 +1,262 @@
+"""PAR (or any registered reducer) inside transformers' ``LlavaForConditionalGeneration``.
+
+The model is not forked: the adapter computes the reduced image features itself,
+shrinks each image's run of ``<image>`` tokens in ``input_ids`` to its K, and hands
+both to the model through ``mm_encoder_outputs``, the pre-encoded-features input
+of transformers' ``generate``/``forward``::
+
+    llava = ReducedLlava.from_pretrained("path/to/llava", method="par", clip_path="path/to/clip")
+    batch = llava.prepare_inputs(input_ids, attention_mask, pixel_values, budget="auto")
+    out = llava.model.generate(**batch.model_inputs, max_new_tokens=16)
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from par_export.models.clip_vision import cls_attention, hidden_state_index
+from par_export.models.loading import check_model_folder, pretrained_kwargs
+from par_export.models.query import ClipQueryEncoder, LlmQueryEncoder, QueryEncoder
+from par_export.reduce import PARConfig, ReductionOutput, TokenReducer, create_reducer
+
+
+@dataclass
+class ReducedBatch:
+    """Inputs for ``model.generate(**model_inputs)`` / ``model(**model_inputs)``, and what was kept.
+
+    Attributes:
+        model_inputs: ``input_ids [B, T']`` and ``attention_mask [B, T']`` (left padded,
+            K_i image tokens per image) and ``mm_encoder_outputs``.
+        reduction: the reducer's output for all images ``[num_images, ...]``.
+        image_features: per image ``[K_i, D_llm]`` projected tokens.
+        prompts: the prompt text each image's query was built from.
+    """
+
+    model_inputs: dict
+    reduction: ReductionOutput
+    image_features: list[torch.Tensor]
+    prompts: list[str]
+
+
+def image_token_runs(ids: torch.Tensor, image_token_id: int) -> list[tuple[int, int]]:
+    """``(start, length)`` of each contiguous run of ``image_token_id`` in a 1-D ``ids``."""
+    is_image = (ids == image_token_id).to(torch.int8)
+    edges = torch.diff(is_image, prepend=is_image.new_zeros(1), append=is_image.new_zeros(1))
+    starts = (edges == 1).nonzero().flatten().tolist()
+    ends = (edges == -1).nonzero().flatten().tolist()
+    return [(s, e - s) for s, e in zip(starts, ends)]
+
+
+def resize_image_runs(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_token_id: int,
+    tokens_per_image: int,
+    kept_per_image: list[int],
+    pad_token_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace each run of ``tokens_per_image`` image tokens by ``kept_per_image[i]`` of them.
+
+    Args:
+        input_ids, attention_mask: ``[B, T]`` (padding on either side).
+        kept_per_image: K of each image, in the order images appear (row-major).
+    Returns:
+        new ``input_ids`` and ``attention_mask`` ``[B, T']``, left padded.
+    """
+    rows = []
+    image = 0
+    for b in range(input_ids.shape[0]):
+        ids = input_ids[b][attention_mask[b].bool()]
+        pieces, cursor = [], 0
+        for start, length in image_token_runs(ids, image_token_id):
+            if length != tokens_per_image:
+                raise ValueError(
+                    f"sample {b}: a run of {length} image tokens, expected {tokens_per_image} per image "
+                    "(expand each <image> placeholder to the vision tower's patch count, as LlavaProcessor does)"
+                )
+            if image >= len(kept_per_image):
+                raise ValueError(f"input_ids hold more image placeholders than the {len(kept_per_image)} images given")
+            pieces += [ids[cursor:start], ids.new_full((kept_per_image[image],), image_token_id)]
+            cursor = start + length
+            image += 1
+        pieces.append(ids[cursor:])
+        rows.append(torch.cat(pieces))
+    if image != len(kept_per_image):
+        raise ValueError(f"{len(kept_per_image)} images were given but input_ids hold {image} image placeholders")
+    length = max(len(r) for r in rows)
+    new_ids = input_ids.new_full((len(rows), length), pad_token_id)
+    new_mask = attention_mask.new_zeros((len(rows), length))
+    for b, row in enumerate(rows):
+        new_ids[b, length - len(row) :] = row
+        new_mask[b, length - len(row) :] = 1
+    return new_ids, new_mask
+
+
+class ReducedLlava:
+    """A ``LlavaForConditionalGeneration`` whose image features go through a token reducer.
+
+    Args:
+        model: the LLaVA model (CLIP vision tower, ``vision_feature_select_strategy="default"``).
+        method: a registered reducer name or a :class:`TokenReducer` instance.
+        config: PAR options; ``config.space`` picks the retrieval space.
+        tokenizer: the LLaVA tokenizer: decodes prompts from ``input_ids`` and, for
+            ``space=llm``, tokenizes the query.
+        clip: a :class:`ClipQueryEncoder` for ``space=clip``. Without one the adapter
+            falls back to ``space=llm`` with a warning.
+    """
+
+    def __init__(self, model, method: str | TokenReducer = "par", config: PARConfig | None = None,
+                 tokenizer=None, clip: ClipQueryEncoder | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        config = config if config is not None else PARConfig()
+        if config.space == "clip" and clip is None:
+            warnings.warn("space=clip needs a CLIP checkpoint (clip_path); falling back to space=llm", stacklevel=2)
+            config = config.replace(space="llm")
+        self.config = config
+        inner = model.model
+        self.vision_tower = inner.vision_tower
+        self.projector = inner.multi_modal_projector
+        self.query_encoder: QueryEncoder | None = None
+        if config.space == "clip":
+            self.query_encoder = clip
+        elif tokenizer is not None:
+            self.query_encoder = LlmQueryEncoder(
+                inner.get_input_embeddings(), self.projector, tokenizer,
+                max_length=model.config.text_config.max_position_embeddings,
+                rewrite=config.rewrite, template=config.template,
+            )
+        if isinstance(method, TokenReducer):
+            self.reducer = method
+        else:
+            projection = None if self.query_encoder is None else self.query_encoder.visual_projection
+            self.reducer = create_reducer(method, config=config, query_projection=projection)
+        self._check_model()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, method: str = "par", config: PARConfig | None = None,
+                        clip_path: str | Path | None = None, dtype: torch.dtype | None = None) -> "ReducedLlava":
+        """Load a local LLaVA folder (and optionally a CLIP folder for ``space=clip``)."""
+        from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+        check_model_folder(path, ("llava",))
+        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, **pretrained_kwargs())
+        tokenizer = AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
+        config = config if config is not None else PARConfig()
+        clip = None
+        if clip_path is not None:
+            clip = ClipQueryEncoder.from_pretrained(clip_path, config.rewrite, config.template, dtype=dtype)
+        return cls(model, method, config, tokenizer, clip)
+
+    def _check_model(self) -> None:
+        cfg = self.model.config
+        if not isinstance(cfg.vision_feature_layer, int):
+            raise ValueError(f"vision_feature_layer {cfg.vision_feature_layer!r}: only a single layer is supported")
+        if cfg.vision_feature_select_strategy != "default":
+            raise ValueError(
+                f"vision_feature_select_strategy {cfg.vision_feature_select_strategy!r}: only 'default' "
+                "(CLS removed) is supported"
+            )
+        if getattr(cfg.vision_config, "model_type", None) != "clip_vision_model":
+            raise ValueError(f"vision tower {cfg.vision_config.model_type!r}: only CLIP vision towers are supported")
+
+    @property
+    def tokens_per_image(self) -> int:
+        vision = self.model.config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2
+
+    @torch.no_grad()
+    def vision_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pixel_values [I, 3, H, W]`` -> patch tokens ``[I, N, Dv]`` of the feature layer
+        and the CLS attention ``[I, N]`` of that layer."""
+        tower = self.vision_tower
+        dtype = next(tower.parameters()).dtype
+        hidden = tower(pixel_values.to(dtype), output_hidden_states=True).hidden_states
+        index = hidden_state_index(self.model.config.vision_feature_layer, len(hidden) - 1)
+        attn = cls_attention(tower.encoder.layers[index - 1], hidden[index - 1])
+        return hidden[index][:, 1:], attn
+
+    def prompts_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
+        """Decode each sample's text tokens (image and special tokens removed)."""
+        if self.tokenizer is None:
+            raise ValueError("pass prompts=[...] or build ReducedLlava with the model's tokenizer")
+        image_id = self.model.config.image_token_id
+        texts = []
+        for ids, mask in zip(input_ids, attention_mask):
+            ids = ids[mask.bool() & (ids != image_id)]
+            texts.append(self.tokenizer.decode(ids.tolist(), skip_special_tokens=True))
+        return texts
+
+    @torch.no_grad()
+    def reduce_images(self, pixel_values: torch.Tensor, prompts: list[str] | None,
+                      budget: int | str | None = None) -> tuple[ReductionOutput, list[torch.Tensor]]:
+        """Reduce each image for its prompt: the reducer's output and ``[K_i, D_llm]`` per image."""
+        tokens, attn = self.vision_features(pixel_values)
+        prompt_embedding = prompt_mask = None
+        if self.reducer.uses_prompt and prompts is not None:
+            if self.query_encoder is None:
+                warnings.warn("no tokenizer to embed the prompts: relevance falls back to CLS attention", stacklevel=2)
+            else:
+                prompt_embedding, prompt_mask = self.query_encoder(prompts)
+        reduction = self.reducer(tokens, prompt_embedding, attn, budget=budget, prompt_mask=prompt_mask)
+        projected = self.projector(reduction.tokens)
+        features = [p[:k] for p, k in zip(projected, reduction.num_kept.tolist())]
+        return reduction, features
+
+    def prepare_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                       pixel_values: torch.Tensor, prompts: list[str] | None = None,
+                       budget: int | str | None = None) -> ReducedBatch:
+        """Reduce the images and rewrite ``input_ids``/``attention_mask`` to K image tokens each.
+
+        Args:
+            input_ids: ``[B, T]`` with ``tokens_per_image`` image tokens per image.
+            attention_mask: ``[B, T]`` or ``None`` (no padding).
+            pixel_values: ``[I, 3, H, W]``, images in the order their placeholders appear.
+            prompts: one text per sample for the query; default: decoded from ``input_ids``.
+            budget: int K, ``"auto"``, or ``None`` for ``config.budget``.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if prompts is None:
+            prompts = self.prompts_from_ids(input_ids, attention_mask)
+        if len(prompts) != input_ids.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts for a batch of {input_ids.shape[0]} samples")
+        image_rows = [b for b in range(input_ids.shape[0]) for _ in
+                      image_token_runs(input_ids[b][attention_mask[b].bool()], self.model.config.image_token_id)]
+        if len(image_rows) != pixel_values.shape[0]:
+            raise ValueError(
+                f"{pixel_values.shape[0]} images were given but input_ids hold {len(image_rows)} image placeholders"
+            )
+        image_prompts = [prompts[b] for b in image_rows]
+        reduction, features = self.reduce_images(pixel_values, image_prompts, budget)
+        new_ids, new_mask = resize_image_runs(
+            input_ids, attention_mask, self.model.config.image_token_id, self.tokens_per_image,
+            [f.shape[0] for f in features], self._pad_token_id(),
+        )
+        device = self.model.device
+        model_inputs = {
+            "input_ids": new_ids.to(device),
+            "attention_mask": new_mask.to(device),
+            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=features)},
+        }
+        return ReducedBatch(model_inputs, reduction, features, image_prompts)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pixel_values: torch.Tensor,
+                 prompts: list[str] | None = None, budget: int | str | None = None, **generate_kwargs) -> torch.Tensor:
+        """``model.generate`` on the reduced context; returns the new tokens only ``[B, new]``."""
+        batch = self.prepare_inputs(input_ids, attention_mask, pixel_values, prompts, budget)
+        out = self.model.generate(**batch.model_inputs, **generate_kwargs)
+        return out[:, batch.model_inputs["input_ids"].shape[1] :]
+
+    def _pad_token_id(self) -> int:
+        for source in (self.tokenizer, self.model.generation_config, self.model.config.text_config):
+            pad = getattr(source, "pad_token_id", None)
+            if pad is not None:
+                return int(pad)
+        return 0  # any id: padded positions are masked out

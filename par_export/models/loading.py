@@ -1,0 +1,42 @@
+"""Local-only, safetensors-only loading of Hugging Face model folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class ModelFolderError(ValueError):
+    """A path that is not a loadable Hugging Face model folder of the expected type."""
+
+
+def check_model_folder(path: str | Path, model_types: tuple[str, ...]) -> dict:
+    """Validate ``path`` and return its ``config.json``.
+
+    Raises :class:`ModelFolderError` naming what is missing: the folder, its
+    config, a ``model_type`` in ``model_types``, or ``.safetensors`` weights
+    (pickled ``.bin`` weights are never loaded).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder}: not a folder (expected a local Hugging Face model folder; hubs are not used)")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelFolderError(f"{folder}: no config.json, so this is not a Hugging Face model folder")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFolderError(f"{config_path}: not valid JSON ({err})") from None
+    model_type = config.get("model_type")
+    if model_type not in model_types:
+        raise ModelFolderError(f"{folder}: model_type is {model_type!r}, expected one of {model_types}")
+    if not any(folder.glob("*.safetensors")):
+        found = sorted(p.name for p in folder.glob("*.bin"))
+        hint = f" (found {found}: pickled weights are not loaded; convert them to safetensors)" if found else ""
+        raise ModelFolderError(f"{folder}: no .safetensors weights{hint}")
+    return config
+
+
+def pretrained_kwargs() -> dict:
+    """Keyword arguments for every ``from_pretrained`` call: local, safetensors, no remote code."""
+    return {"local_files_only": True, "use_safetensors": True, "trust_remote_code": False}

@@ -1,0 +1,90 @@
+"""Tiny random-weight LLaVA and CLIP folders, built from configs and saved with
+``save_pretrained``, so the real local loading code runs without downloads.
+
+Used by the tests and by ``par-export`` commands until a trained demo model ships.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = (
+    "a an the of in on at to is are what which where how many there color colour shape side left right "
+    "top bottom middle red green blue yellow purple orange white black circle square triangle star "
+    "photo picture image describe question answer using single word phrase please yes no one two three "
+    "USER ASSISTANT : ? . ,"
+).split()
+SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+
+
+def word_tokenizer(append_eos: bool):
+    """A word-level ``PreTrainedTokenizerFast`` over :data:`WORDS` (``<s>`` first; ``</s>`` last if asked)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + list(dict.fromkeys(WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    template = "<s> $A </s>" if append_eos else "<s> $A"
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    return fast
+
+
+def tiny_llava_config(image_size: int = 32, patch_size: int = 4, vision_hidden: int = 32, text_hidden: int = 32,
+                      vision_layers: int = 2, text_layers: int = 2):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vocab_size = len(SPECIAL) + len(dict.fromkeys(WORDS))
+    vision = CLIPVisionConfig(
+        hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=vision_layers,
+        num_attention_heads=4, image_size=image_size, patch_size=patch_size, projection_dim=16,
+    )
+    text = LlamaConfig(
+        hidden_size=text_hidden, intermediate_size=2 * text_hidden, num_hidden_layers=text_layers,
+        num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=1024,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=SPECIAL.index("<image>"),
+        image_seq_length=(image_size // patch_size) ** 2, vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+
+
+def save_tiny_llava(folder: str | Path, seed: int = 0, **geometry) -> Path:
+    """Write a random-weight tiny LLaVA (safetensors + tokenizer.json) to ``folder``."""
+    from transformers import LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(tiny_llava_config(**geometry)).eval()
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    word_tokenizer(append_eos=False).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_clip(folder: str | Path, llava_folder: str | Path, seed: int = 1) -> Path:
+    """Write a tiny CLIP whose vision tower is the LLaVA folder's (as CLIP-L/336 is LLaVA-1.5's)."""
+    from transformers import CLIPConfig, CLIPModel, LlavaForConditionalGeneration
+
+    llava = LlavaForConditionalGeneration.from_pretrained(llava_folder, local_files_only=True, use_safetensors=True)
+    vision = llava.config.vision_config
+    text = dict(
+        vocab_size=llava.config.text_config.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision.to_dict(), projection_dim=16)).eval()
+    clip.vision_model.load_state_dict(llava.model.vision_tower.state_dict())
+    folder = Path(folder)
+    clip.save_pretrained(folder, safe_serialization=True)
+    word_tokenizer(append_eos=True).save_pretrained(folder)
+    return folder
