@@ -1,0 +1,50 @@
+"""Published model geometries as transformers configs (no weights): for FLOPs and benchmarks."""
+
+from __future__ import annotations
+
+
+def clip_l14_336_vision():
+    """CLIP ViT-L/14 at 336 px: LLaVA-1.5's vision tower (576 patch tokens, D=1024)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+        image_size=336, patch_size=14, projection_dim=768,
+    )
+
+
+def clip_l14_text():
+    """CLIP ViT-L/14's text tower (12 layers, width 768, 77 positions)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, projection_dim=768,
+    )
+
+
+def _vicuna(hidden: int, layers: int, heads: int, intermediate: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=heads, vocab_size=32064, max_position_embeddings=4096,
+    )
+
+
+LLAVA_GEOMETRIES = {
+    "llava-1.5-7b": lambda: _vicuna(4096, 32, 32, 11008),
+    "llava-1.5-13b": lambda: _vicuna(5120, 40, 40, 13824),
+}
+
+
+def llava_config(name: str):
+    """``LlavaConfig`` of a published LLaVA-1.5 model, by name (see :data:`LLAVA_GEOMETRIES`)."""
+    from transformers import LlavaConfig
+
+    if name not in LLAVA_GEOMETRIES:
+        raise ValueError(f"unknown model config {name!r}; available: {', '.join(LLAVA_GEOMETRIES)}")
+    return LlavaConfig(
+        vision_config=clip_l14_336_vision(), text_config=LLAVA_GEOMETRIES[name](), image_token_index=32000,
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
