@@ -18,7 +18,7 @@ __all__ = [
     "PARConfig",
     "PARReducer",
     "ReductionOutput",
+    "__version__",
     "available_methods",
     "create_reducer",
-    "__version__",
 ]

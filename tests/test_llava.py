@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import METHODS
+
 from par_export.models.llava import ReducedLlava, resize_image_runs
 from par_export.models.loading import ModelFolderError
 from par_export.reduce import PARConfig

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import METHODS
+
 from par_export.reduce import PARConfig, PARReducer, create_reducer
 from par_export.reduce.retrieval import standardized_relevance
 from par_export.synthetic import planted_scene

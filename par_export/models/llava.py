@@ -140,7 +140,7 @@ class ReducedLlava:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, method: str = "par", config: PARConfig | None = None,
-                        clip_path: str | Path | None = None, dtype: torch.dtype | None = None) -> "ReducedLlava":
+                        clip_path: str | Path | None = None, dtype: torch.dtype | None = None) -> ReducedLlava:
         """Load a local LLaVA folder (and optionally a CLIP folder for ``space=clip``)."""
         from transformers import AutoTokenizer, LlavaForConditionalGeneration
 

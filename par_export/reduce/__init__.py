@@ -4,14 +4,13 @@
 (PAR_SPEC.md), the baselines live in :mod:`par_export.reduce.baselines`.
 """
 
+from par_export.reduce import baselines  # noqa: F401  (registers the baselines)
 from par_export.reduce.config import PARConfig
 from par_export.reduce.output import ReductionOutput
 from par_export.reduce.par import PARReducer
 from par_export.reduce.prompt import rewrite_prompt
 from par_export.reduce.reducer import TokenReducer
 from par_export.reduce.registry import available_methods, create_reducer, reducer_class, register
-
-from par_export.reduce import baselines  # noqa: E402,F401  (registers the baselines)
 
 __all__ = [
     "PARConfig",

@@ -75,7 +75,7 @@ class PARConfig:
         if self.eps <= 0:
             raise ValueError(f"PARConfig.eps must be > 0, got {self.eps}")
 
-    def replace(self, **changes: Any) -> "PARConfig":
+    def replace(self, **changes: Any) -> PARConfig:
         """A copy with ``changes`` applied (the dataclass is frozen)."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
@@ -86,7 +86,7 @@ class PARConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "PARConfig":
+    def from_dict(cls, values: dict[str, Any]) -> PARConfig:
         return cls().replace(**values)
 
 

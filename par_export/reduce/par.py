@@ -6,11 +6,10 @@ import torch
 
 from par_export.reduce.budget import adaptive_budget, fixed_budget
 from par_export.reduce.clustering import cosine_similarity_matrix, density_peaks, distinctiveness
-from par_export.reduce.output import ReductionOutput
 from par_export.reduce.reducer import TokenReducer
 from par_export.reduce.registry import register
 from par_export.reduce.retrieval import min_max, standardized_relevance
-from par_export.reduce.router import center_slots, merge_tokens, route_to_centers, select_centers
+from par_export.reduce.router import center_slots, merged_output, route_to_centers, select_centers
 
 
 def resolve_num_kept(budget: int | str | torch.Tensor, z: torch.Tensor, config) -> torch.Tensor:
@@ -33,7 +32,7 @@ class PARReducer(TokenReducer):
     supports_auto = True
     uses_prompt = True
 
-    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width) -> ReductionOutput:
+    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width):
         cfg = self.config
         query_tokens = None if prompt_embedding is None else self.query_projection(visual_tokens)
         z = standardized_relevance(query_tokens, prompt_embedding, prompt_mask, attn, cfg.eps)  # [B, N]
@@ -54,12 +53,4 @@ class PARReducer(TokenReducer):
             routed = route_to_centers(similarity, keep_index, valid, own_slots)
             kept = (own_slots >= 0) | (z > -cfg.gamma)
             assignment = torch.where(kept, routed, torch.full_like(routed, -1))
-        merged = merge_tokens(visual_tokens, assignment, z / cfg.tau, width)
-        return ReductionOutput(
-            tokens=merged.to(visual_tokens.dtype),
-            keep_index=keep_index,
-            assignment=assignment,
-            valid=valid,
-            num_kept=num_kept,
-            scores=scores,
-        )
+        return merged_output(visual_tokens, assignment, z / cfg.tau, keep_index, valid, num_kept, scores)

@@ -94,6 +94,27 @@ def merge_tokens(tokens: torch.Tensor, assignment: torch.Tensor, log_weights: to
     return merged / total.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
 
 
+def merged_output(
+    visual_tokens: torch.Tensor,
+    assignment: torch.Tensor,
+    log_weights: torch.Tensor,
+    keep_index: torch.Tensor,
+    valid: torch.Tensor,
+    num_kept: torch.Tensor,
+    scores: torch.Tensor,
+) -> ReductionOutput:
+    """The :class:`ReductionOutput` of merging by ``assignment`` (see :func:`merge_tokens`)."""
+    merged = merge_tokens(visual_tokens, assignment, log_weights, keep_index.shape[-1])
+    return ReductionOutput(
+        tokens=merged.to(visual_tokens.dtype),
+        keep_index=keep_index,
+        assignment=assignment,
+        valid=valid,
+        num_kept=num_kept,
+        scores=scores.float(),
+    )
+
+
 def keep_top_scoring(
     visual_tokens: torch.Tensor, scores: torch.Tensor, num_kept: torch.Tensor, width: int
 ) -> ReductionOutput:

@@ -7,10 +7,9 @@ import math
 import torch
 
 from par_export.reduce.budget import valid_slots
-from par_export.reduce.output import ReductionOutput
 from par_export.reduce.reducer import TokenReducer
 from par_export.reduce.registry import register
-from par_export.reduce.router import merge_tokens
+from par_export.reduce.router import merged_output
 
 
 def pool_grid(side: int, budget: int) -> tuple[int, int]:
@@ -66,12 +65,5 @@ class PoolReducer(TokenReducer):
         padding = torch.full((width - rows * cols,), -1, dtype=torch.int64, device=device)
         keep_index = torch.cat([centers, padding]).unsqueeze(0).expand(b, width)
         assignment = cell.unsqueeze(0).expand(b, n)
-        weights = torch.zeros(b, n, device=device)
-        return ReductionOutput(
-            tokens=merge_tokens(visual_tokens, assignment, weights, width).to(visual_tokens.dtype),
-            keep_index=keep_index,
-            assignment=assignment,
-            valid=valid,
-            num_kept=num_kept,
-            scores=weights,
-        )
+        uniform = torch.zeros(b, n, device=device)
+        return merged_output(visual_tokens, assignment, uniform, keep_index, valid, num_kept, uniform)

@@ -6,11 +6,10 @@ import torch
 
 from par_export.reduce.budget import fixed_budget
 from par_export.reduce.clustering import cosine_similarity_matrix
-from par_export.reduce.output import ReductionOutput
 from par_export.reduce.reducer import TokenReducer
 from par_export.reduce.registry import register
 from par_export.reduce.retrieval import min_max
-from par_export.reduce.router import center_slots, evenly_spaced, merge_tokens, route_to_centers, select_centers
+from par_export.reduce.router import center_slots, evenly_spaced, merged_output, route_to_centers, select_centers
 
 
 def quartiles(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,14 +62,7 @@ class PruMergeReducer(TokenReducer):
         similarity = cosine_similarity_matrix(visual_tokens, self.config.eps)
         assignment = route_to_centers(similarity, keep_index, valid, own_slots)
         log_weights = torch.log(weights.clamp_min(torch.finfo(torch.float32).tiny))
-        return ReductionOutput(
-            tokens=merge_tokens(visual_tokens, assignment, log_weights, width).to(visual_tokens.dtype),
-            keep_index=keep_index,
-            assignment=assignment,
-            valid=valid,
-            num_kept=num_kept,
-            scores=weights,
-        )
+        return merged_output(visual_tokens, assignment, log_weights, keep_index, valid, num_kept, weights)
 
 
 @register

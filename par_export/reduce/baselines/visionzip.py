@@ -6,10 +6,16 @@ import torch
 
 from par_export.reduce.budget import fixed_budget
 from par_export.reduce.clustering import cosine_similarity_matrix
-from par_export.reduce.output import ReductionOutput
 from par_export.reduce.reducer import TokenReducer
 from par_export.reduce.registry import register
-from par_export.reduce.router import center_slots, evenly_spaced, merge_tokens, route_to_centers, select_centers, top_indices
+from par_export.reduce.router import (
+    center_slots,
+    evenly_spaced,
+    merged_output,
+    route_to_centers,
+    select_centers,
+    top_indices,
+)
 
 
 def dominant_count(num_kept: torch.Tensor, dominant: int = 54, total: int = 64) -> torch.Tensor:
@@ -47,12 +53,5 @@ class VisionZipReducer(TokenReducer):
         routed = route_to_centers(similarity, keep_index, is_target, own_slots)
         has_targets = is_target.any(dim=-1, keepdim=True)
         assignment = torch.where((own_slots >= 0) | has_targets, routed, torch.full_like(routed, -1))
-        merged = merge_tokens(visual_tokens, assignment, torch.zeros(b, n, device=visual_tokens.device), width)
-        return ReductionOutput(
-            tokens=merged.to(visual_tokens.dtype),
-            keep_index=keep_index,
-            assignment=assignment,
-            valid=valid,
-            num_kept=num_kept,
-            scores=attn.float(),
-        )
+        uniform = torch.zeros(b, n, device=visual_tokens.device)
+        return merged_output(visual_tokens, assignment, uniform, keep_index, valid, num_kept, attn)
