@@ -29,14 +29,14 @@ def density_peaks(similarity: torch.Tensor, k_nn: int) -> tuple[torch.Tensor, to
     """
     n = similarity.shape[-1]
     distance = 1.0 - similarity
-    self_mask = torch.eye(n, dtype=torch.bool, device=similarity.device)
+    index = torch.arange(n, device=similarity.device)
+    self_mask = index.unsqueeze(0) == index.unsqueeze(1)  # not torch.eye: ONNX Runtime has no bool EyeLike
     k = max(1, min(k_nn, n - 1))
     nearest = torch.topk(distance.masked_fill(self_mask, float("inf")), k, dim=-1, largest=False).values
     density = torch.exp(-nearest.mean(dim=-1))  # [B, N]
 
     rho_i = density.unsqueeze(-1)  # [B, N, 1]
     rho_j = density.unsqueeze(-2)  # [B, 1, N]
-    index = torch.arange(n, device=similarity.device)
     lower_index = index.unsqueeze(0) < index.unsqueeze(1)  # [N, N]: j < i
     precedes = (rho_j > rho_i) | ((rho_j == rho_i) & lower_index)  # [B, N, N]: j before i
     nearest_denser = distance.masked_fill(~precedes, float("inf")).amin(dim=-1)

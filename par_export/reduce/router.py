@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import torch
 
+from par_export.reduce.checks import is_exporting
 from par_export.reduce.output import ReductionOutput
 
 
 def top_indices(scores: torch.Tensor, width: int) -> torch.Tensor:
     """Indices of the ``width`` highest scores per row, ties broken by lower index.
 
-    ``[B, N]`` -> ``[B, width]`` int64 in descending score order. A stable sort,
-    because ``torch.topk`` does not define the order of equal values.
+    ``[B, N]`` -> ``[B, width]`` int64 in descending score order. Eager torch needs a
+    stable sort for that (``torch.topk`` leaves the order of equal values open);
+    under export ``topk`` becomes ONNX ``TopK`` with a static k, whose spec breaks
+    ties by lower index, and which the ONNX exporter can emit (a stable sort it cannot).
     """
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-    return order[:, :width]
+    if is_exporting():
+        return torch.topk(scores, width, dim=-1, largest=True, sorted=True).indices
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :width]
 
 
 def select_centers(scores: torch.Tensor, num_kept: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +90,9 @@ def merge_tokens(tokens: torch.Tensor, assignment: torch.Tensor, log_weights: to
     slots = torch.arange(width, device=tokens.device)
     member = assignment.unsqueeze(-1) == slots.view(1, 1, -1)  # [B, N, W]
     logits = log_weights.float().unsqueeze(-1).masked_fill(~member, float("-inf"))
-    cluster_max = logits.amax(dim=1, keepdim=True)  # [B, 1, W]
-    cluster_max = torch.where(torch.isfinite(cluster_max), cluster_max, torch.zeros_like(cluster_max))
+    # An empty slot's max is -inf; clamping it (instead of an isfinite test, which
+    # older TensorRT parsers lack) keeps its weights at exp(-inf) = 0 and no NaN.
+    cluster_max = logits.amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).min)  # [B, 1, W]
     weights = torch.exp(logits - cluster_max)  # zero outside the cluster
     total = weights.sum(dim=1)  # [B, W]
     merged = weights.transpose(1, 2) @ tokens.float()
