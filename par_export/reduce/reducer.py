@@ -46,7 +46,7 @@ class TokenReducer(nn.Module):
         prompt_mask: torch.Tensor | None = None,
     ) -> ReductionOutput:
         budget = self.config.budget if budget is None else budget
-        num_tokens = visual_tokens.shape[1]
+        num_tokens = int(visual_tokens.shape[1])  # static in an exported graph: fixes TopK's K
         width = budget if isinstance(budget, int) else min(self.config.k_max, num_tokens)
         if not is_exporting():
             check_reducer_inputs(visual_tokens, prompt_embedding, prompt_mask, attn)

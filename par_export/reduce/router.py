@@ -38,8 +38,10 @@ def select_centers(scores: torch.Tensor, num_kept: torch.Tensor, width: int) -> 
     n = scores.shape[-1]
     ranked = top_indices(scores, width)
     valid = torch.arange(width, device=scores.device).unsqueeze(0) < num_kept.unsqueeze(-1)
-    # Padded slots get the sentinel N so that an ascending sort moves them last.
-    ascending = torch.sort(torch.where(valid, ranked, torch.full_like(ranked, n)), dim=-1).values
+    # Padded slots get the sentinel N so that an ascending sort moves them last; topk
+    # with a python-int k rather than sort, which exports with K read from the shape.
+    padded = torch.where(valid, ranked, torch.full_like(ranked, n))
+    ascending = torch.topk(padded, width, dim=-1, largest=False, sorted=True).values
     keep_index = torch.where(valid, ascending, torch.full_like(ascending, -1))
     return keep_index, valid
 

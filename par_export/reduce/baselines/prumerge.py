@@ -15,10 +15,10 @@ from par_export.reduce.router import center_slots, evenly_spaced, merged_output,
 def quartiles(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """First and third quartile per row of ``[B, N]`` (linear interpolation), each ``[B, 1]``.
 
-    Written with a sort and static positions so that it exports (no ``quantile`` op).
+    Written with a static-k ``topk`` and static positions so that it exports (no ``quantile`` op).
     """
-    n = values.shape[-1]
-    ordered = torch.sort(values, dim=-1).values
+    n = int(values.shape[-1])
+    ordered = torch.topk(values, n, dim=-1, largest=False, sorted=True).values
 
     def at(q: float) -> torch.Tensor:
         pos = q * (n - 1)

@@ -41,7 +41,7 @@ class VisionZipReducer(TokenReducer):
         b, n, _ = visual_tokens.shape
         num_kept = fixed_budget(budget, b, visual_tokens.device)
         num_dominant = dominant_count(num_kept)
-        order = top_indices(attn.float(), n)
+        order = top_indices(attn.float(), int(n))  # python int: a static TopK K in an exported graph
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(b, n))
         dominant = rank < num_dominant.unsqueeze(-1)
         target = evenly_spaced(~dominant, num_kept - num_dominant)

@@ -1,0 +1,74 @@
+"""Declarative description of what is exported (in the spirit of Optimum's OnnxConfig)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Opset 17: the first with a native LayerNormalization, parsed by TensorRT 8.6+ and
+# 10.x (which reads opsets 9-20+), and the TorchScript exporter's well-trodden range.
+DEFAULT_OPSET = 17
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """Names and dynamic axes of one exported graph."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.onnx"
+
+
+@dataclass(frozen=True)
+class LlavaOnnxConfig:
+    """The two graphs of a LLaVA-family model.
+
+    Attributes:
+        budget_input: the vision graph takes ``budget`` (0-d int64, K <= k_max) as an
+            input; ``False`` for adaptive K (``"auto"``) or a reducer whose K is fixed
+            at trace time (``pool``).
+        opset: ONNX opset.
+        batch_max: largest batch the graphs are validated and bounded for.
+        fp16: weights and activations in float16 (the reducer's scores stay fp32).
+    """
+
+    budget_input: bool
+    opset: int = DEFAULT_OPSET
+    batch_max: int = 8
+    fp16: bool = False
+
+    @property
+    def vision_par(self) -> GraphSpec:
+        inputs = ("pixel_values", "query_embeds") + (("budget",) if self.budget_input else ())
+        batch = {0: "batch"}
+        return GraphSpec(
+            name="vision_par",
+            inputs=inputs,
+            outputs=("image_embeds", "num_kept", "keep_index"),
+            dynamic_axes={"pixel_values": batch, "query_embeds": batch, "image_embeds": batch,
+                          "num_kept": batch, "keep_index": batch},
+        )
+
+    @property
+    def query_encoder(self) -> GraphSpec:
+        text = {0: "batch", 1: "sequence"}
+        return GraphSpec(
+            name="query_encoder",
+            inputs=("input_ids", "attention_mask"),
+            outputs=("query_embeds",),
+            dynamic_axes={"input_ids": text, "attention_mask": text, "query_embeds": {0: "batch"}},
+        )
+
+    def shape_bounds(self, max_sequence: int) -> dict[str, dict[str, list[int]]]:
+        """``{input: {axis: [min, max]}}`` for every dynamic input axis (TensorRT profiles)."""
+        batch = {"0": [1, self.batch_max]}
+        return {
+            "pixel_values": batch,
+            "query_embeds": batch,
+            "input_ids": {"0": [1, self.batch_max], "1": [1, max_sequence]},
+            "attention_mask": {"0": [1, self.batch_max], "1": [1, max_sequence]},
+        }

@@ -1,0 +1,246 @@
+"""``export_llava``: LLaVA folder -> validated ``vision_par.onnx`` + ``query_encoder.onnx``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from tqdm.auto import tqdm
+
+import par_export
+from par_export.export.fp16 import to_fp16
+from par_export.export.config import DEFAULT_OPSET, GraphSpec, LlavaOnnxConfig
+from par_export.export.lint import lint_file
+from par_export.export.metadata import set_metadata
+from par_export.export.modules import QueryGraph, VisionParGraph
+from par_export.export.validate import Case, check_graph, compare_query, compare_vision, ort_session, summarize
+from par_export.models.llava import ReducedLlava
+from par_export.reduce import PARConfig, reducer_class
+
+EXTERNAL_DATA_BYTES = 1 << 30  # protobuf caps a file at 2 GiB; move weights out well before
+VALIDATION_BATCHES = (1, 2, 4)
+VALIDATION_BUDGETS = (16, 64, 192)
+VALIDATION_PROMPTS = ["USER: <image>\nWhat color is the circle? Answer the question using a single word or phrase.",
+                      "Is there a red square on the left?", "", "how many stars are there"]
+
+
+class ExportError(RuntimeError):
+    """An export that could not be completed or did not validate; nothing was written."""
+
+
+def resolve_model(model: str | Path, workdir: Path) -> tuple[Path, Path | None]:
+    """``(llava_folder, clip_folder)`` for ``--model``: a local folder, or ``tiny``
+    (random-weight tiny LLaVA + CLIP written to ``workdir`` through ``save_pretrained``)."""
+    if str(model) == "tiny":
+        from par_export.models.tiny import save_tiny_clip, save_tiny_llava
+
+        llava = save_tiny_llava(workdir / "tiny-llava")
+        return llava, save_tiny_clip(workdir / "tiny-clip", llava)
+    if str(model) == "demo":
+        raise ExportError("the trained demo model is not shipped yet; use --model tiny or a local LLaVA folder")
+    return Path(model), None
+
+
+def _export(module: torch.nn.Module, args: tuple, spec: GraphSpec, opset: int, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about python scalars of static shapes
+        torch.onnx.export(
+            module, args, str(path), dynamo=False, opset_version=opset, input_names=list(spec.inputs),
+            output_names=list(spec.outputs), dynamic_axes=spec.dynamic_axes, do_constant_folding=True,
+        )
+
+
+def _finalize(raw: Path, final: Path, metadata: dict, fp16: bool) -> None:
+    """Add metadata (and convert to fp16), re-save; weights go to ``<name>.onnx.data`` when large."""
+    model = onnx.load(str(raw))
+    if fp16:
+        model = to_fp16(model)
+    set_metadata(model, metadata)
+    large = model.ByteSize() > EXTERNAL_DATA_BYTES
+    onnx.save_model(model, str(final), save_as_external_data=large, all_tensors_to_one_file=True,
+                    location=f"{final.name}.data")
+
+
+def _float_dtype(fp16: bool):
+    return np.float16 if fp16 else np.float32
+
+
+def vision_cases(cfg: LlavaOnnxConfig, image_size: int, query_dim: int, budgets: list, seed: int = 0) -> list[Case]:
+    """Parity feeds for every batch size and budget (a zero query row tests the no-prompt fallback)."""
+    rng = np.random.default_rng(seed)
+    dtype = _float_dtype(cfg.fp16)
+    cases = []
+    for batch in [b for b in VALIDATION_BATCHES if b <= cfg.batch_max]:
+        for budget in budgets:
+            pixels = rng.standard_normal((batch, 3, image_size, image_size)).astype(dtype)
+            query = rng.standard_normal((batch, query_dim)).astype(dtype)
+            if batch > 1:
+                query[-1] = 0
+            feed = {"pixel_values": pixels, "query_embeds": query}
+            if cfg.budget_input:
+                feed["budget"] = np.array(budget, dtype=np.int64)
+            cases.append(Case(f"batch={batch} budget={budget}", feed))
+    return cases
+
+
+def query_cases(llava: ReducedLlava, batch_max: int) -> list[Case]:
+    cases = []
+    encoder = llava.query_encoder
+    for batch in [b for b in VALIDATION_BATCHES if b <= batch_max]:
+        prompts = [VALIDATION_PROMPTS[i % len(VALIDATION_PROMPTS)] for i in range(batch)]
+        ids, mask = encoder.tokenize([q or "." for q in encoder.queries(prompts)], encoder.add_special_tokens)
+        cases.append(Case(f"batch={batch}", {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}))
+    return cases
+
+
+def export_llava(
+    model: str | Path,
+    out: str | Path,
+    method: str = "par",
+    budget: int | str = "auto",
+    config: PARConfig | None = None,
+    clip_path: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    batch_max: int = 8,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Export, validate and lint; returns the report (also written to ``out/report.json``).
+
+    Raises :class:`ExportError` (nothing written) when an input is bad or a graph
+    fails validation. ``out`` must not exist unless ``overwrite``.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    if batch_max < 1:
+        raise ExportError(f"batch_max must be >= 1, got {batch_max}")
+    cls = reducer_class(method)
+    budget_mode: str | int
+    if budget == "auto":
+        if not cls.supports_auto:
+            raise ExportError(f"method {method!r} has no adaptive budget; pass an int budget")
+        budget_mode = "auto"
+    elif cls.name == "pool":
+        budget_mode = int(budget)  # the pooling grid is fixed at trace time
+    else:
+        budget_mode = "input"
+    cfg = LlavaOnnxConfig(budget_input=budget_mode == "input", opset=opset, batch_max=batch_max, fp16=fp16)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        report = _export_into(work, model, method, budget, budget_mode, config, clip_path, cfg, progress)
+        if not report["passed"]:
+            raise ExportError("validation failed; nothing was written:\n" + json.dumps(report["graphs"], indent=1))
+        final = work / "final"
+        if out.exists():
+            shutil.rmtree(out)
+        final.rename(out)
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _export_into(work: Path, model, method, budget, budget_mode, config, clip_path, cfg: LlavaOnnxConfig,
+                 progress: bool) -> dict:
+    steps = tqdm(total=6, desc="export", disable=not progress, unit="step")
+    steps.set_postfix_str("load")
+    llava_dir, tiny_clip = resolve_model(model, work)
+    clip_path = clip_path if clip_path is not None else tiny_clip
+    config = config if config is not None else PARConfig()
+    reference = ReducedLlava.from_pretrained(llava_dir, method, config, clip_path=clip_path)
+    n = reference.tokens_per_image
+    if isinstance(budget, int) and budget > n:
+        raise ExportError(f"budget {budget} exceeds the {n} tokens per image of this model")
+    if isinstance(budget, int) and budget > reference.config.k_max:
+        reference.reducer.config = reference.config = reference.config.replace(k_max=budget)
+    steps.update()
+
+    vision_cfg = reference.model.config.vision_config
+    query_dim = (vision_cfg.projection_dim if reference.config.space == "clip"
+                 else reference.model.config.text_config.hidden_size)
+    final = work / "final"
+    raw = work / "raw"
+    final.mkdir()
+    raw.mkdir()
+    common = {
+        "model": str(reference.model.config._name_or_path or llava_dir),
+        "method": method,
+        "budget": budget,
+        "budget_input": cfg.budget_input,
+        "width": min(reference.config.k_max, n) if not isinstance(budget_mode, int) else budget_mode,
+        "tokens_per_image": n,
+        "image_size": vision_cfg.image_size,
+        "image_token_id": reference.model.config.image_token_id,
+        "space": reference.config.space,
+        "query_dim": query_dim,
+        "config": reference.config.to_dict(),
+        "export": {"opset": cfg.opset, "fp16": cfg.fp16, "batch_max": cfg.batch_max,
+                   "exporter": "torch.onnx.export (TorchScript, dynamo=False)"},
+        "versions": {"par_export": par_export.__version__, "torch": torch.__version__,
+                     "transformers": __import__("transformers").__version__, "onnx": onnx.__version__},
+    }
+    max_sequence = 77 if reference.config.space == "clip" else reference.model.config.text_config.max_position_embeddings
+    if reference.query_encoder is not None:
+        max_sequence = reference.query_encoder.max_length
+    common["shape_bounds"] = cfg.shape_bounds(max_sequence)
+
+    steps.set_postfix_str("trace vision_par")
+    vision_module = VisionParGraph(reference, budget_mode).eval()
+    dummy = (torch.randn(2, 3, vision_cfg.image_size, vision_cfg.image_size), torch.randn(2, query_dim))
+    if cfg.budget_input:
+        dummy += (torch.tensor(min(16, n), dtype=torch.int64),)
+    spec = cfg.vision_par
+    _export(vision_module, dummy, spec, cfg.opset, raw / spec.filename)
+    _finalize(raw / spec.filename, final / spec.filename, {**common, "graph": spec.name}, cfg.fp16)
+    steps.update()
+
+    query_module = None
+    if reference.query_encoder is not None:
+        steps.set_postfix_str("trace query_encoder")
+        query_module = QueryGraph(reference.query_encoder).eval()
+        qspec = cfg.query_encoder
+        ids, mask = query_cases(reference, 2)[-1].feed.values()
+        _export(query_module, (torch.from_numpy(ids), torch.from_numpy(mask)), qspec, cfg.opset, raw / qspec.filename)
+        _finalize(raw / qspec.filename, final / qspec.filename, {**common, "graph": qspec.name}, cfg.fp16)
+    steps.update()
+
+    steps.set_postfix_str("validate")
+    precision = "fp16" if cfg.fp16 else "fp32"
+    graphs = {}
+    if budget_mode == "auto":
+        budgets: list = ["auto"]
+    elif isinstance(budget_mode, int):
+        budgets = [budget_mode]
+    else:
+        budgets = [b for b in VALIDATION_BUDGETS if b <= common["width"]] or [common["width"]]
+    session = ort_session(final / spec.filename)
+    cases = [compare_vision(vision_module, session, c)
+             for c in vision_cases(cfg, vision_cfg.image_size, query_dim, budgets)]
+    graphs["vision_par"] = {**check_graph(final / spec.filename), **summarize(cases, precision, True), "cases": cases}
+    if query_module is not None:
+        session = ort_session(final / cfg.query_encoder.filename)
+        cases = [compare_query(query_module, session, c) for c in query_cases(reference, cfg.batch_max)]
+        graphs["query_encoder"] = {**check_graph(final / cfg.query_encoder.filename),
+                                   **summarize(cases, precision, False), "cases": cases}
+    steps.update()
+
+    steps.set_postfix_str("lint")
+    lint = {name: [str(w) for w in lint_file(final / f"{name}.onnx")] for name in graphs}
+    steps.update()
+    report = {"passed": all(g["passed"] for g in graphs.values()), "precision": precision, "graphs": graphs,
+              "lint": lint, "metadata": common,
+              "skipped_budgets": [b for b in VALIDATION_BUDGETS if isinstance(b, int) and b > common["width"]]
+              if cfg.budget_input else []}
+    (final / "report.json").write_text(json.dumps(report, indent=2))
+    steps.update()
+    steps.close()
+    return report

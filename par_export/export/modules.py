@@ -1,0 +1,56 @@
+"""The ``nn.Module`` s that are traced: what each exported graph computes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from par_export.models.llava import ReducedLlava
+from par_export.models.query import QueryEncoder
+from par_export.reduce.retrieval import pool_prompt
+
+
+class VisionParGraph(nn.Module):
+    """``vision_par.onnx``: vision tower -> reducer -> projector.
+
+    Inputs: ``pixel_values [B, 3, H, W]``, ``query_embeds [B, Dq]`` (all zeros = no
+    prompt: CLS-attention fallback), and ``budget`` (0-d int64) when
+    ``budget`` is ``"input"``. Outputs: ``image_embeds [B, W, D_llm]`` (zero past
+    ``num_kept``), ``num_kept [B]`` int64, ``keep_index [B, W]`` int64 (-1 past ``num_kept``).
+
+    Args:
+        budget: ``"input"`` (dynamic K), ``"auto"`` (adaptive K) or a python int
+            fixed at trace time.
+    """
+
+    def __init__(self, llava: ReducedLlava, budget: str | int):
+        super().__init__()
+        self.llava = llava
+        self.vision_tower = llava.vision_tower  # registered so .half()/.to() reach them
+        self.projector = llava.projector
+        self.reducer = llava.reducer
+        self.budget = budget
+
+    def forward(self, pixel_values: torch.Tensor, query_embeds: torch.Tensor, budget: torch.Tensor | None = None):
+        tokens, attn = self.llava.vision_features(pixel_values)
+        has_prompt = query_embeds.abs().amax(dim=-1, keepdim=True) > 0  # [B, 1]
+        k = budget if self.budget == "input" else self.budget
+        out = self.reducer(tokens, query_embeds.unsqueeze(1), attn, budget=k, prompt_mask=has_prompt)
+        embeds = self.projector(out.tokens) * out.valid.unsqueeze(-1).to(out.tokens.dtype)
+        return embeds, out.num_kept, out.keep_index
+
+
+class QueryGraph(nn.Module):
+    """``query_encoder.onnx``: ``input_ids, attention_mask [B, P]`` -> ``query_embeds [B, Dq]``.
+
+    The prompt is rewritten (PAR step 1) and tokenized by the caller; CLIP space pools
+    by the text tower, LLM space by the masked mean of the input embeddings.
+    """
+
+    def __init__(self, encoder: QueryEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        embedding, mask = self.encoder.embed(input_ids, attention_mask)
+        return pool_prompt(embedding, mask)[0].to(embedding.dtype)
