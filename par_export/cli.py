@@ -91,6 +91,37 @@ def cmd_reduce(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from par_export.export import export_llava
+    from par_export.reduce import PARConfig
+
+    config = PARConfig(k_max=args.k_max) if args.k_max else None
+    report = export_llava(
+        args.model, args.out, method=args.method, budget=args.budget, config=config, clip_path=args.clip,
+        opset=args.opset, fp16=args.fp16, batch_max=args.batch_max, overwrite=args.overwrite,
+    )
+    print(f"validation ({report['precision']}, ONNX Runtime CPU vs PyTorch):")
+    for name, graph in report["graphs"].items():
+        agreement = graph.get("min_index_agreement")
+        extra = f", kept-index agreement {agreement:.2%}" if agreement is not None else ""
+        print(f"  {name}.onnx: {len(graph['cases'])} cases, max abs error {graph['max_abs_error']:.2e} "
+              f"(<= {graph['tolerance']['max_abs_error']:g}){extra}: {'ok' if graph['passed'] else 'FAILED'}")
+    for name, warnings in report["lint"].items():
+        for warning in warnings:
+            print(f"  TensorRT lint {name}.onnx: {warning}")
+    if report["skipped_budgets"]:
+        print(f"  budgets {report['skipped_budgets']} not validated: above the graph's width {report['metadata']['width']}")
+    print(f"wrote {args.out}/ (vision_par.onnx, query_encoder.onnx, report.json)")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from par_export.export.inspect import describe
+
+    print(describe(args.file))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from par_export import __version__
     from par_export.models.geometries import LLAVA_GEOMETRIES
@@ -118,6 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="folder for kept_tokens.png")
     p.add_argument("--show-grid", action="store_true", help="print each image's kept map (# kept, + merged, . dropped)")
     p.set_defaults(func=cmd_reduce)
+
+    p = sub.add_parser("export", help="export vision tower + projector + reducer to validated ONNX")
+    p.add_argument("--model", required=True, help="local LLaVA folder, or 'tiny' (random-weight tiny LLaVA + CLIP)")
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--method", default="par")
+    p.add_argument("--budget", type=_budget, default="auto", help="'auto' (adaptive K, no budget input) or an int "
+                   "K: the graph then takes K as a 0-d int64 input up to --k-max")
+    p.add_argument("--k-max", type=int, default=None, help="largest K and the padded output width (default 192)")
+    p.add_argument("--clip", default=None, help="local CLIP folder for space=clip (default: llm space)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--fp16", action="store_true", help="fp16 graph; reducer, norms and softmax stay fp32")
+    p.add_argument("--batch-max", type=int, default=8)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("inspect", help="print an exported graph's metadata, inputs and outputs")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_inspect)
     return parser
 
 
@@ -125,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         print(f"par-export {args.command}: error: {err}", file=sys.stderr)
         return 2
 

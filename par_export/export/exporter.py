@@ -56,11 +56,17 @@ def _export(module: torch.nn.Module, args: tuple, spec: GraphSpec, opset: int, p
         )
 
 
-def _finalize(raw: Path, final: Path, metadata: dict, fp16: bool) -> None:
-    """Add metadata (and convert to fp16), re-save; weights go to ``<name>.onnx.data`` when large."""
+def _finalize(raw: Path, final: Path, metadata: dict, fp16: bool, static_dims: dict | None = None) -> None:
+    """Add metadata (and convert to fp16), re-save; weights go to ``<name>.onnx.data`` when large.
+
+    ``static_dims`` = ``{output: {axis: size}}`` pins output axes the tracer left symbolic.
+    """
     model = onnx.load(str(raw))
     if fp16:
         model = to_fp16(model)
+    for value in model.graph.output:
+        for axis, size in (static_dims or {}).get(value.name, {}).items():
+            value.type.tensor_type.shape.dim[axis].dim_value = size
     set_metadata(model, metadata)
     large = model.ByteSize() > EXTERNAL_DATA_BYTES
     onnx.save_model(model, str(final), save_as_external_data=large, all_tensors_to_one_file=True,
@@ -155,13 +161,13 @@ def _export_into(work: Path, model, method, budget, budget_mode, config, clip_pa
     steps.set_postfix_str("load")
     llava_dir, tiny_clip = resolve_model(model, work)
     clip_path = clip_path if clip_path is not None else tiny_clip
-    config = config if config is not None else PARConfig()
+    config = (config if config is not None else PARConfig()).replace(budget=budget)
+    if isinstance(budget, int) and budget > config.k_max:
+        config = config.replace(k_max=budget)
     reference = ReducedLlava.from_pretrained(llava_dir, method, config, clip_path=clip_path)
     n = reference.tokens_per_image
     if isinstance(budget, int) and budget > n:
         raise ExportError(f"budget {budget} exceeds the {n} tokens per image of this model")
-    if isinstance(budget, int) and budget > reference.config.k_max:
-        reference.reducer.config = reference.config = reference.config.replace(k_max=budget)
     steps.update()
 
     vision_cfg = reference.model.config.vision_config
@@ -172,7 +178,7 @@ def _export_into(work: Path, model, method, budget, budget_mode, config, clip_pa
     final.mkdir()
     raw.mkdir()
     common = {
-        "model": str(reference.model.config._name_or_path or llava_dir),
+        "model": "tiny (random weights)" if str(model) == "tiny" else str(llava_dir),
         "method": method,
         "budget": budget,
         "budget_input": cfg.budget_input,
@@ -200,7 +206,8 @@ def _export_into(work: Path, model, method, budget, budget_mode, config, clip_pa
         dummy += (torch.tensor(min(16, n), dtype=torch.int64),)
     spec = cfg.vision_par
     _export(vision_module, dummy, spec, cfg.opset, raw / spec.filename)
-    _finalize(raw / spec.filename, final / spec.filename, {**common, "graph": spec.name}, cfg.fp16)
+    static = {"image_embeds": {1: common["width"], 2: reference.model.config.text_config.hidden_size}}
+    _finalize(raw / spec.filename, final / spec.filename, {**common, "graph": spec.name}, cfg.fp16, static)
     steps.update()
 
     query_module = None
