@@ -183,3 +183,13 @@ def test_cli_export_inspect_and_polygraphy(tmp_path):
     assert run.returncode == 0 and "PASSED" in run.stdout + run.stderr, run.stdout + run.stderr
     again = subprocess.run(cli + ["export", "--model", "tiny", "--out", str(out)], capture_output=True, text=True)
     assert again.returncode != 0 and "exists; pass overwrite" in again.stderr
+
+
+def test_large_graphs_move_weights_to_external_data(model_dirs, tmp_path, monkeypatch):
+    import par_export.export.exporter as exporter
+
+    monkeypatch.setattr(exporter, "EXTERNAL_DATA_BYTES", 10_000)  # the tiny graphs count as large
+    report = export(model_dirs, tmp_path / "out", budget=16)
+    assert report["passed"]  # validation ran on the external-data files
+    assert (tmp_path / "out" / "vision_par.onnx.data").stat().st_size > 10_000
+    assert (tmp_path / "out" / "vision_par.onnx").stat().st_size < 100_000
