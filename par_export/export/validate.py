@@ -60,6 +60,7 @@ def compare_vision(module: torch.nn.Module, session, case: Case) -> dict:
     return {
         "case": case.name,
         "max_abs_error": float(np.abs(embeds.astype(np.float32) - ref_embeds.astype(np.float32)).max()),
+        "reference_max_abs": float(np.abs(ref_embeds).max()),
         "index_agreement": agreement,
         "num_kept_equal": bool((kept == ref_kept).all()),
         "num_kept": kept.tolist(),
@@ -70,7 +71,8 @@ def compare_query(module: torch.nn.Module, session, case: Case) -> dict:
     with torch.no_grad():
         ref = module(*(torch.from_numpy(case.feed[n]) for n in ("input_ids", "attention_mask"))).numpy()
     (out,) = session.run(["query_embeds"], case.feed)
-    return {"case": case.name, "max_abs_error": float(np.abs(out.astype(np.float32) - ref.astype(np.float32)).max())}
+    return {"case": case.name, "max_abs_error": float(np.abs(out.astype(np.float32) - ref.astype(np.float32)).max()),
+            "reference_max_abs": float(np.abs(ref).max())}
 
 
 def summarize(cases: list[dict], precision: str, needs_indices: bool) -> dict:
@@ -78,7 +80,8 @@ def summarize(cases: list[dict], precision: str, needs_indices: bool) -> dict:
     bounds = TOLERANCES[precision]
     worst_error = max(c["max_abs_error"] for c in cases)
     passed = worst_error <= bounds["max_abs_error"]
-    summary = {"max_abs_error": worst_error, "tolerance": bounds}
+    summary = {"max_abs_error": worst_error, "reference_max_abs": max(c["reference_max_abs"] for c in cases),
+               "tolerance": bounds}
     if needs_indices:
         worst_agreement = min(c["index_agreement"] for c in cases)
         summary["min_index_agreement"] = worst_agreement
