@@ -98,7 +98,7 @@ def cmd_export(args) -> int:
     config = PARConfig(k_max=args.k_max) if args.k_max else None
     report = export_llava(
         args.model, args.out, method=args.method, budget=args.budget, config=config, clip_path=args.clip,
-        opset=args.opset, fp16=args.fp16, batch_max=args.batch_max, overwrite=args.overwrite,
+        opset=args.opset, fp16=args.fp16, batch_max=args.batch_max, overwrite=args.overwrite, plugin=args.plugin,
     )
     print(f"validation ({report['precision']}, ONNX Runtime CPU vs PyTorch):")
     for name, graph in report["graphs"].items():
@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="fp16 graph; reducer, norms and softmax stay fp32")
     p.add_argument("--batch-max", type=int, default=8)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--plugin", action="store_true", help="emit PAR's top-k clustering as one par::TopKCluster node "
+                   "(TensorRT: libpar_plugins.so; ONNX Runtime: onnxruntime-extensions Python op)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("inspect", help="print an exported graph's metadata, inputs and outputs")

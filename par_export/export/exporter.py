@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 import par_export
 from par_export.export.fp16 import to_fp16
 from par_export.export.config import DEFAULT_OPSET, GraphSpec, LlavaOnnxConfig
+from par_export.export.custom_op import DOMAIN, OP_TYPE, VERSION, topk_cluster_node
 from par_export.export.lint import lint_file
 from par_export.export.metadata import set_metadata
 from par_export.export.modules import QueryGraph, VisionParGraph
@@ -117,11 +118,13 @@ def export_llava(
     batch_max: int = 8,
     overwrite: bool = False,
     progress: bool = True,
+    plugin: bool = False,
 ) -> dict:
     """Export, validate and lint; returns the report (also written to ``out/report.json``).
 
     Raises :class:`ExportError` (nothing written) when an input is bad or a graph
-    fails validation. ``out`` must not exist unless ``overwrite``.
+    fails validation. ``out`` must not exist unless ``overwrite``. ``plugin`` emits
+    PAR's steps 5-6 as one ``par::TopKCluster`` node instead of standard ops.
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -129,6 +132,8 @@ def export_llava(
     if batch_max < 1:
         raise ExportError(f"batch_max must be >= 1, got {batch_max}")
     cls = reducer_class(method)
+    if plugin and cls.name != "par":
+        raise ExportError(f"--plugin replaces PAR's top-k clustering step; method {method!r} has none")
     budget_mode: str | int
     if budget == "auto":
         if not cls.supports_auto:
@@ -143,7 +148,7 @@ def export_llava(
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        report = _export_into(work, model, method, budget, budget_mode, config, clip_path, cfg, progress)
+        report = _export_into(work, model, method, budget, budget_mode, config, clip_path, cfg, progress, plugin)
         if not report["passed"]:
             raise ExportError("validation failed; nothing was written:\n" + json.dumps(report["graphs"], indent=1))
         final = work / "final"
@@ -156,7 +161,7 @@ def export_llava(
 
 
 def _export_into(work: Path, model, method, budget, budget_mode, config, clip_path, cfg: LlavaOnnxConfig,
-                 progress: bool) -> dict:
+                 progress: bool, plugin: bool) -> dict:
     steps = tqdm(total=6, desc="export", disable=not progress, unit="step")
     steps.set_postfix_str("load")
     llava_dir, tiny_clip = resolve_model(model, work)
@@ -168,6 +173,8 @@ def _export_into(work: Path, model, method, budget, budget_mode, config, clip_pa
     n = reference.tokens_per_image
     if isinstance(budget, int) and budget > n:
         raise ExportError(f"budget {budget} exceeds the {n} tokens per image of this model")
+    if plugin:
+        reference.reducer.topk_cluster = topk_cluster_node  # eager: same math; traced: one custom node
     steps.update()
 
     vision_cfg = reference.model.config.vision_config
@@ -187,6 +194,7 @@ def _export_into(work: Path, model, method, budget, budget_mode, config, clip_pa
         "image_size": vision_cfg.image_size,
         "image_token_id": reference.model.config.image_token_id,
         "space": reference.config.space,
+        "plugin": {"op": f"{DOMAIN}::{OP_TYPE}", "version": VERSION} if plugin else None,
         "query_dim": query_dim,
         "config": reference.config.to_dict(),
         "export": {"opset": cfg.opset, "fp16": cfg.fp16, "batch_max": cfg.batch_max,

@@ -63,7 +63,8 @@ def lint_model(model: onnx.ModelProto, shape_bounds: dict | None = None) -> list
     for node in graph.node:
         name = node.name or f"<{node.op_type} -> {node.output[0]}>"
         if node.domain not in ("", "ai.onnx"):
-            warnings.append(LintWarning("custom-op", name, f"{node.domain}::{node.op_type} needs a TensorRT plugin"))
+            hint = " (libpar_plugins.so: `par-export plugin path`)" if node.domain == "par" else ""
+            warnings.append(LintWarning("custom-op", name, f"{node.domain}::{node.op_type} needs a TensorRT plugin{hint}"))
         elif node.op_type in UNSUPPORTED_OPS:
             warnings.append(LintWarning("unsupported-op", name, f"{node.op_type} is not supported by TensorRT's ONNX parser"))
         elif node.op_type == "TopK" and len(node.input) > 1:

@@ -28,8 +28,14 @@ def check_graph(path: Path) -> dict:
 
 
 def ort_session(path: Path):
+    """ONNX Runtime CPU session; graphs with ``par::TopKCluster`` get its Python CPU op."""
     import onnxruntime as ort
 
+    from par_export.export.ort_custom_op import custom_op_session, uses_custom_op
+
+    model = onnx.load(str(path))
+    if uses_custom_op(model):
+        return custom_op_session(path, model)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

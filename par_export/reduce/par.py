@@ -9,7 +9,8 @@ from par_export.reduce.clustering import cosine_similarity_matrix, density_peaks
 from par_export.reduce.reducer import TokenReducer
 from par_export.reduce.registry import register
 from par_export.reduce.retrieval import min_max, standardized_relevance
-from par_export.reduce.router import center_slots, merged_output, route_to_centers, select_centers
+from par_export.reduce.output import ReductionOutput
+from par_export.reduce.topk_cluster import topk_cluster
 
 
 def resolve_num_kept(budget: int | str | torch.Tensor, z: torch.Tensor, config) -> torch.Tensor:
@@ -26,6 +27,9 @@ class PARReducer(TokenReducer):
     The optional ``query_projection`` maps visual tokens into the prompt's space
     (CLIP: post-LayerNorm + visual projection; LLM: the multimodal projector).
     """
+
+    # Steps 5-6 as one call; export swaps in the par::TopKCluster custom op (--plugin).
+    topk_cluster = staticmethod(topk_cluster)
 
     name = "par"
     description = "PAR: prompt relevance + density-peak clusters + token router (merge)"
@@ -44,13 +48,8 @@ class PARReducer(TokenReducer):
         # A (near-)duplicate of a denser token ranks below every other token (scores
         # are in [0, 1]): it becomes a center only when K leaves no other choice.
         scores = scores - 2.0 * (separation <= cfg.duplicate_distance).float()
-        keep_index, valid = select_centers(scores, num_kept, width)
-
-        own_slots = center_slots(keep_index, valid, visual_tokens.shape[1])
-        if cfg.router == "keep":
-            assignment = own_slots
-        else:
-            routed = route_to_centers(similarity, keep_index, valid, own_slots)
-            kept = (own_slots >= 0) | (z > -cfg.gamma)
-            assignment = torch.where(kept, routed, torch.full_like(routed, -1))
-        return merged_output(visual_tokens, assignment, z / cfg.tau, keep_index, valid, num_kept, scores)
+        merged, keep_index, assignment, num_kept = self.topk_cluster(
+            visual_tokens, scores, z, num_kept, width, cfg.gamma, cfg.tau, cfg.router, similarity
+        )
+        valid = keep_index >= 0
+        return ReductionOutput(merged, keep_index, assignment, valid, num_kept, scores)
