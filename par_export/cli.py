@@ -123,6 +123,19 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_plugin(args) -> int:
+    from par_export.plugins import DEFAULT_ARCHS, build_plugin, plugin_path
+
+    if args.action == "path":
+        path = plugin_path()
+        print(path)
+        return 0 if path.is_file() else 1
+    archs = tuple(args.arch) if args.arch else DEFAULT_ARCHS
+    print(f"building libpar_plugins.so for sm_{', sm_'.join(archs)} ...", flush=True)
+    print(f"wrote {build_plugin(archs, args.out, args.trt_include)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from par_export import __version__
     from par_export.models.geometries import LLAVA_GEOMETRIES
@@ -167,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(TensorRT: libpar_plugins.so; ONNX Runtime: onnxruntime-extensions Python op)")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("plugin", help="build libpar_plugins.so (TensorRT plugins) or print its path")
+    p.add_argument("action", choices=["build", "path"])
+    p.add_argument("--arch", action="append", help="SM version without 'sm_', repeatable (default 80 87 89 90 110)")
+    p.add_argument("--out", default=None, help="output folder (default $PAR_PLUGIN_DIR or build/plugins)")
+    p.add_argument("--trt-include", default=None, help="folder holding NvInfer.h")
+    p.set_defaults(func=cmd_plugin)
+
     p = sub.add_parser("inspect", help="print an exported graph's metadata, inputs and outputs")
     p.add_argument("file")
     p.set_defaults(func=cmd_inspect)
@@ -177,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:  # PluginBuildError, ExportError too
         print(f"par-export {args.command}: error: {err}", file=sys.stderr)
         return 2
 
