@@ -136,6 +136,82 @@ def cmd_plugin(args) -> int:
     return 0
 
 
+def _triple(text: str) -> tuple[int, int, int]:
+    """``a:b`` (opt = b) or ``a:b:c`` -> (min, opt, max)."""
+    parts = text.split(":")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX or MIN:OPT:MAX integers, got {text!r}") from None
+    if len(values) == 2:
+        values = [values[0], values[1], values[1]]
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= OPT <= MAX, got {text!r}")
+    return tuple(values)
+
+
+def cmd_build(args) -> int:
+    from par_export.engine.build import BuildOptions, build, export_source, trtexec_command
+    from par_export.engine.verify import format_rows, verify
+    from par_export.export.metadata import read_metadata
+
+    batch = None
+    if args.min_batch or args.opt_batch or args.max_batch:
+        batch = _triple(f"{args.min_batch or 1}:{args.opt_batch or args.min_batch or 1}:{args.max_batch or 8}")
+    options = BuildOptions(precision=args.precision, backend=args.backend, target=args.target, batch=batch,
+                           budget=args.budget_range, workspace_mib=args.workspace, timing_cache=args.timing_cache,
+                           version_compatible=args.version_compatible, dla_core=args.dla_core, plugin=args.plugin)
+    source = args.source or args.model
+    if source is None:
+        raise ValueError("give the exported folder / vision_par.onnx, or --model PATH|tiny")
+    if args.print_trtexec:
+        import tempfile
+
+        from par_export.engine.presets import load_preset
+
+        if args.target:
+            preset = load_preset(args.target)
+            options.batch = options.batch or preset.batch
+            options.workspace_mib = options.workspace_mib or preset.workspace_mib
+            options.dla_core = options.dla_core if options.dla_core is not None else preset.dla_core
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = export_source(source, Path(tmp), options, progress=False)
+            print(trtexec_command(folder, read_metadata(folder / "vision_par.onnx"), options))
+        return 0
+    out = args.out or f"out/{Path(str(source)).name}-{args.precision}"
+    manifest = build(source, out, options, overwrite=args.overwrite)
+    print(f"built {manifest['backend']} {manifest['precision']} artifact in {out}/ (manifest.json)")
+    rows, passed, precision = verify(out, count=3)
+    print(format_rows(rows))
+    print(f"verify ({precision}): {'PASSED' if passed else 'FAILED'}")
+    return 0 if passed else 1
+
+
+def cmd_verify(args) -> int:
+    from par_export.engine.verify import format_rows, verify
+
+    rows, passed, precision = verify(args.artifact, count=args.n)
+    print(format_rows(rows))
+    print(f"verify ({precision}): {'PASSED' if passed else 'FAILED'}")
+    return 0 if passed else 1
+
+
+def cmd_run(args) -> int:
+    from par_export.engine.run import run_image
+
+    heatmap = args.heatmap or str(Path(args.artifact) / "kept_tokens.png")
+    result = run_image(args.artifact, args.image, args.prompt, args.budget, heatmap)
+    print(f"query: {result['query']!r}")
+    print(f"kept {result['num_kept']}/{result['tokens_per_image']} tokens "
+          f"({result['backend']} {result['precision']}); first kept indices {result['keep_index'][:12]}")
+    print(f"image_embeds [{result['num_kept']}, {result['image_embeds'].shape[-1]}], first values "
+          f"{[round(float(v), 4) for v in result['image_embeds'][0, :6]]}")
+    for name, ms in result["timings_ms"].items():
+        print(f"  {name}: {ms:.2f} ms")
+    print(f"wrote {heatmap}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from par_export import __version__
     from par_export.models.geometries import LLAVA_GEOMETRIES
@@ -179,6 +255,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action="store_true", help="emit PAR's top-k clustering as one par::TopKCluster node "
                    "(TensorRT: libpar_plugins.so; ONNX Runtime: onnxruntime-extensions Python op)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("build", help="build a TensorRT engine (or the ONNX Runtime form) and verify it")
+    p.add_argument("source", nargs="?", help="export folder or its vision_par.onnx")
+    p.add_argument("--model", help="instead of SOURCE: a local LLaVA folder or 'tiny', exported first")
+    p.add_argument("--out", help="artifact folder (default out/<source>-<precision>)")
+    p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16", "int8", "fp8"])
+    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"])
+    p.add_argument("--target", help="preset from engines/presets (jetson-orin-nano, h100, ...)")
+    p.add_argument("--min-batch", type=int)
+    p.add_argument("--opt-batch", type=int)
+    p.add_argument("--max-batch", type=int)
+    p.add_argument("--budget-range", type=_triple, help="MIN:MAX or MIN:OPT:MAX kept tokens")
+    p.add_argument("--workspace", type=int, help="TensorRT workspace in MiB")
+    p.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
+    p.add_argument("--version-compatible", action="store_true")
+    p.add_argument("--dla-core", type=int)
+    p.add_argument("--plugin", action="store_true", help="export with the par::TopKCluster custom op")
+    p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("verify", help="compare a built artifact with PyTorch and the fp32 ONNX graph")
+    p.add_argument("artifact")
+    p.add_argument("-n", type=int, default=3, help="number of inputs (batch sizes cycle 1, 2, 4)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("run", help="one image + prompt through a built artifact; kept tokens as a PNG")
+    p.add_argument("artifact")
+    p.add_argument("--image", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--budget", type=int)
+    p.add_argument("--heatmap", help="PNG path (default ARTIFACT/kept_tokens.png)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("plugin", help="build libpar_plugins.so (TensorRT plugins) or print its path")
     p.add_argument("action", choices=["build", "path"])

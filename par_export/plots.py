@@ -43,3 +43,27 @@ def save_kept_maps(path: str | Path, maps: list[np.ndarray], titles: list[str],
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def save_kept_overlay(path: str | Path, image: np.ndarray, keep_index: list[int], side: int, title: str) -> Path:
+    """The image with its kept tokens highlighted and the others dimmed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mask = np.zeros(side * side)
+    mask[keep_index] = 1.0
+    fig, ax = plt.subplots(figsize=(4.2, 4.6))
+    ax.imshow(image)
+    h, w = image.shape[:2]
+    ax.imshow(mask.reshape(side, side), cmap="gray", alpha=0.55, vmin=0, vmax=1, extent=(0, w, h, 0),
+              interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -20,7 +20,8 @@ from par_export.export.custom_op import DOMAIN, OP_TYPE, VERSION, topk_cluster_n
 from par_export.export.lint import lint_file
 from par_export.export.metadata import set_metadata
 from par_export.export.modules import QueryGraph, VisionParGraph
-from par_export.export.validate import Case, check_graph, compare_query, compare_vision, ort_session, summarize
+from par_export.backends.onnxruntime import ort_session
+from par_export.export.validate import Case, check_graph, compare_query, compare_vision, summarize
 from par_export.models.llava import ReducedLlava
 from par_export.reduce import PARConfig, reducer_class
 
@@ -104,6 +105,27 @@ def query_cases(llava: ReducedLlava, batch_max: int) -> list[Case]:
         ids, mask = encoder.tokenize([q or "." for q in encoder.queries(prompts)], encoder.add_special_tokens)
         cases.append(Case(f"batch={batch}", {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}))
     return cases
+
+
+# OpenAI CLIP's normalization, used when the model folder has no preprocessor_config.json.
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def _write_runtime_files(folder: Path, llava_dir: Path, llava: ReducedLlava, image_size: int) -> None:
+    """What a runtime needs beside the graphs: the query tokenizer and image preprocessing."""
+    if llava.query_encoder is not None:
+        llava.query_encoder.tokenizer.save_pretrained(folder / "tokenizer")
+    preprocess = {"image_size": image_size, "image_mean": CLIP_MEAN, "image_std": CLIP_STD}
+    processor_config = Path(llava_dir) / "preprocessor_config.json"
+    if processor_config.is_file():
+        found = json.loads(processor_config.read_text())
+        preprocess.update({k: found[k] for k in ("image_mean", "image_std") if k in found})
+    query = llava.query_encoder
+    preprocess["query"] = None if query is None else {
+        "rewrite": query.rewrite, "template": query.template, "add_special_tokens": query.add_special_tokens,
+        "max_length": query.max_length}
+    (folder / "preprocess.json").write_text(json.dumps(preprocess, indent=2))
 
 
 def export_llava(
@@ -195,6 +217,7 @@ def _export_into(work: Path, model, method, budget, budget_mode, config, clip_pa
         "image_token_id": reference.model.config.image_token_id,
         "space": reference.config.space,
         "plugin": {"op": f"{DOMAIN}::{OP_TYPE}", "version": VERSION} if plugin else None,
+        "clip": "tiny (random weights)" if str(model) == "tiny" else (str(clip_path) if clip_path else None),
         "query_dim": query_dim,
         "config": reference.config.to_dict(),
         "export": {"opset": cfg.opset, "fp16": cfg.fp16, "batch_max": cfg.batch_max,
@@ -248,6 +271,7 @@ def _export_into(work: Path, model, method, budget, budget_mode, config, clip_pa
                                    **summarize(cases, precision, False), "cases": cases}
     steps.update()
 
+    _write_runtime_files(final, llava_dir, reference, vision_cfg.image_size)
     steps.set_postfix_str("lint")
     lint = {name: [str(w) for w in lint_file(final / f"{name}.onnx")] for name in graphs}
     steps.update()

@@ -1,0 +1,45 @@
+"""PyTorch runner: the reference every other backend is compared against."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+
+from par_export.backends.base import Runner
+
+
+class TorchRunner(Runner):
+    """Runs a traced module (``VisionParGraph``/``QueryGraph``) eagerly in fp32.
+
+    Args:
+        module: the ``nn.Module``.
+        output_names: names of its outputs, in order.
+    """
+
+    name = "torch"
+
+    def __init__(self, module: torch.nn.Module, output_names: list[str]):
+        super().__init__()
+        self.module = module.eval()
+        self.output_names = output_names
+        self._inputs = [p for p in inspect.signature(module.forward).parameters]
+
+    def input_names(self) -> list[str]:
+        return self._inputs
+
+    def activate_impl(self) -> None:
+        pass
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = []
+        for name in self._inputs:
+            if name not in feed:
+                break
+            value = torch.from_numpy(np.asarray(feed[name]))
+            args.append(value.float() if value.is_floating_point() else value)
+        with torch.no_grad():
+            outputs = self.module(*args)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return {name: out.numpy() for name, out in zip(self.output_names, outputs)}

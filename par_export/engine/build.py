@@ -1,0 +1,273 @@
+"""``par-export build``: exported graphs -> a TensorRT engine or an optimized ONNX Runtime model,
+with a manifest, then verified."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+from tqdm.auto import tqdm
+
+import par_export
+from par_export.backends.base import BackendUnavailable
+from par_export.backends.tensorrt import build_engine, import_tensorrt
+from par_export.engine.manifest import FORMAT, MANIFEST, sha256
+from par_export.engine.presets import PRECISIONS, load_preset
+from par_export.export.custom_op import DOMAIN
+from par_export.export.fp16 import to_fp16
+from par_export.export.metadata import read_metadata
+from par_export.plugins import plugin_path
+
+GRAPHS = ("vision_par", "query_encoder")
+RUNTIME_FILES = ("tokenizer", "preprocess.json", "report.json")
+
+
+class BuildError(RuntimeError):
+    """A build that could not be done; nothing was written."""
+
+
+@dataclass
+class BuildOptions:
+    precision: str = "fp16"
+    backend: str = "auto"  # auto | tensorrt | onnxruntime
+    target: str | None = None
+    batch: tuple[int, int, int] | None = None  # min, opt, max (default: preset or 1, 1, export batch_max)
+    budget: tuple[int, int, int] | None = None
+    workspace_mib: int | None = None
+    timing_cache: str | None = None
+    version_compatible: bool = False
+    dla_core: int | None = None
+    plugin: bool = False
+
+
+def resolve_backend(requested: str) -> str:
+    if requested not in ("auto", "tensorrt", "onnxruntime"):
+        raise BuildError(f"--backend must be auto, tensorrt or onnxruntime, got {requested!r}")
+    if requested == "onnxruntime":
+        return requested
+    try:
+        import_tensorrt()
+        return "tensorrt"
+    except BackendUnavailable as err:
+        if requested == "tensorrt":
+            raise BuildError(f"--backend tensorrt: {err}") from None
+        return "onnxruntime"
+
+
+def export_source(source: str | Path, workdir: Path, options: BuildOptions, progress: bool) -> Path:
+    """The folder holding ``vision_par.onnx``: ``source`` itself, the folder of a given
+    ``.onnx``, or a fresh export of a model folder / ``tiny``."""
+    path = Path(source)
+    if path.is_dir() and (path / "vision_par.onnx").is_file():
+        return path
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise BuildError(f"{path}: no such ONNX file")
+        if path.name != "vision_par.onnx":
+            raise BuildError(f"{path}: expected an export's vision_par.onnx (with query_encoder.onnx beside it)")
+        return path.parent
+    from par_export.export import export_llava
+
+    out = workdir / "onnx"
+    # The export's default K: the profile's opt budget, else 64 (16 for the 64-token tiny model).
+    budget = options.budget[1] if options.budget else (16 if str(source) == "tiny" else 64)
+    export_llava(source, out, budget=budget, plugin=options.plugin, progress=progress)
+    return out
+
+
+def _profiles(metadata: dict, options: BuildOptions, graph: onnx.ModelProto) -> dict:
+    """``{input: (min, opt, max) shape}`` for each input with a dynamic axis."""
+    batch = options.batch or (1, 1, metadata["export"]["batch_max"])
+    sequence = metadata["shape_bounds"].get("input_ids", {}).get("1", [1, 77])[1]
+    profiles = {}
+    for value in graph.graph.input:
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        if None not in dims:
+            continue
+        shapes = []
+        for step in range(3):
+            shape = list(dims)
+            shape[0] = batch[step]
+            if len(shape) > 1 and shape[1] is None:  # text sequence
+                shape[1] = (1, 16, sequence)[step]
+            shapes.append(tuple(shape))
+        profiles[value.name] = tuple(shapes)
+    return profiles
+
+
+def _quantize_int8_ort(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(src))
+    excluded = [n.name for n in model.graph.node if n.name.startswith("/reducer/")]
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                     nodes_to_exclude=excluded)
+
+
+def _build_onnxruntime(src: Path, dst: Path, precision: str, work: Path) -> None:
+    """Precision conversion, then ONNX Runtime's graph optimizations saved to ``dst``."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(src))
+    stage = work / f"{src.stem}.{precision}.onnx"
+    if precision == "fp16":
+        onnx.save(to_fp16(model), str(stage))
+    elif precision == "int8":
+        _quantize_int8_ort(src, stage)
+    elif precision == "fp32":
+        shutil.copy(src, stage)
+    else:
+        raise BuildError(f"precision {precision} needs TensorRT (ONNX Runtime's CPU provider has no {precision} "
+                         "kernels); use fp32, fp16 or int8 with --backend onnxruntime")
+    if any(node.domain == DOMAIN for node in model.graph.node):
+        shutil.copy(stage, dst)  # custom-op graphs are optimized when a session with the op loads them
+        return
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(dst)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(stage), options, providers=["CPUExecutionProvider"])
+
+
+def _io(graph: onnx.ModelProto) -> dict:
+    def describe(values):
+        return [{"name": v.name,
+                 "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)),
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+    return {"inputs": describe(graph.graph.input), "outputs": describe(graph.graph.output)}
+
+
+def gpu_info() -> dict | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+    except Exception:  # no usable CUDA: not an error for a CPU build
+        pass
+    return None
+
+
+def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite: bool = False,
+          progress: bool = True) -> dict:
+    """Build ``out/`` (artifacts, runtime files, ``manifest.json``); returns the manifest."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BuildError(f"{out} exists; pass --overwrite to replace it")
+    if options.precision not in PRECISIONS:
+        raise BuildError(f"--precision must be one of {PRECISIONS}, got {options.precision!r}")
+    preset = load_preset(options.target) if options.target else None
+    if preset is not None:
+        if options.precision not in preset.precisions:
+            raise BuildError(f"target {preset.name} supports {preset.precisions}, not {options.precision}")
+        options.batch = options.batch or preset.batch
+        options.budget = options.budget or preset.budget
+        options.workspace_mib = options.workspace_mib or preset.workspace_mib
+        options.dla_core = options.dla_core if options.dla_core is not None else preset.dla_core
+    backend = resolve_backend(options.backend)
+    if backend == "onnxruntime" and options.backend == "auto":
+        print("TensorRT not found: building the ONNX Runtime form (CPU provider). Install TensorRT for engines.")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        steps = tqdm(total=len(GRAPHS) + 2, desc=f"build {backend} {options.precision}", disable=not progress)
+        src = export_source(source, work, options, progress)
+        steps.update()
+        final = work / "final"
+        final.mkdir()
+        metadata = read_metadata(src / "vision_par.onnx")
+        plugin_needed = bool(metadata.get("plugin"))
+        graphs = {}
+        for name in GRAPHS:
+            onnx_path = src / f"{name}.onnx"
+            if not onnx_path.is_file():
+                continue
+            if backend == "tensorrt":
+                artifact = final / f"{name}.engine"
+                graph = onnx.load(str(onnx_path), load_external_data=False)
+                build_engine(onnx_path, artifact, options.precision, _profiles(metadata, options, graph),
+                             options.workspace_mib or 4096, Path(options.timing_cache) if options.timing_cache else None,
+                             options.version_compatible, options.dla_core, plugin_path() if plugin_needed else None)
+                io = _io(graph)
+            else:
+                artifact = final / f"{name}.ort.onnx"
+                _build_onnxruntime(onnx_path, artifact, options.precision, work)
+                io = _io(onnx.load(str(artifact), load_external_data=False))
+            graphs[name] = {"file": artifact.name, "sha256": sha256(artifact), "source": f"onnx/{onnx_path.name}",
+                            "source_sha256": sha256(onnx_path), **io}
+            steps.update()
+        (final / "onnx").mkdir()  # the fp32 source graphs: verify's second reference
+        for item in src.iterdir():
+            if item.name.endswith((".onnx", ".onnx.data")):
+                shutil.copy(item, final / "onnx" / item.name)
+        for item in RUNTIME_FILES:
+            if (src / item).is_dir():
+                shutil.copytree(src / item, final / item)
+            elif (src / item).is_file():
+                shutil.copy(src / item, final / item)
+        manifest = {
+            "format": FORMAT,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "par_export": par_export.__version__,
+            "backend": backend,
+            "backend_version": _backend_version(backend),
+            "precision": options.precision,
+            "gpu": gpu_info(),
+            "target": options.target,
+            "build": {k: v for k, v in asdict(options).items() if k not in ("precision", "backend", "target")},
+            "plugin": _plugin_entry() if plugin_needed else None,
+            "graphs": graphs,
+            "metadata": metadata,
+        }
+        (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        steps.update()
+        steps.close()
+        if out.exists():
+            shutil.rmtree(out)
+        final.rename(out)
+        return manifest
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _backend_version(backend: str) -> str:
+    if backend == "tensorrt":
+        return import_tensorrt().__version__
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _plugin_entry() -> dict:
+    path = plugin_path()
+    return {"file": path.name, "op": "par::TopKCluster", "sha256": sha256(path) if path.is_file() else None}
+
+
+def trtexec_command(source_dir: Path, metadata: dict, options: BuildOptions, graph: str = "vision_par") -> str:
+    """The ``trtexec`` line equivalent to a TensorRT build of ``graph`` with ``options``."""
+    model = onnx.load(str(source_dir / f"{graph}.onnx"), load_external_data=False)
+    profiles = _profiles(metadata, options, model)
+    parts = [f"trtexec --onnx={source_dir / f'{graph}.onnx'}", f"--saveEngine={graph}.engine"]
+    for flag, index in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
+        shapes = ",".join(f"{name}:{'x'.join(map(str, shape[index]))}" for name, shape in profiles.items())
+        if shapes:
+            parts.append(f"{flag}={shapes}")
+    parts += {"fp16": ["--fp16"], "bf16": ["--bf16"], "int8": ["--int8", "--fp16"], "fp8": ["--fp8", "--fp16"]}.get(
+        options.precision, [])
+    parts.append(f"--memPoolSize=workspace:{options.workspace_mib or 4096}M")
+    if options.dla_core is not None:
+        parts += [f"--useDLACore={options.dla_core}", "--allowGPUFallback"]
+    if options.timing_cache:
+        parts.append(f"--timingCacheFile={options.timing_cache}")
+    if options.version_compatible:
+        parts.append("--versionCompatible")
+    if metadata.get("plugin"):
+        parts.append(f"--dynamicPlugins={plugin_path()}")
+    return " \\\n    ".join(parts)

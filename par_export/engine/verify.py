@@ -1,0 +1,99 @@
+"""``par-export verify``: an artifact against the PyTorch reference and the fp32 ONNX source."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from par_export.backends.onnxruntime import OnnxRuntimeRunner
+from par_export.backends.torch import TorchRunner
+from par_export.engine.load import artifact_runners
+from par_export.export.validate import TOLERANCES, compare_outputs
+
+OUTPUTS = ["image_embeds", "num_kept", "keep_index"]
+
+
+def verification_feeds(metadata: dict, count: int, seed: int = 0) -> list[tuple[str, dict]]:
+    """``count`` feeds with batch sizes cycling 1, 2, 4 (capped at the export's batch_max)."""
+    rng = np.random.default_rng(seed)
+    batches = [b for b in (1, 2, 4) if b <= metadata["export"]["batch_max"]]
+    feeds = []
+    for i in range(count):
+        batch = batches[i % len(batches)]
+        size = metadata["image_size"]
+        query = rng.standard_normal((batch, metadata["query_dim"])).astype(np.float32)
+        if batch > 1:
+            query[-1] = 0  # no-prompt fallback
+        feed = {"pixel_values": rng.standard_normal((batch, 3, size, size)).astype(np.float32), "query_embeds": query}
+        if metadata["budget_input"]:
+            feed["budget"] = np.array(min(int(metadata["budget"]), metadata["width"]), dtype=np.int64)
+        feeds.append((f"batch={batch}", feed))
+    return feeds
+
+
+def torch_reference(metadata: dict, workdir: Path):
+    """The PyTorch module the graph came from, rebuilt from the metadata, or ``(None, reason)``."""
+    from par_export.export.exporter import resolve_model
+    from par_export.export.modules import VisionParGraph
+    from par_export.models.llava import ReducedLlava
+    from par_export.reduce import PARConfig
+
+    model, clip = metadata["model"], metadata.get("clip")
+    if model.startswith("tiny"):
+        model, clip = resolve_model("tiny", workdir)
+    elif not Path(model).is_dir():
+        return None, f"model folder {model} is not on this machine"
+    llava = ReducedLlava.from_pretrained(model, metadata["method"], PARConfig.from_dict(metadata["config"]),
+                                         clip_path=clip)
+    budget = "input" if metadata["budget_input"] else ("auto" if metadata["budget"] == "auto" else metadata["width"])
+    return VisionParGraph(llava, budget), None
+
+
+def cast_feed(feed: dict, graph: dict) -> dict:
+    """Inputs in the dtypes the manifest records for ``graph`` (fp16 artifacts take fp16)."""
+    dtypes = {i["name"]: np.dtype(i["dtype"]) for i in graph["inputs"]}
+    return {k: v.astype(dtypes[k]) if k in dtypes else v for k, v in feed.items()}
+
+
+def verify(folder: str | Path, count: int = 3) -> tuple[list[dict], bool, str]:
+    """Rows of ``{reference, case, max_abs_error, mean_abs_error, index_agreement, ...}``, the
+    verdict against the artifact precision's tolerance, and the precision."""
+    manifest, runners = artifact_runners(folder)
+    metadata = manifest["metadata"]
+    precision = manifest["precision"]
+    feeds = verification_feeds(metadata, count)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, runners["vision_par"] as artifact:
+        references = {"onnx-fp32": OnnxRuntimeRunner(Path(folder) / manifest["graphs"]["vision_par"]["source"])}
+        module, reason = torch_reference(metadata, Path(tmp))
+        if module is not None:
+            references["torch"] = TorchRunner(module, OUTPUTS)
+        else:
+            rows.append({"reference": "torch", "skipped": reason})
+        for name, reference in references.items():
+            with reference:
+                for case, feed in feeds:
+                    expected = reference.infer(feed)
+                    got = artifact.infer(cast_feed(feed, manifest["graphs"]["vision_par"]))
+                    rows.append({"reference": name, "case": case, **compare_outputs(expected, got)})
+    bounds = TOLERANCES[precision]
+    measured = [r for r in rows if "skipped" not in r]
+    scale = max(r["reference_max_abs"] for r in measured)
+    limit = bounds.get("max_abs_error", bounds.get("max_rel_error", 0) * scale)
+    passed = all(r["max_abs_error"] <= limit and r["index_agreement"] >= bounds["index_agreement"]
+                 and r["num_kept_equal"] for r in measured)
+    return rows, passed, precision
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [f"{'reference':<10} {'case':<9} {'max abs err':>11} {'mean abs err':>12} {'|ref| max':>9} "
+             f"{'kept idx agree':>14} {'K equal':>7}"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"{r['reference']:<10} skipped: {r['skipped']}")
+            continue
+        lines.append(f"{r['reference']:<10} {r['case']:<9} {r['max_abs_error']:>11.2e} {r['mean_abs_error']:>12.2e} "
+                     f"{r['reference_max_abs']:>9.2e} {r['index_agreement']:>14.2%} {str(r['num_kept_equal']):>7}")
+    return "\n".join(lines)

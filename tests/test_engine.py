@@ -1,0 +1,145 @@
+"""Build, manifest, presets, verify and run: ONNX Runtime end to end; TensorRT where installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from par_export.cli import main
+from par_export.engine.build import BuildError, BuildOptions, build, trtexec_command
+from par_export.engine.manifest import ArtifactError, check_manifest, read_manifest
+from par_export.engine.presets import available_presets, load_preset, parse_preset
+from par_export.engine.run import run_image
+from par_export.engine.verify import verify
+from par_export.export import export_llava
+from par_export.export.metadata import read_metadata
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "onnx"
+    export_llava("tiny", out, budget=16, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    rgb = np.zeros((80, 80, 3), np.uint8)
+    rgb[10:40, 40:70] = (220, 30, 30)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_onnxruntime_build_verify_run(exported, image, tmp_path, precision):
+    manifest = build(exported, tmp_path / "art", BuildOptions(precision=precision, backend="onnxruntime"),
+                     progress=False)
+    assert manifest["backend"] == "onnxruntime" and manifest["precision"] == precision
+    assert {i["name"] for i in manifest["graphs"]["vision_par"]["inputs"]} == {"pixel_values", "query_embeds", "budget"}
+    rows, passed, _ = verify(tmp_path / "art", count=3)
+    assert passed, rows
+    assert {r["reference"] for r in rows} == {"torch", "onnx-fp32"}
+    result = run_image(tmp_path / "art", image, "USER: <image> what color is the square?", budget=12,
+                       heatmap=tmp_path / "heat.png")
+    assert result["num_kept"] == 12 and len(result["keep_index"]) == 12
+    assert result["image_embeds"].shape == (12, 32)
+    assert (tmp_path / "heat.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_build_from_model_and_cli(image, tmp_path, capsys):
+    assert main(["build", "--model", "tiny", "--precision", "fp16", "--backend", "onnxruntime",
+                 "--out", str(tmp_path / "art")]) == 0
+    assert "verify (fp16): PASSED" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "art"), "-n", "2"]) == 0
+    assert main(["run", str(tmp_path / "art"), "--image", str(image), "--prompt", "red square"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 16/64 tokens" in out and (tmp_path / "art" / "kept_tokens.png").is_file()
+
+
+def test_manifest_round_trip_and_refusals(exported, tmp_path):
+    art = tmp_path / "art"
+    build(exported, art, BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
+    manifest = read_manifest(art)
+    assert manifest["metadata"] == read_metadata(exported / "vision_par.onnx")
+    assert manifest["graphs"]["vision_par"]["source_sha256"]
+    check_manifest(art, manifest, None, None, None)  # as built: accepted
+
+    engine = {**manifest, "backend": "tensorrt", "backend_version": "10.3.0", "build": {"version_compatible": False},
+              "gpu": {"name": "Orin", "compute_capability": "8.7"}}
+    with pytest.raises(ArtifactError, match="TensorRT 10.3.0, this machine has 11.1"):
+        check_manifest(art, engine, "11.1.0", "8.7", None)
+    with pytest.raises(ArtifactError, match="compute capability 8.7 .*this GPU is 9.0"):
+        check_manifest(art, engine, "10.3.1", "9.0", None)
+    with pytest.raises(ArtifactError, match="needs the plugin library"):
+        check_manifest(art, {**manifest, "plugin": {"file": "libpar_plugins.so", "sha256": "0"}}, None, None,
+                       tmp_path / "missing.so")
+
+    data = (art / "vision_par.ort.onnx").read_bytes()
+    (art / "vision_par.ort.onnx").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ArtifactError, match="corrupt, truncated or replaced"):
+        verify(art)
+    (art / "manifest.json").write_text("{broken")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        verify(art)
+
+
+def test_presets_are_valid_and_bad_ones_are_refused():
+    names = available_presets()
+    assert {"jetson-orin-nano", "jetson-orin-agx", "jetson-thor", "a100", "h100", "l4"} <= set(names)
+    for name in names:
+        preset = load_preset(name)
+        assert preset.precision in preset.precisions and preset.batch[0] <= preset.batch[2]
+    good = json.loads((load_preset.__globals__["PRESET_DIR"] / "h100.json").read_text())
+    with pytest.raises(ValueError, match="batch must be"):
+        parse_preset({**good, "batch": [4, 2, 1]})
+    with pytest.raises(ValueError, match="precisions must be among"):
+        parse_preset({**good, "precisions": ["fp4"]})
+    with pytest.raises(ValueError, match="unknown target preset 'tpu'"):
+        load_preset("tpu")
+
+
+def test_trtexec_command_follows_the_preset(exported):
+    preset = load_preset("jetson-orin-agx")
+    options = BuildOptions(precision="fp16", batch=preset.batch, workspace_mib=preset.workspace_mib,
+                           dla_core=preset.dla_core, timing_cache="cache.bin")
+    command = trtexec_command(exported, read_metadata(exported / "vision_par.onnx"), options)
+    assert "--minShapes=pixel_values:1x3x32x32,query_embeds:1x16" in command
+    assert "--maxShapes=pixel_values:4x3x32x32,query_embeds:4x16" in command
+    assert "--fp16" in command and "--useDLACore=0" in command and "--allowGPUFallback" in command
+    assert "--memPoolSize=workspace:4096M" in command and "--timingCacheFile=cache.bin" in command
+
+
+def test_bad_build_input_leaves_nothing(exported, tmp_path):
+    with pytest.raises(BuildError, match="needs TensorRT"):
+        build(exported, tmp_path / "a", BuildOptions(precision="bf16", backend="onnxruntime"), progress=False)
+    with pytest.raises(BuildError, match="target jetson-orin-nano supports"):
+        build(exported, tmp_path / "a", BuildOptions(precision="fp8", target="jetson-orin-nano"), progress=False)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "vision_par.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a readable ONNX model"):
+        build(corrupt / "vision_par.onnx", tmp_path / "a", BuildOptions(backend="onnxruntime"), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt"]  # no artifact, no temp folder
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
+def test_tensorrt_backend_without_tensorrt_is_a_clear_error(exported, tmp_path):
+    with pytest.raises(BuildError, match="TensorRT's Python package is not installed"):
+        build(exported, tmp_path / "a", BuildOptions(backend="tensorrt"), progress=False)
+
+
+@pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT (libnvinfer) is not installed")
+def test_tensorrt_engine_builds_and_verifies(exported, tmp_path):
+    manifest = build(exported, tmp_path / "engine", BuildOptions(precision="fp16", backend="tensorrt"), progress=False)
+    assert manifest["backend"] == "tensorrt" and manifest["gpu"]
+    rows, passed, _ = verify(tmp_path / "engine")
+    assert passed, rows
+
+
