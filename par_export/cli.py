@@ -160,7 +160,8 @@ def cmd_build(args) -> int:
         batch = _triple(f"{args.min_batch or 1}:{args.opt_batch or args.min_batch or 1}:{args.max_batch or 8}")
     options = BuildOptions(precision=args.precision, backend=args.backend, target=args.target, batch=batch,
                            budget=args.budget_range, workspace_mib=args.workspace, timing_cache=args.timing_cache,
-                           version_compatible=args.version_compatible, dla_core=args.dla_core, plugin=args.plugin)
+                           version_compatible=args.version_compatible, dla_core=args.dla_core, plugin=args.plugin,
+                           calib_images=args.calib_images)
     source = args.source or args.model
     if source is None:
         raise ValueError("give the exported folder / vision_par.onnx, or --model PATH|tiny")
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version-compatible", action="store_true")
     p.add_argument("--dla-core", type=int)
     p.add_argument("--plugin", action="store_true", help="export with the par::TopKCluster custom op")
+    p.add_argument("--calib-images", help="folder of images for TensorRT int8/fp8 calibration (ModelOpt Q/DQ)")
     p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_build)

@@ -143,3 +143,22 @@ def test_tensorrt_engine_builds_and_verifies(exported, tmp_path):
     assert passed, rows
 
 
+
+
+def test_calibration_data_from_images(exported, image, tmp_path):
+    from par_export.engine.build import calibration_data
+
+    metadata = read_metadata(exported / "vision_par.onnx")
+    feeds = calibration_data(metadata, str(image.parent))
+    assert feeds["pixel_values"].shape == (1, 3, 32, 32) and feeds["query_embeds"].shape == (1, 16)
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(BuildError, match="no .png/.jpg/.bmp images"):
+        calibration_data(metadata, str(tmp_path))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("modelopt") is not None, reason="ModelOpt is installed here")
+def test_int8_for_tensorrt_without_modelopt_is_a_clear_error(exported, tmp_path):
+    from par_export.engine.build import _quantize_for_tensorrt
+
+    with pytest.raises(BuildError, match="need NVIDIA ModelOpt"):
+        _quantize_for_tensorrt(exported / "vision_par.onnx", tmp_path / "q.onnx", "int8", {}, None)

@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from tqdm.auto import tqdm
 
@@ -19,6 +20,7 @@ from par_export.backends.tensorrt import build_engine, import_tensorrt
 from par_export.engine.manifest import FORMAT, MANIFEST, sha256
 from par_export.engine.presets import PRECISIONS, load_preset
 from par_export.export.custom_op import DOMAIN
+from par_export.export.exporter import CLIP_MEAN, CLIP_STD
 from par_export.export.fp16 import to_fp16
 from par_export.export.metadata import read_metadata
 from par_export.plugins import plugin_path
@@ -43,6 +45,7 @@ class BuildOptions:
     version_compatible: bool = False
     dla_core: int | None = None
     plugin: bool = False
+    calib_images: str | None = None  # folder of images for int8/fp8 calibration (TensorRT)
 
 
 def resolve_backend(requested: str) -> str:
@@ -107,6 +110,35 @@ def _quantize_int8_ort(src: Path, dst: Path) -> None:
     excluded = [n.name for n in model.graph.node if n.name.startswith("/reducer/")]
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                      nodes_to_exclude=excluded)
+
+
+def calibration_data(metadata: dict, images: str | None, count: int = 32) -> dict:
+    """ModelOpt calibration feeds for ``vision_par``: preprocessed images from a folder, or random pixels."""
+    from par_export.engine.run import load_image
+
+    size = metadata["image_size"]
+    if images:
+        files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+        if not files:
+            raise BuildError(f"--calib-images {images}: no .png/.jpg/.bmp images there")
+        pixels = np.concatenate([load_image(f, {"image_size": size, "image_mean": CLIP_MEAN,
+                                                "image_std": CLIP_STD})[0] for f in files[:count]])
+    else:
+        print("no --calib-images: calibrating int8/fp8 on random pixels (pass a folder of real images)")
+        pixels = np.random.default_rng(0).standard_normal((count, 3, size, size)).astype(np.float32)
+    query = np.random.default_rng(1).standard_normal((len(pixels), metadata["query_dim"])).astype(np.float32)
+    return {"pixel_values": pixels, "query_embeds": query}
+
+
+def _quantize_for_tensorrt(src: Path, dst: Path, precision: str, metadata: dict, images: str | None) -> None:
+    """Explicit Q/DQ quantization with NVIDIA ModelOpt; the reducer subgraph stays unquantized."""
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError:
+        raise BuildError(f"{precision} engines need NVIDIA ModelOpt for Q/DQ quantization: "
+                         "pip install 'nvidia-modelopt[onnx]'") from None
+    quantize(onnx_path=str(src), quantize_mode=precision, calibration_data=calibration_data(metadata, images),
+             calibration_eps=["cpu"], nodes_to_exclude=["/reducer/.*"], output_path=str(dst))
 
 
 def _build_onnxruntime(src: Path, dst: Path, precision: str, work: Path) -> None:
@@ -192,6 +224,10 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
             if backend == "tensorrt":
                 artifact = final / f"{name}.engine"
                 graph = onnx.load(str(onnx_path), load_external_data=False)
+                if options.precision in ("int8", "fp8") and name == "vision_par":
+                    quantized = work / f"{name}.qdq.onnx"
+                    _quantize_for_tensorrt(onnx_path, quantized, options.precision, metadata, options.calib_images)
+                    onnx_path = quantized
                 build_engine(onnx_path, artifact, options.precision, _profiles(metadata, options, graph),
                              options.workspace_mib or 4096, Path(options.timing_cache) if options.timing_cache else None,
                              options.version_compatible, options.dla_core, plugin_path() if plugin_needed else None)
