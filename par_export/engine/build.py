@@ -20,7 +20,7 @@ from par_export.backends.tensorrt import build_engine, import_tensorrt
 from par_export.engine.manifest import FORMAT, MANIFEST, sha256
 from par_export.engine.presets import PRECISIONS, load_preset
 from par_export.export.custom_op import DOMAIN
-from par_export.export.exporter import CLIP_MEAN, CLIP_STD
+from par_export.data.images import CLIP_MEAN, CLIP_STD
 from par_export.export.fp16 import to_fp16
 from par_export.export.metadata import read_metadata
 from par_export.plugins import plugin_path

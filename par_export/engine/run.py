@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from par_export.data.images import normalize
 from par_export.engine.load import artifact_runners
 from par_export.engine.verify import cast_feed
 from par_export.reduce.prompt import rewrite_prompt
@@ -24,9 +25,7 @@ def load_image(path: str | Path, preprocess: dict) -> tuple[np.ndarray, np.ndarr
         raise ValueError(f"{path}: not a readable image ({err})") from None
     size = preprocess["image_size"]
     resized = np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.uint8)
-    pixels = (resized.astype(np.float32) / 255.0 - np.array(preprocess["image_mean"], np.float32)) / np.array(
-        preprocess["image_std"], np.float32)
-    return pixels.transpose(2, 0, 1)[None], resized
+    return normalize(resized, preprocess["image_mean"], preprocess["image_std"])[None], resized
 
 
 def query_embedding(folder: Path, preprocess: dict, prompt: str, runner, graph: dict) -> tuple[np.ndarray, str]:

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 import par_export
+from par_export.data.images import CLIP_MEAN, CLIP_STD
 from par_export.export.fp16 import to_fp16
 from par_export.export.config import DEFAULT_OPSET, GraphSpec, LlavaOnnxConfig
 from par_export.export.custom_op import DOMAIN, OP_TYPE, VERSION, topk_cluster_node
@@ -107,16 +108,11 @@ def query_cases(llava: ReducedLlava, batch_max: int) -> list[Case]:
     return cases
 
 
-# OpenAI CLIP's normalization, used when the model folder has no preprocessor_config.json.
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
-
 def _write_runtime_files(folder: Path, llava_dir: Path, llava: ReducedLlava, image_size: int) -> None:
     """What a runtime needs beside the graphs: the query tokenizer and image preprocessing."""
     if llava.query_encoder is not None:
         llava.query_encoder.tokenizer.save_pretrained(folder / "tokenizer")
-    preprocess = {"image_size": image_size, "image_mean": CLIP_MEAN, "image_std": CLIP_STD}
+    preprocess = {"image_size": image_size, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}
     processor_config = Path(llava_dir) / "preprocessor_config.json"
     if processor_config.is_file():
         found = json.loads(processor_config.read_text())

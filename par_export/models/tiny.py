@@ -19,23 +19,23 @@ WORDS = (
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
 
-def word_tokenizer(append_eos: bool):
-    """A word-level ``PreTrainedTokenizerFast`` over :data:`WORDS` (``<s>`` first; ``</s>`` last if asked)."""
+def word_tokenizer(append_eos: bool, words: list[str] | None = None):
+    """A word-level ``PreTrainedTokenizerFast`` over ``words`` (default :data:`WORDS`), special
+    tokens first, ``<s>`` prepended, ``</s>`` appended if asked (CLIP pools at the EOS)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL + list(dict.fromkeys(WORDS)))}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + list(dict.fromkeys(words or WORDS)))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     template = "<s> $A </s>" if append_eos else "<s> $A"
     tok.post_processor = processors.TemplateProcessing(
         single=template, special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])]
     )
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
         extra_special_tokens={"image_token": "<image>"},
     )
-    return fast
 
 
 def tiny_llava_config(image_size: int = 32, patch_size: int = 4, vision_hidden: int = 32, text_hidden: int = 32,

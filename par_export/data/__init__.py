@@ -1,0 +1,1 @@
+"""Procedural VQA data for the embedded demo model."""

@@ -1,0 +1,180 @@
+"""Procedural VQA: scenes of 6-16 coloured shapes on textured backgrounds, questions whose
+answer depends on one or a few objects, one-word answers, captions. Deterministic per seed.
+
+Splits are seed ranges: train ``[0, 1e6)``, val ``[1e6, 1.1e6)``, test ``[2e6, 2.1e6)``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
+    "purple": (140, 50, 180), "orange": (240, 130, 30), "white": (245, 245, 245), "black": (20, 20, 20),
+}
+SHAPES = ("circle", "square", "triangle", "star")
+REGIONS = ("top left", "top", "top right", "left", "middle", "right", "bottom left", "bottom", "bottom right")
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+SPLITS = {"train": (0, 1_000_000), "val": (1_000_000, 1_100_000), "test": (2_000_000, 2_100_000)}
+QUESTION_TYPES = ("color", "exists", "count", "side", "shape")
+IMAGE_SIZE = 128
+
+
+@dataclass(frozen=True)
+class Shape:
+    shape: str
+    color: str
+    x: float  # center, pixels
+    y: float
+    radius: float
+
+    @property
+    def region(self) -> str:
+        col = min(int(self.x / IMAGE_SIZE * 3), 2)
+        row = min(int(self.y / IMAGE_SIZE * 3), 2)
+        return REGIONS[row * 3 + col]
+
+    @property
+    def side(self) -> str:
+        return "left" if self.x < IMAGE_SIZE / 2 else "right"
+
+
+@dataclass(frozen=True)
+class Sample:
+    seed: int
+    objects: tuple[Shape, ...]
+    background: tuple[int, int, int, int]  # base grey, stripe period, stripe angle index, noise seed
+    question: str
+    answer: str
+    kind: str
+    caption: str
+    target: tuple[int, ...]  # indices of the objects the answer depends on
+
+
+def make_scene(rng: random.Random) -> tuple[tuple[Shape, ...], tuple[int, int, int, int]]:
+    count = rng.randint(6, 16)
+    objects: list[Shape] = []
+    for _ in range(400):
+        if len(objects) == count:
+            break
+        r = rng.uniform(6.0, 11.0)
+        x, y = rng.uniform(r + 1, IMAGE_SIZE - r - 1), rng.uniform(r + 1, IMAGE_SIZE - r - 1)
+        if all(math.hypot(x - o.x, y - o.y) > r + o.radius + 2 for o in objects):
+            objects.append(Shape(rng.choice(SHAPES), rng.choice(list(COLORS)), x, y, r))
+    background = (rng.randint(90, 170), rng.randint(6, 16), rng.randint(0, 3), rng.randint(0, 2**31 - 1))
+    return tuple(objects), background
+
+
+def _unique(objects, key) -> list[int]:
+    keys = [key(o) for o in objects]
+    return [i for i, k in enumerate(keys) if keys.count(k) == 1]
+
+
+def make_question(rng: random.Random, objects: tuple[Shape, ...], kind: str) -> tuple[str, str, tuple[int, ...]] | None:
+    """(question, answer, target object indices), or None when this scene cannot pose ``kind``."""
+    if kind == "color":
+        options = _unique(objects, lambda o: (o.shape, o.region))
+        if not options:
+            return None
+        i = rng.choice(options)
+        o = objects[i]
+        return f"what color is the {o.shape} at the {o.region} ?", o.color, (i,)
+    if kind == "exists":
+        present = {(o.shape, o.color) for o in objects}
+        if rng.random() < 0.5:  # half the questions ask about a present object, half about an absent one
+            shape, color = rng.choice(sorted(present))
+        else:
+            absent = sorted({(sh, c) for sh in SHAPES for c in COLORS} - present)
+            shape, color = rng.choice(absent)
+        hits = tuple(i for i, o in enumerate(objects) if (o.shape, o.color) == (shape, color))
+        return f"is there a {color} {shape} ?", "yes" if hits else "no", hits
+    if kind == "count":
+        shape = rng.choice(SHAPES)
+        hits = tuple(i for i, o in enumerate(objects) if o.shape == shape)
+        return f"how many {shape}s are there ?", NUMBERS[len(hits)], hits
+    if kind == "side":
+        options = _unique(objects, lambda o: (o.color, o.shape))
+        if not options:
+            return None
+        i = rng.choice(options)
+        o = objects[i]
+        return f"which side is the {o.color} {o.shape} on ?", o.side, (i,)
+    if kind == "shape":
+        options = _unique(objects, lambda o: o.color)
+        if not options:
+            return None
+        i = rng.choice(options)
+        return f"what shape is the {objects[i].color} object ?", objects[i].shape, (i,)
+    raise ValueError(f"unknown question type {kind!r}; expected one of {QUESTION_TYPES}")
+
+
+def caption(rng: random.Random, objects: tuple[Shape, ...]) -> str:
+    """Three objects of the scene described with colour, shape and region (for contrastive training)."""
+    chosen = rng.sample(list(objects), k=min(3, len(objects)))
+    return " , ".join(f"{o.color} {o.shape} at the {o.region}" for o in chosen)
+
+
+def sample(seed: int, kind: str | None = None) -> Sample:
+    """The sample of ``seed`` (a question type drawn from the seed unless ``kind`` is given)."""
+    rng = random.Random(seed)
+    objects, background = make_scene(rng)
+    kinds = [kind] if kind else rng.sample(QUESTION_TYPES, k=len(QUESTION_TYPES))
+    for k in kinds:
+        posed = make_question(rng, objects, k)
+        if posed is not None:
+            question, answer, target = posed
+            return Sample(seed, objects, background, question, answer, k, caption(rng, objects), target)
+    question, answer, target = make_question(rng, objects, "count")  # always posable
+    return Sample(seed, objects, background, question, answer, "count", caption(rng, objects), target)
+
+
+def split_seeds(split: str, n: int, offset: int = 0) -> range:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLITS)}")
+    low, high = SPLITS[split]
+    if n > high - low:
+        raise ValueError(f"split {split} has {high - low} samples, asked for {n}")
+    return range(low + offset, low + offset + n)
+
+
+def _star(x: float, y: float, r: float) -> list[tuple[float, float]]:
+    return [(x + (r if k % 2 == 0 else r * 0.45) * math.sin(k * math.pi / 5),
+             y - (r if k % 2 == 0 else r * 0.45) * math.cos(k * math.pi / 5)) for k in range(10)]
+
+
+def render(s: Sample, size: int = IMAGE_SIZE) -> Image.Image:
+    """The scene as an RGB image: striped, noisy grey background, then the shapes."""
+    grey, period, angle, noise_seed = s.background
+    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
+    direction = (xx, yy, xx + yy, xx - yy)[angle]
+    stripes = ((direction // period) % 2) * 18.0
+    noise = np.random.default_rng(noise_seed).normal(0, 10, (IMAGE_SIZE, IMAGE_SIZE, 1))
+    base = np.clip(grey + stripes[..., None] + noise, 0, 255).astype(np.uint8).repeat(3, axis=2)
+    image = Image.fromarray(base)
+    draw = ImageDraw.Draw(image)
+    for o in s.objects:
+        fill, box = COLORS[o.color], (o.x - o.radius, o.y - o.radius, o.x + o.radius, o.y + o.radius)
+        if o.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif o.shape == "square":
+            draw.rectangle(box, fill=fill)
+        elif o.shape == "triangle":
+            draw.polygon([(o.x, o.y - o.radius), (o.x - o.radius, o.y + o.radius), (o.x + o.radius, o.y + o.radius)],
+                         fill=fill)
+        else:
+            draw.polygon(_star(o.x, o.y, o.radius * 1.2), fill=fill)
+    return image if size == IMAGE_SIZE else image.resize((size, size), Image.BICUBIC)
+
+
+def vocabulary() -> list[str]:
+    """Every word of questions, answers, captions and the chat template."""
+    words = ["USER", "ASSISTANT", ":", "?", ",", "a", "an", "the", "at", "of", "is", "are", "there", "what",
+             "which", "how", "many", "color", "shape", "side", "on", "object", "photo", "yes", "no", "left", "right"]
+    words += list(COLORS) + list(SHAPES) + [f"{s}s" for s in SHAPES] + list(NUMBERS)
+    words += [w for region in REGIONS for w in region.split()]
+    return list(dict.fromkeys(words))
