@@ -213,6 +213,38 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _budgets(text: str) -> list:
+    return [_budget(b) for b in text.split(",") if b]
+
+
+def cmd_eval(args) -> int:
+    from par_export.eval.vqa import evaluate, evaluate_jsonl, format_rows, result_rows, write_outputs
+    from par_export.export.exporter import resolve_model
+
+    if args.backend != "torch":
+        raise ValueError(f"--backend {args.backend}: only 'torch' is implemented; artifacts are checked "
+                         "against it with `par-export verify`")
+    import tempfile
+
+    if bool(args.data) != bool(args.images):
+        raise ValueError("--data FILE.jsonl and --images DIR go together")
+    with tempfile.TemporaryDirectory() as tmp:
+        llava_dir, clip_dir = resolve_model(args.model, Path(tmp))
+        methods, budgets = args.methods.split(","), _budgets(args.budgets)
+        if args.data:
+            results = evaluate_jsonl(llava_dir, args.clip or clip_dir, Path(args.data), Path(args.images), methods,
+                                     budgets, batch=min(args.batch, 8))
+            print(f"{results['records']} records; skipped: {results['skipped'] or 'none'}")
+        else:
+            results = evaluate(llava_dir, args.clip or clip_dir, methods, budgets, split=args.split, n=args.n,
+                               batch=args.batch)
+    rows = result_rows(results)
+    print(format_rows(rows))
+    for path in write_outputs(rows, results, Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from par_export import __version__
     from par_export.models.geometries import LLAVA_GEOMETRIES
@@ -290,6 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int)
     p.add_argument("--heatmap", help="PNG path (default ARTIFACT/kept_tokens.png)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("eval", help="accuracy vs kept tokens per method on the demo VQA (CSV, JSON, PNG)")
+    p.add_argument("--model", default="demo", help="'demo' (shipped) or a local LLaVA folder trained on the VQA")
+    p.add_argument("--clip", help="local CLIP folder for space=clip (demo: shipped)")
+    p.add_argument("--methods", default="par,random,pool,cls_attn,visionzip,prumerge,text_sim")
+    p.add_argument("--budgets", default="16,32,64,128,auto")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--data", help="LLaVA-style JSONL (question_id, image, text, answer) instead of the demo VQA")
+    p.add_argument("--images", help="folder of the JSONL's images")
+    p.add_argument("--out", default="out/eval")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plugin", help="build libpar_plugins.so (TensorRT plugins) or print its path")
     p.add_argument("action", choices=["build", "path"])

@@ -48,14 +48,14 @@ def train_clip(minutes: float, batch: int, vocab: list[str], log) -> tuple:
 
     tokenizer = word_tokenizer(append_eos=True, words=vocab)
     model = CLIPModel(demo_clip_config(len(SPECIAL) + len(vocab))).train()
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    optim = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
     rng = random.Random(0)
     start, step = time.time(), 0
     while time.time() - start < minutes * 60:
         samples = [sample(rng.randrange(0, 900_000)) for _ in range(batch)]  # train seeds
         text = tokenizer([s.caption for s in samples], padding=True, return_tensors="pt")
         for group in optim.param_groups:
-            group["lr"] = 1e-3 * schedule(step, 100, (time.time() - start) / (minutes * 60))
+            group["lr"] = 5e-4 * schedule(step, 100, (time.time() - start) / (minutes * 60))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
                          pixel_values=pixels(samples), return_loss=True).loss

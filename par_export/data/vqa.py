@@ -93,8 +93,8 @@ def make_question(rng: random.Random, objects: tuple[Shape, ...], kind: str) -> 
             shape, color = rng.choice(absent)
         hits = tuple(i for i, o in enumerate(objects) if (o.shape, o.color) == (shape, color))
         return f"is there a {color} {shape} ?", "yes" if hits else "no", hits
-    if kind == "count":
-        shape = rng.choice(SHAPES)
+    if kind == "count":  # shapes with at most nine instances (one-word answers); one always exists
+        shape = rng.choice([s for s in SHAPES if sum(o.shape == s for o in objects) < len(NUMBERS)])
         hits = tuple(i for i, o in enumerate(objects) if o.shape == shape)
         return f"how many {shape}s are there ?", NUMBERS[len(hits)], hits
     if kind == "side":
@@ -114,8 +114,9 @@ def make_question(rng: random.Random, objects: tuple[Shape, ...], kind: str) -> 
 
 
 def caption(rng: random.Random, objects: tuple[Shape, ...]) -> str:
-    """Three objects of the scene described with colour, shape and region (for contrastive training)."""
-    chosen = rng.sample(list(objects), k=min(3, len(objects)))
+    """Two objects of the scene with colour, shape and region (for contrastive training): short
+    object-level text, the kind of query PAR retrieves with."""
+    chosen = rng.sample(list(objects), k=min(2, len(objects)))
     return " , ".join(f"{o.color} {o.shape} at the {o.region}" for o in chosen)
 
 

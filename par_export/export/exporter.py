@@ -38,15 +38,18 @@ class ExportError(RuntimeError):
 
 
 def resolve_model(model: str | Path, workdir: Path) -> tuple[Path, Path | None]:
-    """``(llava_folder, clip_folder)`` for ``--model``: a local folder, or ``tiny``
-    (random-weight tiny LLaVA + CLIP written to ``workdir`` through ``save_pretrained``)."""
+    """``(llava_folder, clip_folder)`` for ``--model``: a local folder, ``demo`` (the shipped
+    demo VLM), or ``tiny`` (random-weight tiny LLaVA + CLIP written to ``workdir`` through
+    ``save_pretrained``)."""
     if str(model) == "tiny":
         from par_export.models.tiny import save_tiny_clip, save_tiny_llava
 
         llava = save_tiny_llava(workdir / "tiny-llava")
         return llava, save_tiny_clip(workdir / "tiny-clip", llava)
     if str(model) == "demo":
-        raise ExportError("the trained demo model is not shipped yet; use --model tiny or a local LLaVA folder")
+        from par_export.models.demo import demo_paths
+
+        return demo_paths()
     return Path(model), None
 
 
@@ -214,6 +217,7 @@ def _export_into(work: Path, model, method, budget, budget_mode, config, clip_pa
         "space": reference.config.space,
         "plugin": {"op": f"{DOMAIN}::{OP_TYPE}", "version": VERSION} if plugin else None,
         "clip": "tiny (random weights)" if str(model) == "tiny" else (str(clip_path) if clip_path else None),
+        "model_name": str(model) if str(model) in ("tiny", "demo") else Path(llava_dir).name,
         "query_dim": query_dim,
         "config": reference.config.to_dict(),
         "export": {"opset": cfg.opset, "fp16": cfg.fp16, "batch_max": cfg.batch_max,

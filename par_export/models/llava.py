@@ -194,9 +194,14 @@ class ReducedLlava:
 
     @torch.no_grad()
     def reduce_images(self, pixel_values: torch.Tensor, prompts: list[str] | None,
-                      budget: int | str | None = None) -> tuple[ReductionOutput, list[torch.Tensor]]:
-        """Reduce each image for its prompt: the reducer's output and ``[K_i, D_llm]`` per image."""
-        tokens, attn = self.vision_features(pixel_values)
+                      budget: int | str | None = None,
+                      features: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[ReductionOutput, list[torch.Tensor]]:
+        """Reduce each image for its prompt: the reducer's output and ``[K_i, D_llm]`` per image.
+
+        ``features``: ``vision_features(pixel_values)`` if already computed (evaluation reuses
+        one tower pass across reducers and budgets).
+        """
+        tokens, attn = features if features is not None else self.vision_features(pixel_values)
         prompt_embedding = prompt_mask = None
         if self.reducer.uses_prompt and prompts is not None:
             if self.query_encoder is None:
@@ -210,7 +215,8 @@ class ReducedLlava:
 
     def prepare_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                        pixel_values: torch.Tensor, prompts: list[str] | None = None,
-                       budget: int | str | None = None) -> ReducedBatch:
+                       budget: int | str | None = None,
+                       features: tuple[torch.Tensor, torch.Tensor] | None = None) -> ReducedBatch:
         """Reduce the images and rewrite ``input_ids``/``attention_mask`` to K image tokens each.
 
         Args:
@@ -219,6 +225,7 @@ class ReducedLlava:
             pixel_values: ``[I, 3, H, W]``, images in the order their placeholders appear.
             prompts: one text per sample for the query; default: decoded from ``input_ids``.
             budget: int K, ``"auto"``, or ``None`` for ``config.budget``.
+            features: precomputed ``vision_features(pixel_values)``.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -233,18 +240,18 @@ class ReducedLlava:
                 f"{pixel_values.shape[0]} images were given but input_ids hold {len(image_rows)} image placeholders"
             )
         image_prompts = [prompts[b] for b in image_rows]
-        reduction, features = self.reduce_images(pixel_values, image_prompts, budget)
+        reduction, image_features = self.reduce_images(pixel_values, image_prompts, budget, features)
         new_ids, new_mask = resize_image_runs(
             input_ids, attention_mask, self.model.config.image_token_id, self.tokens_per_image,
-            [f.shape[0] for f in features], self._pad_token_id(),
+            [f.shape[0] for f in image_features], self._pad_token_id(),
         )
         device = self.model.device
         model_inputs = {
             "input_ids": new_ids.to(device),
             "attention_mask": new_mask.to(device),
-            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=features)},
+            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=image_features)},
         }
-        return ReducedBatch(model_inputs, reduction, features, image_prompts)
+        return ReducedBatch(model_inputs, reduction, image_features, image_prompts)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pixel_values: torch.Tensor,

@@ -1,0 +1,1 @@
+"""Fidelity of reduced-context answers against full tokens: ``par-export eval``."""

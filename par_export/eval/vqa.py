@@ -1,0 +1,257 @@
+"""Accuracy per reducer and budget on the procedural VQA, relative to full tokens.
+
+Every sample is answered with one greedy token after the prompt (the answers are one
+word), by the full model and by each reducer at each budget; the vision tower runs once
+per batch and is shared by all of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from par_export.data.images import normalize
+from par_export.data.vqa import render, sample, split_seeds
+from par_export.files import atomic_output
+from par_export.flops import llm_prefill_flops
+from par_export.models.llava import ReducedLlava
+from par_export.reduce import PARConfig, reducer_class
+
+
+@dataclass
+class Tally:
+    correct: int = 0
+    total: int = 0
+    kept: list[int] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.total, 1)
+
+
+def check_methods_and_budgets(methods: list[str], budgets: list) -> None:
+    for method in methods:
+        reducer_class(method)  # raises with the list of methods
+    for budget in budgets:
+        if budget != "auto" and (not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"budget must be a positive int or 'auto', got {budget!r}")
+
+
+def vqa_batch(llava: ReducedLlava, seeds: list[int]):
+    """Left-padded chat prompts with one image each, pixels, and the answer token ids."""
+    tok, image_id, n = llava.tokenizer, llava.model.config.image_token_id, llava.tokens_per_image
+    samples = [sample(s) for s in seeds]
+    rows = [tok("USER :")["input_ids"] + [image_id] * n + tok(f"{s.question} ASSISTANT :", add_special_tokens=False)
+            ["input_ids"] for s in samples]
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), tok.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate(rows):
+        ids[b, length - len(row):] = torch.tensor(row)
+        mask[b, length - len(row):] = 1
+    size = llava.model.config.vision_config.image_size
+    pixels = torch.from_numpy(np.stack([normalize(np.asarray(render(s, size))) for s in samples]))
+    answers = torch.tensor([tok(s.answer, add_special_tokens=False)["input_ids"][0] for s in samples])
+    return samples, ids, mask, pixels, answers
+
+
+@torch.no_grad()
+def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets: list, split: str = "test",
+             n: int = 2000, batch: int = 50, config: PARConfig | None = None, progress: bool = True,
+             keep_examples: int = 4) -> dict:
+    """``{"full": Tally, (method, budget): Tally, ...}`` plus a few PAR reductions for heatmaps."""
+    check_methods_and_budgets(methods, budgets)
+    config = config or PARConfig()
+    base = ReducedLlava.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)
+    adapters = {m: ReducedLlava(base.model, m, base.config, base.tokenizer, base.query_encoder
+                                if base.config.space == "clip" else None) for m in methods}
+    tallies: dict = {"full": Tally()}
+    examples = []
+    seeds = list(split_seeds(split, n))
+    for start in tqdm(range(0, len(seeds), batch), desc=f"eval {split}", disable=not progress):
+        samples, ids, mask, pixels, answers = vqa_batch(base, seeds[start:start + batch])
+        full = base.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[:, -1].argmax(-1)
+        tallies["full"].correct += int((full == answers).sum())
+        tallies["full"].total += len(samples)
+        features = base.vision_features(pixels)
+        for method, adapter in adapters.items():
+            for budget in budgets:
+                if budget == "auto" and not adapter.reducer.supports_auto:
+                    continue
+                k = budget if budget == "auto" else min(budget, base.tokens_per_image)
+                reduced = adapter.prepare_inputs(ids, mask, pixels, budget=k, features=features)
+                predicted = base.model(**reduced.model_inputs).logits[:, -1].argmax(-1)
+                tally = tallies.setdefault((method, budget), Tally())
+                tally.correct += int((predicted == answers).sum())
+                tally.total += len(samples)
+                tally.kept += reduced.reduction.num_kept.tolist()
+                if method == "par" and budget == budgets[0] and len(examples) < keep_examples:
+                    for b in range(min(keep_examples - len(examples), len(samples))):
+                        examples.append((samples[b], reduced.reduction, b, bool(predicted[b] == answers[b])))
+    text_tokens = int(mask.sum(dim=1).float().mean()) - base.tokens_per_image
+    return {"tallies": tallies, "examples": examples, "model": base, "text_tokens": text_tokens}
+
+
+def result_rows(results: dict) -> list[dict]:
+    base = results["model"]
+    text_config = base.model.config.text_config
+    n = base.tokens_per_image
+    full = results["tallies"]["full"]
+    full_flops = llm_prefill_flops(text_config, n + results["text_tokens"])
+    rows = [{"method": "full", "budget": n, "accuracy": full.accuracy, "relative": 1.0, "mean_kept": n,
+             "kept_fraction": 1.0, "llm_prefill_flops": full_flops, "flops_relative": 1.0, "n": full.total}]
+    for key, tally in results["tallies"].items():
+        if key == "full":
+            continue
+        method, budget = key
+        mean_kept = float(np.mean(tally.kept))
+        flops = llm_prefill_flops(text_config, round(mean_kept) + results["text_tokens"])
+        rows.append({"method": method, "budget": budget, "accuracy": tally.accuracy,
+                     "relative": tally.accuracy / max(full.accuracy, 1e-9), "mean_kept": mean_kept,
+                     "kept_fraction": mean_kept / n, "llm_prefill_flops": flops, "flops_relative": flops / full_flops,
+                     "n": tally.total})
+    return rows
+
+
+def write_outputs(rows: list[dict], results: dict, out: Path) -> list[Path]:
+    """results.csv, results.json, accuracy_vs_tokens.png, kept_heatmaps.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_output(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(rows, indent=2))
+    plot_accuracy(rows, out / "accuracy_vs_tokens.png", results["model"].tokens_per_image)
+    written = [out / "results.csv", out / "results.json", out / "accuracy_vs_tokens.png"]
+    if results["examples"]:
+        plot_examples(results["examples"], out / "kept_heatmaps.png", results["model"].tokens_per_image)
+        written.append(out / "kept_heatmaps.png")
+    return written
+
+
+def plot_accuracy(rows: list[dict], path: Path, full_tokens: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    full = next(r for r in rows if r["method"] == "full")
+    ax.axhline(full["accuracy"], color="black", linestyle="--", linewidth=1, label=f"full ({full_tokens} tokens)")
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "full"):
+        points = sorted((r["mean_kept"], r["accuracy"]) for r in rows if r["method"] == method)
+        ax.plot(*zip(*points), marker="o", linewidth=2.2 if method == "par" else 1.2, label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("kept visual tokens (mean K)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("demo VQA: accuracy vs kept tokens")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_examples(examples: list, path: Path, full_tokens: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from par_export.plots import kept_token_map
+
+    side = int(round(full_tokens ** 0.5))
+    count = max(len(examples), 1)
+    fig, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.8), squeeze=False)
+    for ax, (s, reduction, b, correct) in zip(axes[0], examples):
+        image = np.asarray(render(s))
+        state = kept_token_map(reduction, b, side)
+        ax.imshow(image)
+        ax.imshow(state, cmap="viridis", alpha=0.45, extent=(0, image.shape[1], image.shape[0], 0),
+                  interpolation="nearest", vmin=0, vmax=2)
+        ax.set_title(f"{s.question}\n-> {s.answer} ({'ok' if correct else 'wrong'}), K={int(reduction.num_kept[b])}",
+                     fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("PAR: kept (yellow), merged (green), dropped (purple)", fontsize=9)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [f"{'method':<10} {'budget':>6} {'mean K':>7} {'acc':>6} {'rel. to full':>12} {'LLM FLOPs rel.':>14}"]
+    for r in rows:
+        lines.append(f"{r['method']:<10} {str(r['budget']):>6} {r['mean_kept']:>7.1f} {r['accuracy']:>6.3f} "
+                     f"{r['relative']:>12.1%} {r['flops_relative']:>14.1%}")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, images: Path, methods: list[str],
+                   budgets: list, config: PARConfig | None = None, batch: int = 8, max_new_tokens: int = 8,
+                   progress: bool = True) -> dict:
+    """Generation-based accuracy on a LLaVA-style JSONL file (see :mod:`par_export.eval.jsonl`).
+
+    Images are resized to the tower's input size and normalized with the folder's
+    ``preprocessor_config.json`` (CLIP's values if absent); the prompt is LLaVA-1.5's
+    ``USER: <image>\\n{text} ASSISTANT:`` with ``<image>`` expanded to the patch count.
+    """
+    from par_export.data.images import CLIP_MEAN, CLIP_STD
+    from par_export.eval.jsonl import is_correct, load_images, read_jsonl
+
+    check_methods_and_budgets(methods, budgets)
+    records = read_jsonl(records_path)
+    base = ReducedLlava.from_pretrained(llava_dir, "par", config or PARConfig(), clip_path=clip_dir)
+    processor = Path(llava_dir) / "preprocessor_config.json"
+    settings = json.loads(processor.read_text()) if processor.is_file() else {}
+    size = base.model.config.vision_config.image_size
+    kept, pixels, skipped = load_images(records, images, size, settings.get("image_mean", CLIP_MEAN),
+                                        settings.get("image_std", CLIP_STD))
+    tok, image_id, n = base.tokenizer, base.model.config.image_token_id, base.tokens_per_image
+    adapters = {m: ReducedLlava(base.model, m, base.config, tok, base.query_encoder
+                                if base.config.space == "clip" else None) for m in methods}
+    tallies: dict = {"full": Tally()}
+    for start in tqdm(range(0, len(kept), batch), desc="eval jsonl", disable=not progress):
+        chunk = kept[start:start + batch]
+        rows = [tok("USER:")["input_ids"] + [image_id] * n + tok(f"\n{r.text} ASSISTANT:", add_special_tokens=False)
+                ["input_ids"] for r in chunk]
+        length = max(map(len, rows))
+        ids = torch.full((len(rows), length), tok.pad_token_id if tok.pad_token_id is not None else 0)
+        mask = torch.zeros_like(ids)
+        for b, row in enumerate(rows):
+            ids[b, length - len(row):] = torch.tensor(row)
+            mask[b, length - len(row):] = 1
+        images_t = torch.from_numpy(pixels[start:start + batch])
+        generate = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=int(ids[0, 0]))
+        full = base.model.generate(input_ids=ids, attention_mask=mask, pixel_values=images_t, **generate)
+        _score(tallies["full"], tok.batch_decode(full[:, length:], skip_special_tokens=True), chunk, is_correct)
+        features = base.vision_features(images_t)
+        for method, adapter in adapters.items():
+            for budget in budgets:
+                if budget == "auto" and not adapter.reducer.supports_auto:
+                    continue
+                reduced = adapter.prepare_inputs(ids, mask, images_t, budget=budget if budget == "auto" else
+                                                 min(budget, n), features=features)
+                out = base.model.generate(**reduced.model_inputs, **generate)
+                width = reduced.model_inputs["input_ids"].shape[1]
+                tally = tallies.setdefault((method, budget), Tally())
+                _score(tally, tok.batch_decode(out[:, width:], skip_special_tokens=True), chunk, is_correct)
+                tally.kept += reduced.reduction.num_kept.tolist()
+    text_tokens = int(mask.sum(dim=1).float().mean()) - n if kept else 0
+    return {"tallies": tallies, "examples": [], "model": base, "text_tokens": text_tokens, "skipped": skipped,
+            "records": len(records)}
+
+
+def _score(tally: Tally, predictions: list[str], records, is_correct) -> None:
+    tally.correct += sum(is_correct(p, r.answer) for p, r in zip(predictions, records))
+    tally.total += len(records)
