@@ -214,7 +214,10 @@ def cmd_run(args) -> int:
 
 
 def _budgets(text: str) -> list:
-    return [_budget(b) for b in text.split(",") if b]
+    try:
+        return [_budget(b) for b in text.split(",") if b]
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"--budgets: {err}") from None
 
 
 def cmd_eval(args) -> int:

@@ -9,6 +9,10 @@ from par_export.models.loading import ModelFolderError
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
 IMAGE_SIZE, PATCH = 128, 8  # 16 x 16 = 256 visual tokens
+# The CLIP tokenizer's special-token order: transformers' CLIP text model treats
+# eos_token_id == 2 as a legacy config and pools at the largest token id instead of
+# at the EOS, so the demo CLIP's EOS is id 3.
+CLIP_SPECIAL = ["<pad>", "<s>", "<unk>", "</s>", "<image>"]
 
 
 def demo_paths() -> tuple[Path, Path]:
@@ -25,7 +29,8 @@ def demo_clip_config(vocab_size: int):
     vision = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                   image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=64)
     text = dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+                num_attention_heads=4, max_position_embeddings=32, pad_token_id=0, bos_token_id=1,
+                eos_token_id=CLIP_SPECIAL.index("</s>"))
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
 
 

@@ -19,13 +19,14 @@ WORDS = (
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
 
-def word_tokenizer(append_eos: bool, words: list[str] | None = None):
+def word_tokenizer(append_eos: bool, words: list[str] | None = None, specials: list[str] | None = None):
     """A word-level ``PreTrainedTokenizerFast`` over ``words`` (default :data:`WORDS`), special
-    tokens first, ``<s>`` prepended, ``</s>`` appended if asked (CLIP pools at the EOS)."""
+    tokens first (in the order of ``specials``, default :data:`SPECIAL`), ``<s>`` prepended,
+    ``</s>`` appended if asked (CLIP pools at the EOS)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL + list(dict.fromkeys(words or WORDS)))}
+    vocab = {tok: i for i, tok in enumerate((specials or SPECIAL) + list(dict.fromkeys(words or WORDS)))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     template = "<s> $A </s>" if append_eos else "<s> $A"
