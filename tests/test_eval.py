@@ -1,0 +1,54 @@
+"""par-export eval writes every output and refuses bad arguments (tiny random-weight model:
+this checks the plumbing; accuracy needs the trained demo model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from par_export.cli import main
+from par_export.data.vqa import render, sample
+
+
+def test_eval_writes_all_outputs(tiny_folders, tmp_path, capsys):
+    llava, clip = tiny_folders
+    assert main(["eval", "--model", str(llava), "--clip", str(clip), "--methods", "par,pool,cls_attn",
+                 "--budgets", "16,auto", "--n", "12", "--batch", "6", "--out", str(tmp_path)]) == 0
+    for name in ("results.csv", "results.json", "accuracy_vs_tokens.png", "kept_heatmaps.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert {r["method"] for r in rows} == {"full", "par", "pool", "cls_attn"}
+    assert {(r["method"], r["budget"]) for r in rows if r["method"] != "full"} == {
+        ("par", 16), ("par", "auto"), ("pool", 16), ("cls_attn", 16)}  # no auto for pool/cls_attn
+    assert all(r["n"] == 12 for r in rows)
+    par16 = next(r for r in rows if (r["method"], r["budget"]) == ("par", 16))
+    assert par16["mean_kept"] == 16 and 0 < par16["flops_relative"] < 1
+    assert "mean K" in capsys.readouterr().out
+
+
+def test_eval_jsonl_end_to_end(tiny_folders, tmp_path, capsys):
+    llava, clip = tiny_folders
+    lines = []
+    for i in range(3):
+        s = sample(2_000_000 + i)
+        render(s).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"question_id": i, "image": f"{i}.png", "text": s.question, "answer": s.answer}))
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "tiny.png")
+    lines.append(json.dumps({"question_id": 9, "image": "missing.png", "text": "?", "answer": "yes"}))
+    (tmp_path / "eval.jsonl").write_text("\n".join(lines))
+    assert main(["eval", "--model", str(llava), "--clip", str(clip), "--data", str(tmp_path / "eval.jsonl"),
+                 "--images", str(tmp_path), "--methods", "par", "--budgets", "8", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "4 records; skipped: {'missing image': 1}" in out
+    rows = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["n"] for r in rows] == [3, 3]
+
+
+def test_eval_rejects_unknown_method_and_budget(tiny_folders, capsys):
+    llava, _ = tiny_folders
+    assert main(["eval", "--model", str(llava), "--methods", "par,magic", "--n", "2"]) == 2
+    assert "unknown reduction method 'magic'" in capsys.readouterr().err
+    assert main(["eval", "--model", str(llava), "--budgets", "16,lots", "--n", "2"]) == 2
+    assert "--budgets" in capsys.readouterr().err
