@@ -143,11 +143,11 @@ def encode_batch(samples, tokenizer, image_id: int, tokens: int, with_answer: bo
 
 
 @torch.no_grad()
-def accuracy(model, tokenizer, seeds, image_id: int, tokens: int, batch: int = 50) -> float:
+def accuracy(model, tokenizer, seeds, image_id: int, tokens: int, batch: int = 50, kinds=None) -> float:
     """First answer token by teacher forcing (= greedy's first token) against the answer word."""
     correct = 0
     for i in range(0, len(seeds), batch):
-        samples = [sample(s) for s in seeds[i : i + batch]]
+        samples = [sample(s, kinds[s % len(kinds)] if kinds else None) for s in seeds[i : i + batch]]
         input_ids, mask, labels = encode_batch(samples, tokenizer, image_id, tokens, with_answer=True)
         logits = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels(samples)).logits
         first = (labels != -100).int().argmax(dim=1)  # position of the answer token
@@ -178,6 +178,9 @@ def main() -> None:
     parser.add_argument("--clip-batch", type=int, default=64)
     parser.add_argument("--vqa-batch", type=int, default=32)
     parser.add_argument("--val", type=int, default=300)
+    parser.add_argument("--eval-minutes", type=float, default=8)
+    parser.add_argument("--kinds", default=None, help="comma-separated question types to train and validate on "
+                        "(default: all); for curriculum experiments")
     args = parser.parse_args()
     torch.manual_seed(0)
     out = Path(args.out)
@@ -200,12 +203,14 @@ def main() -> None:
     rest = [p for n, p in model.named_parameters() if "vision_tower" not in n]
     optim = torch.optim.AdamW([{"params": rest, "lr": 1e-3}, {"params": tower, "lr": 2e-4}], weight_decay=0.01)
     base_lr = [1e-3, 2e-4]
+    kinds = args.kinds.split(",") if args.kinds else None
     val_seeds = list(split_seeds("val", args.val))
     rng = random.Random(1)
     start, step, last_eval = time.time(), 0, time.time()
     processor = {"image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "image_size": config.vision_config.image_size}
     while time.time() - start < args.vqa_minutes * 60:
-        samples = [sample(rng.randrange(0, 900_000)) for _ in range(args.vqa_batch)]
+        samples = [sample(rng.randrange(0, 900_000), rng.choice(kinds) if kinds else None)
+                   for _ in range(args.vqa_batch)]
         input_ids, mask, labels = encode_batch(samples, tokenizer, image_id, tokens, with_answer=True)
         scale = schedule(step, 200, (time.time() - start) / (args.vqa_minutes * 60))
         for group, lr in zip(optim.param_groups, base_lr):
@@ -218,16 +223,16 @@ def main() -> None:
         optim.step()
         if step % 25 == 0:
             log(f"vqa step {step} loss {loss.item():.3f} ({(step + 1) * args.vqa_batch} samples)")
-        if time.time() - last_eval > 8 * 60:
+        if time.time() - last_eval > args.eval_minutes * 60:
             model.eval()
-            log(f"val accuracy (full tokens): {accuracy(model, tokenizer, val_seeds, image_id, tokens):.3f}")
+            log(f"val accuracy (full tokens): {accuracy(model, tokenizer, val_seeds, image_id, tokens, kinds=kinds):.3f}")
             save(out / "llava", model, tokenizer, processor)
             model.train()
             last_eval = time.time()
         step += 1
     model.eval()
     log(f"final val accuracy (full tokens, {len(val_seeds)} samples): "
-        f"{accuracy(model, tokenizer, val_seeds, image_id, tokens):.3f}")
+        f"{accuracy(model, tokenizer, val_seeds, image_id, tokens, kinds=kinds):.3f}")
     save(out / "llava", model, tokenizer, processor)
     log("saved LLaVA")
 
