@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,3 +23,26 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, overwrite: bool, error: type[Exception] = FileExistsError):
+    """Yield ``(final, scratch)`` folders beside ``path``; on success ``final`` replaces ``path``.
+
+    ``path`` must not exist unless ``overwrite``; on any failure neither ``path`` nor the
+    temporary folders remain.
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise error(f"{target} exists; pass --overwrite to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        final = work / "final"
+        final.mkdir()
+        yield final, work
+        if target.exists():
+            shutil.rmtree(target)
+        final.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -11,6 +11,17 @@ from par_export.files import atomic_output
 from par_export.reduce import ReductionOutput
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write atomically as PNG and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def kept_token_map(reduction: ReductionOutput, index: int, side: int) -> np.ndarray:
     """``[side, side]`` map of one image: 2 = kept (center), 1 = merged into a center, 0 = dropped."""
     state = (reduction.assignment[index] >= 0).to(torch.int64)
@@ -38,11 +49,7 @@ def save_kept_maps(path: str | Path, maps: list[np.ndarray], titles: list[str],
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("kept (yellow) / merged (blue) / dropped (dark); red: the prompt's object", fontsize=9)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def save_kept_overlay(path: str | Path, image: np.ndarray, keep_index: list[int], side: int, title: str) -> Path:
@@ -62,8 +69,4 @@ def save_kept_overlay(path: str | Path, image: np.ndarray, keep_index: list[int]
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -164,7 +164,7 @@ def test_bad_input_leaves_nothing_behind(model_dirs, tmp_path):
         export_llava(llava_dir, out, method="random", budget="auto", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temp folder
     out.mkdir()
-    with pytest.raises(ExportError, match="exists; pass overwrite"):
+    with pytest.raises(ExportError, match="exists; pass --overwrite"):
         export_llava(llava_dir, out, progress=False)
 
 
@@ -182,7 +182,7 @@ def test_cli_export_inspect_and_polygraphy(tmp_path):
                           str(ROOT / "tools" / "polygraphy_data_loader.py")], capture_output=True, text=True)
     assert run.returncode == 0 and "PASSED" in run.stdout + run.stderr, run.stdout + run.stderr
     again = subprocess.run(cli + ["export", "--model", "tiny", "--out", str(out)], capture_output=True, text=True)
-    assert again.returncode != 0 and "exists; pass overwrite" in again.stderr
+    assert again.returncode != 0 and "exists; pass --overwrite" in again.stderr
 
 
 def test_large_graphs_move_weights_to_external_data(model_dirs, tmp_path, monkeypatch):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from par_export.export.custom_op import DOMAIN
 from par_export.data.images import CLIP_MEAN, CLIP_STD
 from par_export.export.fp16 import to_fp16
 from par_export.export.metadata import read_metadata
+from par_export.files import atomic_folder
 from par_export.plugins import plugin_path
 
 GRAPHS = ("vision_par", "query_encoder")
@@ -190,8 +190,6 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
           progress: bool = True) -> dict:
     """Build ``out/`` (artifacts, runtime files, ``manifest.json``); returns the manifest."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise BuildError(f"{out} exists; pass --overwrite to replace it")
     if options.precision not in PRECISIONS:
         raise BuildError(f"--precision must be one of {PRECISIONS}, got {options.precision!r}")
     preset = load_preset(options.target) if options.target else None
@@ -206,14 +204,10 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
     if backend == "onnxruntime" and options.backend == "auto":
         print("TensorRT not found: building the ONNX Runtime form (CPU provider). Install TensorRT for engines.")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out, overwrite, BuildError) as (final, work):
         steps = tqdm(total=len(GRAPHS) + 2, desc=f"build {backend} {options.precision}", disable=not progress)
         src = export_source(source, work, options, progress)
         steps.update()
-        final = work / "final"
-        final.mkdir()
         metadata = read_metadata(src / "vision_par.onnx")
         plugin_needed = bool(metadata.get("plugin"))
         graphs = {}
@@ -265,12 +259,7 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
         (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
         steps.update()
         steps.close()
-        if out.exists():
-            shutil.rmtree(out)
-        final.rename(out)
-        return manifest
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return manifest
 
 
 def _backend_version(backend: str) -> str:

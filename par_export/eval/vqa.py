@@ -20,6 +20,7 @@ from par_export.data.images import normalize
 from par_export.data.vqa import render, sample, split_seeds
 from par_export.files import atomic_output
 from par_export.flops import llm_prefill_flops
+from par_export.plots import save_figure
 from par_export.models.llava import ReducedLlava
 from par_export.reduce import PARConfig, reducer_class
 
@@ -154,10 +155,7 @@ def plot_accuracy(rows: list[dict], path: Path, full_tokens: int) -> None:
     ax.set_title("demo VQA: accuracy vs kept tokens")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_examples(examples: list, path: Path, full_tokens: int) -> None:
@@ -182,10 +180,7 @@ def plot_examples(examples: list, path: Path, full_tokens: int) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("PAR: kept (yellow), merged (green), dropped (purple)", fontsize=9)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def format_rows(rows: list[dict]) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from par_export.export.config import DEFAULT_OPSET, GraphSpec, LlavaOnnxConfig
 from par_export.export.custom_op import DOMAIN, OP_TYPE, VERSION, topk_cluster_node
 from par_export.export.lint import lint_file
 from par_export.export.metadata import set_metadata
+from par_export.files import atomic_folder
 from par_export.export.modules import QueryGraph, VisionParGraph
 from par_export.backends.onnxruntime import ort_session
 from par_export.export.validate import Case, check_graph, compare_query, compare_vision, summarize
@@ -148,8 +147,6 @@ def export_llava(
     PAR's steps 5-6 as one ``par::TopKCluster`` node instead of standard ops.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     if batch_max < 1:
         raise ExportError(f"batch_max must be >= 1, got {batch_max}")
     cls = reducer_class(method)
@@ -165,24 +162,16 @@ def export_llava(
     else:
         budget_mode = "input"
     cfg = LlavaOnnxConfig(budget_input=budget_mode == "input", opset=opset, batch_max=batch_max, fp16=fp16)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        report = _export_into(work, model, method, budget, budget_mode, config, clip_path, cfg, progress, plugin)
+    with atomic_folder(out, overwrite, ExportError) as (final, work):
+        report = _export_into(work, final, model, method, budget, budget_mode, config, clip_path, cfg, progress,
+                              plugin)
         if not report["passed"]:
             raise ExportError("validation failed; nothing was written:\n" + json.dumps(report["graphs"], indent=1))
-        final = work / "final"
-        if out.exists():
-            shutil.rmtree(out)
-        final.rename(out)
-        return report
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return report
 
 
-def _export_into(work: Path, model, method, budget, budget_mode, config, clip_path, cfg: LlavaOnnxConfig,
-                 progress: bool, plugin: bool) -> dict:
+def _export_into(work: Path, final: Path, model, method, budget, budget_mode, config, clip_path,
+                 cfg: LlavaOnnxConfig, progress: bool, plugin: bool) -> dict:
     steps = tqdm(total=6, desc="export", disable=not progress, unit="step")
     steps.set_postfix_str("load")
     llava_dir, tiny_clip = resolve_model(model, work)
@@ -201,9 +190,7 @@ def _export_into(work: Path, model, method, budget, budget_mode, config, clip_pa
     vision_cfg = reference.model.config.vision_config
     query_dim = (vision_cfg.projection_dim if reference.config.space == "clip"
                  else reference.model.config.text_config.hidden_size)
-    final = work / "final"
     raw = work / "raw"
-    final.mkdir()
     raw.mkdir()
     common = {
         "model": "tiny (random weights)" if str(model) == "tiny" else str(llava_dir),
