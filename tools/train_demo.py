@@ -179,6 +179,9 @@ def main() -> None:
     parser.add_argument("--vqa-batch", type=int, default=32)
     parser.add_argument("--val", type=int, default=300)
     parser.add_argument("--eval-minutes", type=float, default=8)
+    parser.add_argument("--projector-scale", type=float, default=1.0, help="multiply the projector output at "
+                        "init (e.g. 0.02: the text embeddings' scale)")
+    parser.add_argument("--lm-lr", type=float, default=1e-3)
     parser.add_argument("--kinds", default=None, help="comma-separated question types to train and validate on "
                         "(default: all); for curriculum experiments")
     args = parser.parse_args()
@@ -198,11 +201,16 @@ def main() -> None:
     model = LlavaForConditionalGeneration(config)
     model.train()
     pretrain_tower(model, args.dense_minutes, args.vqa_batch, log)
+    # The tower's feature layer is an unnormalized residual stream (std ~1) while the text
+    # embeddings start at std 0.02; --projector-scale shrinks the projector's output.
+    with torch.no_grad():
+        model.model.multi_modal_projector.linear_2.weight.mul_(args.projector_scale)
+        model.model.multi_modal_projector.linear_2.bias.mul_(args.projector_scale)
     tokens = config.image_seq_length
     tower = list(model.model.vision_tower.parameters())
     rest = [p for n, p in model.named_parameters() if "vision_tower" not in n]
-    optim = torch.optim.AdamW([{"params": rest, "lr": 1e-3}, {"params": tower, "lr": 2e-4}], weight_decay=0.01)
-    base_lr = [1e-3, 2e-4]
+    optim = torch.optim.AdamW([{"params": rest, "lr": args.lm_lr}, {"params": tower, "lr": 2e-4}], weight_decay=0.01)
+    base_lr = [args.lm_lr, 2e-4]
     kinds = args.kinds.split(",") if args.kinds else None
     val_seeds = list(split_seeds("val", args.val))
     rng = random.Random(1)
