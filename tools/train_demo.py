@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--projector-scale", type=float, default=1.0, help="multiply the projector output at "
                         "init (e.g. 0.02: the text embeddings' scale)")
     parser.add_argument("--lm-lr", type=float, default=1e-3)
+    parser.add_argument("--fp32", action="store_true", help="VQA stage without bf16 autocast")
     parser.add_argument("--kinds", default=None, help="comma-separated question types to train and validate on "
                         "(default: all); for curriculum experiments")
     args = parser.parse_args()
@@ -223,7 +224,7 @@ def main() -> None:
         scale = schedule(step, 200, (time.time() - start) / (args.vqa_minutes * 60))
         for group, lr in zip(optim.param_groups, base_lr):
             group["lr"] = lr * scale
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32):
             loss = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels(samples), labels=labels).loss
         optim.zero_grad()
         loss.backward()
