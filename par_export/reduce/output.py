@@ -29,8 +29,3 @@ class ReductionOutput:
     valid: torch.Tensor
     num_kept: torch.Tensor
     scores: torch.Tensor
-
-    def unpadded_tokens(self) -> list[torch.Tensor]:
-        """Per image ``[K_b, D]`` tokens without padding (eager use only)."""
-        counts = self.num_kept.tolist()
-        return [t[:k] for t, k in zip(self.tokens, counts)]
