@@ -248,6 +248,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_triton_repo(args) -> int:
+    from par_export.serving.triton import write_triton_repo
+
+    for path in write_triton_repo(args.source, args.out, args.overwrite):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from par_export import __version__
     from par_export.models.geometries import LLAVA_GEOMETRIES
@@ -339,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="folder of the JSONL's images")
     p.add_argument("--out", default="out/eval")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository for an export")
+    p.add_argument("source", help="`par-export export` folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_triton_repo)
 
     p = sub.add_parser("plugin", help="build libpar_plugins.so (TensorRT plugins) or print its path")
     p.add_argument("action", choices=["build", "path"])

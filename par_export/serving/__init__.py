@@ -1,0 +1,1 @@
+"""Serving at scale: a Triton Inference Server model repository for the exported graphs."""
