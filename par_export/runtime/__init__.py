@@ -1,0 +1,5 @@
+"""Reduced visual context paired with an LLM: ``VisionLanguagePipeline``."""
+
+from par_export.runtime.pipeline import PromptError, VisionLanguagePipeline
+
+__all__ = ["PromptError", "VisionLanguagePipeline"]

@@ -1,0 +1,104 @@
+"""Query encoder + vision/PAR artifact on any backend, reduced embeddings spliced into the
+prompt, generation by the LLM of Hugging Face transformers (``inputs_embeds``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from par_export.engine.load import artifact_runners
+from par_export.engine.run import query_embedding
+from par_export.engine.verify import cast_feed
+
+IMAGE = "<image>"
+
+
+class PromptError(ValueError):
+    """A prompt the pipeline cannot place the image into; the message says why."""
+
+
+class VisionLanguagePipeline:
+    """``pipe.generate(pixel_values [B, 3, H, W], prompts, budget=None)`` -> texts and timings.
+
+    Each prompt holds exactly one ``<image>``; it is replaced by that image's K reduced
+    embeddings (K differs per image with an adaptive budget), the batch is left padded,
+    and the LLM generates from ``inputs_embeds``.
+
+    Args:
+        artifact: a ``par-export build`` folder (ONNX Runtime or TensorRT).
+        llava: a loaded ``LlavaForConditionalGeneration`` whose language model answers, and its tokenizer.
+    """
+
+    def __init__(self, artifact: str | Path, model, tokenizer):
+        import json
+
+        self.folder = Path(artifact)
+        self.manifest, self.runners = artifact_runners(self.folder)
+        for runner in self.runners.values():
+            runner.activate()
+        self.preprocess = json.loads((self.folder / "preprocess.json").read_text())
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.embed = model.get_input_embeddings()
+        self.context = model.config.text_config.max_position_embeddings
+
+    def reduce(self, pixel_values: np.ndarray, prompts: list[str], budget: int | None = None):
+        """Reduced embeddings ``[B, W, D]`` and K ``[B]`` for images and their prompts."""
+        meta = self.manifest["metadata"]
+        queries = np.zeros((len(prompts), meta["query_dim"]), np.float32)
+        if "query_encoder" in self.runners and self.preprocess.get("query"):
+            for i, prompt in enumerate(prompts):
+                queries[i] = query_embedding(self.folder, self.preprocess, prompt.replace(IMAGE, " "),
+                                             self.runners["query_encoder"], self.manifest["graphs"]["query_encoder"])[0][0]
+        feed = {"pixel_values": pixel_values.astype(np.float32), "query_embeds": queries}
+        if meta["budget_input"]:
+            feed["budget"] = np.array(int(budget if budget is not None else meta["budget"]), dtype=np.int64)
+        out = self.runners["vision_par"].infer(cast_feed(feed, self.manifest["graphs"]["vision_par"]))
+        return out["image_embeds"], out["num_kept"]
+
+    def splice(self, prompts: list[str], image_embeds: np.ndarray, num_kept: np.ndarray):
+        """``inputs_embeds [B, T, D]`` and ``attention_mask [B, T]``, left padded."""
+        rows = []
+        for b, prompt in enumerate(prompts):
+            if prompt.count(IMAGE) != 1:
+                raise PromptError(f"prompt {b} holds {prompt.count(IMAGE)} '{IMAGE}' placeholders; exactly one "
+                                  "per prompt (one image each) is expected")
+            before, after = prompt.split(IMAGE)
+            ids_before = self.tokenizer(before)["input_ids"]
+            ids_after = self.tokenizer(after, add_special_tokens=False)["input_ids"]
+            k = int(num_kept[b])
+            if len(ids_before) + k + len(ids_after) > self.context:
+                raise PromptError(f"prompt {b} needs {len(ids_before) + k + len(ids_after)} positions, more than "
+                                  f"the LLM's context of {self.context}")
+            with torch.no_grad():
+                parts = [self.embed(torch.tensor(ids_before)),
+                         torch.from_numpy(image_embeds[b, :k].astype(np.float32)).to(self.embed.weight.dtype),
+                         self.embed(torch.tensor(ids_after, dtype=torch.long))]
+            rows.append(torch.cat(parts))
+        length = max(len(r) for r in rows)
+        embeds = torch.zeros(len(rows), length, rows[0].shape[-1], dtype=rows[0].dtype)
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for b, row in enumerate(rows):
+            embeds[b, length - len(row):] = row
+            mask[b, length - len(row):] = 1
+        return embeds, mask
+
+    @torch.no_grad()
+    def generate(self, pixel_values: np.ndarray, prompts: list[str], budget: int | None = None,
+                 max_new_tokens: int = 16, **generate_kwargs) -> tuple[list[str], dict]:
+        if len(prompts) != len(pixel_values):
+            raise PromptError(f"{len(pixel_values)} images for {len(prompts)} prompts: one image per prompt")
+        start = time.perf_counter()
+        image_embeds, num_kept = self.reduce(pixel_values, prompts, budget)
+        reduce_ms = (time.perf_counter() - start) * 1e3
+        embeds, mask = self.splice(prompts, image_embeds, num_kept)
+        start = time.perf_counter()
+        new = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                  do_sample=False, pad_token_id=self.tokenizer.pad_token_id, **generate_kwargs)
+        generate_ms = (time.perf_counter() - start) * 1e3
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return texts, {"vision_reduce_ms": reduce_ms, "generate_ms": generate_ms, "num_kept": num_kept.tolist(),
+                       "context_tokens": mask.sum(dim=1).tolist(), "new_tokens": int(new.shape[1])}

@@ -1,0 +1,70 @@
+"""VisionLanguagePipeline on a built artifact answers like ReducedLlava on the same model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from par_export.engine.build import BuildOptions, build
+from par_export.export import export_llava
+from par_export.models.llava import ReducedLlava
+from par_export.reduce import PARConfig
+from par_export.runtime import PromptError, VisionLanguagePipeline
+
+PROMPTS = ["USER : <image> what color is the circle ? ASSISTANT :",
+           "USER : <image> is there a red square on the left ? ASSISTANT :",
+           "USER : <image> how many star are there ? ASSISTANT :"]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_folders, tmp_path_factory):
+    llava_dir, clip_dir = tiny_folders
+    root = tmp_path_factory.mktemp("runtime")
+    export_llava(llava_dir, root / "onnx", budget="auto", clip_path=clip_dir, progress=False)
+    build(root / "onnx", root / "art", BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
+    reference = ReducedLlava.from_pretrained(llava_dir, "par", PARConfig(), clip_path=clip_dir)
+    pipe = VisionLanguagePipeline(root / "art", reference.model, reference.tokenizer)
+    return pipe, reference
+
+
+def reference_answers(reference: ReducedLlava, pixels: torch.Tensor, prompts: list[str]):
+    tok, n, image_id = reference.tokenizer, reference.tokens_per_image, reference.model.config.image_token_id
+    rows = []
+    for prompt in prompts:
+        before, after = prompt.split("<image>")
+        rows.append(tok(before)["input_ids"] + [image_id] * n + tok(after, add_special_tokens=False)["input_ids"])
+    length = max(map(len, rows))
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate(rows):
+        ids[b, length - len(row):] = torch.tensor(row)
+        mask[b, length - len(row):] = 1
+    new = reference.generate(ids, mask, pixels, prompts=prompts, budget="auto", max_new_tokens=5, min_new_tokens=5,
+                             do_sample=False, pad_token_id=0)
+    return reference.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+def test_pipeline_equals_reference_with_different_k_per_image(setup):
+    pipe, reference = setup
+    gen = torch.Generator().manual_seed(3)
+    pixels = torch.randn(3, 3, 32, 32, generator=gen)
+    pixels[1] = 0.0
+    pixels[1, :, 4:12, 4:12] = 3.0
+    pixels[2] = torch.linspace(-2, 2, 32).view(1, 1, 32)
+    texts, info = pipe.generate(pixels.numpy(), PROMPTS, max_new_tokens=5, min_new_tokens=5)
+    assert len(set(info["num_kept"])) > 1, info
+    assert texts == reference_answers(reference, pixels, PROMPTS)
+
+
+def test_bad_prompts_are_clear_errors(setup):
+    pipe, _ = setup
+    pixels = np.zeros((1, 3, 32, 32), np.float32)
+    with pytest.raises(PromptError, match="0 '<image>' placeholders"):
+        pipe.generate(pixels, ["no image here"])
+    with pytest.raises(PromptError, match="2 '<image>' placeholders"):
+        pipe.generate(pixels, ["<image> and <image>"])
+    with pytest.raises(PromptError, match="2 images for 1 prompts"):
+        pipe.generate(np.zeros((2, 3, 32, 32), np.float32), ["<image> hi"])
+    with pytest.raises(PromptError, match="more than the LLM's context"):
+        pipe.generate(pixels, ["<image> " + "red " * 2000])
