@@ -248,6 +248,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    from par_export.runtime.chat import chat, format_chat
+
+    result = chat(args.model, args.image, args.prompt, args.method, args.budget, args.artifact, args.compare_full,
+                  args.max_new_tokens)
+    print(format_chat(result))
+    print("(times measured on this machine's CPU with ONNX Runtime and transformers; KV cache in fp32)")
+    return 0
+
+
 def cmd_triton_repo(args) -> int:
     from par_export.serving.triton import write_triton_repo
 
@@ -347,6 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="folder of the JSONL's images")
     p.add_argument("--out", default="out/eval")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("chat", help="answer one image + prompt with the reduced context (timings vs full)")
+    p.add_argument("--model", default="tiny", help="'tiny', 'demo' or a local LLaVA folder")
+    p.add_argument("--image", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--method", default="par")
+    p.add_argument("--budget", type=_budget, default="auto")
+    p.add_argument("--artifact", help="a `par-export build` folder (default: export + build into a temp folder)")
+    p.add_argument("--compare-full", action="store_true")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository for an export")
     p.add_argument("source", help="`par-export export` folder")

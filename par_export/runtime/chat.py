@@ -1,0 +1,95 @@
+"""``par-export chat``: one image and prompt, answered with the reduced context (and the full
+one with ``--compare-full``), with a timing table."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from par_export.memory import kv_cache_bytes
+from par_export.runtime.pipeline import IMAGE, VisionLanguagePipeline
+
+TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
+
+
+def _timed_generate(model, max_new_tokens: int, **inputs) -> tuple[torch.Tensor, float, float]:
+    """Output ids, time to first token (ms, a 1-token generate) and total time (ms), after a warm-up."""
+    model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    start = time.perf_counter()
+    model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    ttft = (time.perf_counter() - start) * 1e3
+    start = time.perf_counter()
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return out, ttft, (time.perf_counter() - start) * 1e3
+
+
+def _row(name: str, vision_ms: float, context: int, ttft: float, total: float, new: int, config) -> dict:
+    decode = (new - 1) / ((total - ttft) / 1e3) if new > 1 and total > ttft else float("nan")
+    return {"context": name, "vision_ms": vision_ms, "context_tokens": context, "ttft_ms": ttft,
+            "decode_tok_s": decode, "kv_cache_mib": kv_cache_bytes(config, context + new, "fp32") / 2**20}
+
+
+@torch.no_grad()
+def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", budget="auto",
+         artifact: str | Path | None = None, compare_full: bool = False, max_new_tokens: int = 16) -> dict:
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    from par_export.engine.build import BuildOptions, build
+    from par_export.engine.run import load_image
+    from par_export.export import export_llava
+    from par_export.export.exporter import resolve_model
+    from par_export.models.loading import pretrained_kwargs
+
+    text = prompt if IMAGE in prompt else TEMPLATE.format(prompt=prompt)
+    with tempfile.TemporaryDirectory() as tmp:
+        llava_dir, clip_dir = resolve_model(model_name, Path(tmp))
+        if artifact is None:  # export + ONNX Runtime fp32 build for this method and budget
+            export_llava(llava_dir, Path(tmp) / "onnx", method=method, budget=budget, clip_path=clip_dir,
+                         progress=False)
+            artifact = Path(tmp) / "art"
+            build(Path(tmp) / "onnx", artifact, BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
+        model = LlavaForConditionalGeneration.from_pretrained(llava_dir, **pretrained_kwargs()).eval()
+        tokenizer = AutoTokenizer.from_pretrained(llava_dir, **pretrained_kwargs())
+        pipe = VisionLanguagePipeline(artifact, model, tokenizer)
+        pixels, _ = load_image(image, pipe.preprocess)
+        budget_value = None if budget == "auto" or not pipe.manifest["metadata"]["budget_input"] else budget
+        start = time.perf_counter()
+        image_embeds, num_kept = pipe.reduce(pixels, [text], budget_value)
+        vision_ms = (time.perf_counter() - start) * 1e3
+        embeds, mask = pipe.splice([text], image_embeds, num_kept)
+        pad = tokenizer.pad_token_id
+        out, ttft, total = _timed_generate(model, max_new_tokens, inputs_embeds=embeds, attention_mask=mask,
+                                           pad_token_id=pad)
+        answer = tokenizer.decode(out[0], skip_special_tokens=True)
+        rows = [_row(f"reduced ({method}, K={int(num_kept[0])})", vision_ms, int(mask.sum()), ttft, total,
+                     out.shape[1], model.config.text_config)]
+        full_answer = None
+        if compare_full:
+            before, after = text.split(IMAGE)
+            n = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+            ids = torch.tensor([tokenizer(before)["input_ids"] + [model.config.image_token_id] * n
+                                + tokenizer(after, add_special_tokens=False)["input_ids"]])
+            pixel_values = torch.from_numpy(pixels)
+            start = time.perf_counter()
+            model.model.get_image_features(pixel_values=pixel_values)
+            full_vision = (time.perf_counter() - start) * 1e3
+            full, ttft, total = _timed_generate(model, max_new_tokens, input_ids=ids, pixel_values=pixel_values,
+                                                pad_token_id=pad)
+            full_answer = tokenizer.decode(full[0, ids.shape[1]:], skip_special_tokens=True)
+            rows.append(_row("full", full_vision, ids.shape[1], ttft, total, full.shape[1] - ids.shape[1],
+                             model.config.text_config))
+    return {"answer": answer, "full_answer": full_answer, "rows": rows}
+
+
+def format_chat(result: dict) -> str:
+    lines = [f"answer: {result['answer']!r}"]
+    if result["full_answer"] is not None:
+        lines.append(f"full-context answer: {result['full_answer']!r}")
+    lines.append(f"{'context':<26} {'vision ms':>9} {'tokens':>6} {'TTFT ms':>8} {'decode tok/s':>12} {'KV MiB':>7}")
+    for r in result["rows"]:
+        lines.append(f"{r['context']:<26} {r['vision_ms']:>9.1f} {r['context_tokens']:>6} {r['ttft_ms']:>8.1f} "
+                     f"{r['decode_tok_s']:>12.1f} {r['kv_cache_mib']:>7.2f}")
+    return "\n".join(lines)
