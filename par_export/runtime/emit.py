@@ -1,0 +1,64 @@
+"""The reduced visual embeddings in the forms NVIDIA's LLM runtimes take (see
+DEPLOYMENT_FACTS.md for the interfaces targeted; neither runtime runs on this project's
+machines, so these are checked for shape, dtype and id layout only).
+
+- TensorRT-LLM (legacy engine flow, e.g. 0.1x): ``prompt_embedding_table [rows, hidden]``,
+  ``prompt_vocab_size [1]`` int32, ``tasks`` int32, and input ids where each visual row ``r``
+  is the fake id ``vocab_size + r``; rows of all images are concatenated, K per image.
+- TensorRT Edge-LLM 0.11: ``inputs_embeds`` assembled by its C++ runtime, which replaces each
+  position holding the LLM's ``image_token_id`` with the next row of the visual output
+  ``[sum_i K_i, hidden]`` fp16; so the prompt carries K_i image tokens per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class TensorRTLLMInputs:
+    input_ids: list[np.ndarray]  # per prompt, int32, visual rows as vocab_size + row
+    prompt_embedding_table: np.ndarray  # [sum K, hidden]
+    prompt_vocab_size: np.ndarray  # [1] int32
+    tasks: np.ndarray  # [batch] int32 (0: one shared table)
+
+
+@dataclass
+class EdgeLLMInputs:
+    input_ids: list[np.ndarray]  # per prompt, int32, K_i copies of image_token_id
+    visual_output: np.ndarray  # [sum K, hidden] float16, rows in image order
+
+
+def _rows(image_embeds: np.ndarray, num_kept: np.ndarray) -> np.ndarray:
+    """The valid rows of ``image_embeds [B, W, D]`` (``num_kept [B]``) concatenated: ``[sum K, D]``."""
+    return np.concatenate([image_embeds[b, : int(k)] for b, k in enumerate(num_kept)], axis=0)
+
+
+def _check(ids_before: list[list[int]], ids_after: list[list[int]], num_kept: np.ndarray) -> None:
+    if not len(ids_before) == len(ids_after) == len(num_kept):
+        raise ValueError(f"{len(ids_before)} prompts (before), {len(ids_after)} (after), {len(num_kept)} images: "
+                         "one image per prompt expected")
+
+
+def tensorrt_llm_inputs(ids_before: list[list[int]], ids_after: list[list[int]], image_embeds: np.ndarray,
+                        num_kept: np.ndarray, vocab_size: int) -> TensorRTLLMInputs:
+    """Text ids around each image and the reduced embeddings -> TensorRT-LLM p-tuning inputs."""
+    _check(ids_before, ids_after, num_kept)
+    table = _rows(image_embeds, num_kept)
+    offsets = np.concatenate([[0], np.cumsum(num_kept)[:-1]]).astype(np.int64)
+    ids = []
+    for b, (before, after) in enumerate(zip(ids_before, ids_after)):
+        fake = vocab_size + offsets[b] + np.arange(int(num_kept[b]))
+        ids.append(np.concatenate([before, fake, after]).astype(np.int32))
+    return TensorRTLLMInputs(ids, table, np.array([table.shape[0]], np.int32), np.zeros(len(ids), np.int32))
+
+
+def edge_llm_inputs(ids_before: list[list[int]], ids_after: list[list[int]], image_embeds: np.ndarray,
+                    num_kept: np.ndarray, image_token_id: int) -> EdgeLLMInputs:
+    """Text ids around each image and the reduced embeddings -> Edge-LLM prompt ids + visual output."""
+    _check(ids_before, ids_after, num_kept)
+    ids = [np.concatenate([before, np.full(int(k), image_token_id), after]).astype(np.int32)
+           for before, after, k in zip(ids_before, ids_after, num_kept)]
+    return EdgeLLMInputs(ids, _rows(image_embeds, num_kept).astype(np.float16))
