@@ -24,11 +24,17 @@ def transformer_layer_flops(tokens: int, hidden: int, heads: int, kv_heads: int,
     return projections + attention + mlp
 
 
+def attention_geometry(text_config) -> tuple[int, int]:
+    """``(head_dim, kv_heads)`` of a decoder config (grouped-query attention aware)."""
+    c = text_config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return head_dim, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+
+
 def llm_prefill_flops(text_config, tokens: int) -> int:
     """Prefill of a Llama-style decoder on ``tokens`` positions, LM head on the last one."""
     c = text_config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim, kv_heads = attention_geometry(c)
     layer = transformer_layer_flops(tokens, c.hidden_size, c.num_attention_heads, kv_heads, head_dim,
                                     c.intermediate_size, gated_mlp=True)
     return c.num_hidden_layers * layer + 2 * c.hidden_size * c.vocab_size

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from par_export.flops import attention_geometry
+
 BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
 
 def llm_parameters(text_config) -> int:
     """Parameters of a Llama-style decoder: embeddings, attention, gated MLP, norms, LM head."""
     c = text_config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv = (getattr(c, "num_key_value_heads", None) or c.num_attention_heads) * head_dim
+    head_dim, kv_heads = attention_geometry(c)
+    kv = kv_heads * head_dim
     attention = c.hidden_size * c.num_attention_heads * head_dim * 2 + c.hidden_size * kv * 2
     mlp = 3 * c.hidden_size * c.intermediate_size
     per_layer = attention + mlp + 2 * c.hidden_size
@@ -27,8 +29,7 @@ def llm_parameters(text_config) -> int:
 
 def kv_cache_bytes(text_config, tokens: int, precision: str = "fp16") -> float:
     c = text_config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim, kv_heads = attention_geometry(c)
     return 2 * c.num_hidden_layers * kv_heads * head_dim * tokens * BYTES[precision]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import METHODS
 
-from par_export.models.llava import ReducedLlava, resize_image_runs
+from par_export.models.llava import ReducedLlava, left_pad, resize_image_runs
 from par_export.models.loading import ModelFolderError
 from par_export.reduce import PARConfig
 
@@ -30,12 +30,7 @@ def chat_batch(llava: ReducedLlava, questions, seed=0):
         before = tok("USER :")["input_ids"]
         after = tok(f"{q} ASSISTANT :", add_special_tokens=False)["input_ids"]
         rows.append(before + [image_id] * n + after)
-    length = max(map(len, rows))
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        ids[b, length - len(row) :] = torch.tensor(row)
-        mask[b, length - len(row) :] = 1
+    ids, mask = left_pad(rows, 0)
     gen = torch.Generator().manual_seed(seed)
     return ids, mask, torch.randn(len(rows), 3, 32, 32, generator=gen)
 

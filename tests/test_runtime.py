@@ -8,7 +8,7 @@ import torch
 
 from par_export.engine.build import BuildOptions, build
 from par_export.export import export_llava
-from par_export.models.llava import ReducedLlava
+from par_export.models.llava import ReducedLlava, left_pad
 from par_export.reduce import PARConfig
 from par_export.runtime import PromptError, VisionLanguagePipeline
 
@@ -34,12 +34,7 @@ def reference_answers(reference: ReducedLlava, pixels: torch.Tensor, prompts: li
     for prompt in prompts:
         before, after = prompt.split("<image>")
         rows.append(tok(before)["input_ids"] + [image_id] * n + tok(after, add_special_tokens=False)["input_ids"])
-    length = max(map(len, rows))
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        ids[b, length - len(row):] = torch.tensor(row)
-        mask[b, length - len(row):] = 1
+    ids, mask = left_pad(rows, 0)
     new = reference.generate(ids, mask, pixels, prompts=prompts, budget="auto", max_new_tokens=5, min_new_tokens=5,
                              do_sample=False, pad_token_id=0)
     return reference.tokenizer.batch_decode(new, skip_special_tokens=True)

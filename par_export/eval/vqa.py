@@ -21,7 +21,7 @@ from par_export.data.vqa import render, sample, split_seeds
 from par_export.files import atomic_output
 from par_export.flops import llm_prefill_flops
 from par_export.plots import save_figure
-from par_export.models.llava import ReducedLlava
+from par_export.models.llava import ReducedLlava, left_pad
 from par_export.reduce import PARConfig, reducer_class
 
 
@@ -50,12 +50,7 @@ def vqa_batch(llava: ReducedLlava, seeds: list[int]):
     samples = [sample(s) for s in seeds]
     rows = [tok("USER :")["input_ids"] + [image_id] * n + tok(f"{s.question} ASSISTANT :", add_special_tokens=False)
             ["input_ids"] for s in samples]
-    length = max(map(len, rows))
-    ids = torch.full((len(rows), length), tok.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        ids[b, length - len(row):] = torch.tensor(row)
-        mask[b, length - len(row):] = 1
+    ids, mask = left_pad(rows, tok.pad_token_id)
     size = llava.model.config.vision_config.image_size
     pixels = torch.from_numpy(np.stack([normalize(np.asarray(render(s, size))) for s in samples]))
     answers = torch.tensor([tok(s.answer, add_special_tokens=False)["input_ids"][0] for s in samples])
@@ -220,12 +215,8 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
         chunk = kept[start:start + batch]
         rows = [tok("USER:")["input_ids"] + [image_id] * n + tok(f"\n{r.text} ASSISTANT:", add_special_tokens=False)
                 ["input_ids"] for r in chunk]
-        length = max(map(len, rows))
-        ids = torch.full((len(rows), length), tok.pad_token_id if tok.pad_token_id is not None else 0)
-        mask = torch.zeros_like(ids)
-        for b, row in enumerate(rows):
-            ids[b, length - len(row):] = torch.tensor(row)
-            mask[b, length - len(row):] = 1
+        ids, mask = left_pad(rows, tok.pad_token_id if tok.pad_token_id is not None else 0)
+        length = ids.shape[1]
         images_t = torch.from_numpy(pixels[start:start + batch])
         generate = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=int(ids[0, 0]))
         full = base.model.generate(input_ids=ids, attention_mask=mask, pixel_values=images_t, **generate)

@@ -43,6 +43,17 @@ class ReducedBatch:
     prompts: list[str]
 
 
+def left_pad(rows: list[list[int]] | list[torch.Tensor], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows -> ``input_ids`` and ``attention_mask`` ``[B, max length]``, left padded."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, length - len(row):] = torch.as_tensor(row, dtype=torch.long)
+        mask[b, length - len(row):] = 1
+    return ids, mask
+
+
 def image_token_runs(ids: torch.Tensor, image_token_id: int) -> list[tuple[int, int]]:
     """``(start, length)`` of each contiguous run of ``image_token_id`` in a 1-D ``ids``."""
     is_image = (ids == image_token_id).to(torch.int8)
@@ -88,13 +99,8 @@ def resize_image_runs(
         rows.append(torch.cat(pieces))
     if image != len(kept_per_image):
         raise ValueError(f"{len(kept_per_image)} images were given but input_ids hold {image} image placeholders")
-    length = max(len(r) for r in rows)
-    new_ids = input_ids.new_full((len(rows), length), pad_token_id)
-    new_mask = attention_mask.new_zeros((len(rows), length))
-    for b, row in enumerate(rows):
-        new_ids[b, length - len(row) :] = row
-        new_mask[b, length - len(row) :] = 1
-    return new_ids, new_mask
+    new_ids, new_mask = left_pad(rows, pad_token_id)
+    return new_ids.to(input_ids.dtype), new_mask.to(attention_mask.dtype)
 
 
 class ReducedLlava:
