@@ -59,13 +59,14 @@ def save_kept_overlay(path: str | Path, image: np.ndarray, keep_index: list[int]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mask = np.zeros(side * side)
-    mask[keep_index] = 1.0
+    dropped = np.ones(side * side)
+    dropped[keep_index] = 0.0
+    shade = np.zeros((side, side, 4))
+    shade[..., 3] = 0.65 * dropped.reshape(side, side)  # darken what was not kept
     fig, ax = plt.subplots(figsize=(4.2, 4.6))
-    ax.imshow(image)
     h, w = image.shape[:2]
-    ax.imshow(mask.reshape(side, side), cmap="gray", alpha=0.55, vmin=0, vmax=1, extent=(0, w, h, 0),
-              interpolation="nearest")
+    ax.imshow(image, extent=(0, w, h, 0))
+    ax.imshow(shade, extent=(0, w, h, 0), interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
