@@ -69,6 +69,8 @@ def test_manifest_round_trip_and_refusals(exported, tmp_path):
     manifest = read_manifest(art)
     assert manifest["metadata"] == read_metadata(exported / "vision_par.onnx")
     assert manifest["graphs"]["vision_par"]["source_sha256"]
+    assert manifest["graphs"]["vision_par"]["profiles"]["pixel_values"] == [[1, 3, 32, 32], [1, 3, 32, 32],
+                                                                            [8, 3, 32, 32]]
     check_manifest(art, manifest, None, None, None)  # as built: accepted
 
     engine = {**manifest, "backend": "tensorrt", "backend_version": "10.3.0", "build": {"version_compatible": False},
@@ -88,6 +90,17 @@ def test_manifest_round_trip_and_refusals(exported, tmp_path):
     (art / "manifest.json").write_text("{broken")
     with pytest.raises(ArtifactError, match="not valid JSON"):
         verify(art)
+
+
+def test_precisions_the_gpu_lacks_are_refused():
+    from par_export.engine.build import check_precision_supported
+
+    with pytest.raises(BuildError, match="fp8 needs compute capability 8.9 or newer; this GPU is 8.7"):
+        check_precision_supported("fp8", "8.7")  # Jetson Orin
+    with pytest.raises(BuildError, match="bf16 needs compute capability 8.0"):
+        check_precision_supported("bf16", "7.5")
+    check_precision_supported("fp8", "9.0")
+    check_precision_supported("fp16", "7.5")
 
 
 def test_presets_are_valid_and_bad_ones_are_refused():

@@ -48,6 +48,21 @@ class BuildOptions:
     calib_images: str | None = None  # folder of images for int8/fp8 calibration (TensorRT)
 
 
+# Lowest compute capability with hardware support for each reduced precision.
+MIN_COMPUTE_CAPABILITY = {"bf16": (8, 0), "int8": (6, 1), "fp8": (8, 9)}
+
+
+def check_precision_supported(precision: str, compute_capability: str | None) -> None:
+    """Refuse a precision the GPU lacks (fp8 before Ada/Hopper, bf16 before Ampere)."""
+    needed = MIN_COMPUTE_CAPABILITY.get(precision)
+    if needed is None or compute_capability is None:
+        return
+    have = tuple(int(x) for x in compute_capability.split("."))
+    if have < needed:
+        raise BuildError(f"{precision} needs compute capability {needed[0]}.{needed[1]} or newer; this GPU is "
+                         f"{compute_capability}: use fp16 (or int8)")
+
+
 def resolve_backend(requested: str) -> str:
     if requested not in ("auto", "tensorrt", "onnxruntime"):
         raise BuildError(f"--backend must be auto, tensorrt or onnxruntime, got {requested!r}")
@@ -201,6 +216,8 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
         options.workspace_mib = options.workspace_mib or preset.workspace_mib
         options.dla_core = options.dla_core if options.dla_core is not None else preset.dla_core
     backend = resolve_backend(options.backend)
+    if backend == "tensorrt":
+        check_precision_supported(options.precision, (gpu_info() or {}).get("compute_capability"))
     if backend == "onnxruntime" and options.backend == "auto":
         print("TensorRT not found: building the ONNX Runtime form (CPU provider). Install TensorRT for engines.")
 
@@ -231,7 +248,10 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
                 _build_onnxruntime(onnx_path, artifact, options.precision, work)
                 io = _io(onnx.load(str(artifact), load_external_data=False))
             graphs[name] = {"file": artifact.name, "sha256": sha256(artifact), "source": f"onnx/{onnx_path.name}",
-                            "source_sha256": sha256(onnx_path), **io}
+                            "source_sha256": sha256(onnx_path),
+                            "profiles": {k: [list(s) for s in v] for k, v in _profiles(
+                                metadata, options, onnx.load(str(onnx_path), load_external_data=False)).items()},
+                            **io}
             steps.update()
         (final / "onnx").mkdir()  # the fp32 source graphs: verify's second reference
         for item in src.iterdir():
