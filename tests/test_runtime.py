@@ -52,6 +52,21 @@ def test_pipeline_equals_reference_with_different_k_per_image(setup):
     assert texts == reference_answers(reference, pixels, PROMPTS)
 
 
+def test_onnxruntime_llm_equals_transformers(setup, tmp_path):
+    from par_export.runtime.llm_onnx import OnnxRuntimeLLM, export_llm
+
+    pipe, reference = setup
+    export_llm(reference.model, tmp_path / "llm")
+    ort_pipe = VisionLanguagePipeline(pipe.folder, reference.model, reference.tokenizer,
+                                      llm=OnnxRuntimeLLM(tmp_path / "llm", reference.tokenizer.eos_token_id))
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+    pixels[0] = 0.0
+    hf, info = pipe.generate(pixels.numpy(), PROMPTS, max_new_tokens=6, min_new_tokens=6)
+    ort, _ = ort_pipe.generate(pixels.numpy(), PROMPTS, max_new_tokens=6, min_new_tokens=6)
+    assert len(set(info["context_tokens"])) > 1  # left padding is exercised
+    assert ort == hf
+
+
 def test_bad_prompts_are_clear_errors(setup):
     pipe, _ = setup
     pixels = np.zeros((1, 3, 32, 32), np.float32)

@@ -29,10 +29,13 @@ class VisionLanguagePipeline:
 
     Args:
         artifact: a ``par-export build`` folder (ONNX Runtime or TensorRT).
-        llava: a loaded ``LlavaForConditionalGeneration`` whose language model answers, and its tokenizer.
+        model, tokenizer: the ``LlavaForConditionalGeneration`` whose language model answers
+            (its input embeddings splice the prompt), and its tokenizer.
+        llm: an :class:`~par_export.runtime.llm_onnx.OnnxRuntimeLLM` to generate with ONNX
+            Runtime instead of transformers.
     """
 
-    def __init__(self, artifact: str | Path, model, tokenizer):
+    def __init__(self, artifact: str | Path, model, tokenizer, llm=None):
         import json
 
         self.folder = Path(artifact)
@@ -44,6 +47,7 @@ class VisionLanguagePipeline:
         self.tokenizer = tokenizer
         self.embed = model.get_input_embeddings()
         self.context = model.config.text_config.max_position_embeddings
+        self.llm = llm
 
     def reduce(self, pixel_values: np.ndarray, prompts: list[str], budget: int | None = None):
         """Reduced embeddings ``[B, W, D]`` and K ``[B]`` for images and their prompts."""
@@ -96,8 +100,12 @@ class VisionLanguagePipeline:
         reduce_ms = (time.perf_counter() - start) * 1e3
         embeds, mask = self.splice(prompts, image_embeds, num_kept)
         start = time.perf_counter()
-        new = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                  do_sample=False, pad_token_id=self.tokenizer.pad_token_id, **generate_kwargs)
+        if self.llm is not None:
+            new = torch.from_numpy(self.llm.generate(embeds.float().numpy(), mask.numpy(), max_new_tokens,
+                                                     generate_kwargs.get("min_new_tokens", 0)))
+        else:
+            new = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                      do_sample=False, pad_token_id=self.tokenizer.pad_token_id, **generate_kwargs)
         generate_ms = (time.perf_counter() - start) * 1e3
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return texts, {"vision_reduce_ms": reduce_ms, "generate_ms": generate_ms, "num_kept": num_kept.tolist(),

@@ -1,0 +1,119 @@
+"""The LLM of a LLaVA model in ONNX with a KV cache, taking ``inputs_embeds``, and the thin
+greedy decoding loop over ONNX Runtime that runs it.
+
+onnxruntime-genai is not used: its decoder-only builder with ``exclude_embeds`` fails on
+plain decoder configs ("Model input was not found: input_ids", microsoft/onnxruntime-genai
+#1163, #1325, #1644), and its multimodal pipeline expects its own vision model contract.
+The loop below is what remains: prefill once, then one token at a time with the cache.
+
+Graph ``llm.onnx``: ``inputs_embeds [B, T, D]``, ``attention_mask [B, P+T]``,
+``position_ids [B, T]``, ``past.{l}.key/value [B, kv_heads, P, head_dim]`` ->
+``logits [B, 1, V]`` (last position), ``present.{l}.key/value [B, kv_heads, P+T, head_dim]``.
+``embed_tokens.npy`` holds the input embedding table for the decode steps.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from par_export.files import atomic_output
+
+
+class _DecoderStep(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.layers = model.config.text_config.num_hidden_layers
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config.text_config)
+        for layer in range(self.layers):
+            cache.update(past[2 * layer], past[2 * layer + 1], layer)
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        presents = []
+        for layer in out.cache.layers:
+            presents += [layer.keys, layer.values]
+        return (out.logits, *presents)
+
+
+def cache_names(layers: int, prefix: str) -> list[str]:
+    return [f"{prefix}.{layer}.{kv}" for layer in range(layers) for kv in ("key", "value")]
+
+
+def export_llm(model, folder: str | Path, opset: int = 17) -> Path:
+    """Write ``llm.onnx`` and ``embed_tokens.npy`` for a ``LlavaForConditionalGeneration`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    layers = text.num_hidden_layers
+    model.set_attn_implementation("eager")  # a traceable attention; numerically the same
+    step = _DecoderStep(model.eval())
+    batch, length, past = 2, 3, 2
+    example = (torch.randn(batch, length, text.hidden_size), torch.ones(batch, past + length, dtype=torch.long),
+               torch.arange(past, past + length).expand(batch, length),
+               *[torch.randn(batch, kv_heads, past, head_dim) for _ in range(2 * layers)])
+    inputs, outputs = cache_names(layers, "past"), cache_names(layers, "present")
+    axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
+            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
+    axes.update({n: {0: "batch", 2: "past"} for n in inputs})
+    axes.update({n: {0: "batch", 2: "total"} for n in outputs})
+    with warnings.catch_warnings(), torch.no_grad(), atomic_output(folder / "llm.onnx") as tmp:
+        warnings.simplefilter("ignore")
+        torch.onnx.export(step, example, str(tmp), dynamo=False, opset_version=opset,
+                          input_names=["inputs_embeds", "attention_mask", "position_ids", *inputs],
+                          output_names=["logits", *outputs], dynamic_axes=axes)
+    with atomic_output(folder / "embed_tokens.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, model.get_input_embeddings().weight.detach().float().numpy(), allow_pickle=False)
+    return folder / "llm.onnx"
+
+
+class OnnxRuntimeLLM:
+    """Greedy generation from ``inputs_embeds`` over ONNX Runtime with the exported KV cache."""
+
+    def __init__(self, folder: str | Path, eos_token_id: int | None = None):
+        from par_export.backends.onnxruntime import ort_session
+
+        folder = Path(folder)
+        self.session = ort_session(folder / "llm.onnx")
+        self.embed_tokens = np.load(folder / "embed_tokens.npy", allow_pickle=False)
+        self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past.")]
+        shape = next(i for i in self.session.get_inputs() if i.name == "past.0.key").shape
+        self.kv_heads, self.head_dim = shape[1], shape[3]
+        self.eos_token_id = eos_token_id
+
+    def generate(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int,
+                 min_new_tokens: int = 0) -> np.ndarray:
+        """``[B, new]`` token ids; rows that reached EOS are padded with it."""
+        batch = inputs_embeds.shape[0]
+        mask = attention_mask.astype(np.int64)
+        positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
+        past = {n: np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past_names}
+        embeds, position_ids = inputs_embeds.astype(np.float32), positions
+        tokens, done = [], np.zeros(batch, bool)
+        for step in range(max_new_tokens):
+            logits, *presents = self.session.run(None, {"inputs_embeds": embeds, "attention_mask": mask,
+                                                        "position_ids": position_ids, **past})
+            scores = logits[:, -1]
+            if self.eos_token_id is not None and step < min_new_tokens:
+                scores[:, self.eos_token_id] = -np.inf
+            token = scores.argmax(-1)
+            if self.eos_token_id is not None:
+                token = np.where(done, self.eos_token_id, token)
+                done |= token == self.eos_token_id
+            tokens.append(token)
+            if done.all():
+                break
+            past = dict(zip(self.past_names, presents))
+            next_position = position_ids[:, -1:] + 1
+            mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
+            embeds, position_ids = self.embed_tokens[token][:, None, :], next_position
+        return np.stack(tokens, axis=1)
