@@ -252,7 +252,7 @@ def cmd_chat(args) -> int:
     from par_export.runtime.chat import chat, format_chat
 
     result = chat(args.model, args.image, args.prompt, args.method, args.budget, args.artifact, args.compare_full,
-                  args.max_new_tokens)
+                  args.max_new_tokens, args.llm)
     print(format_chat(result))
     print("(times measured on this machine's CPU with ONNX Runtime and transformers; KV cache in fp32)")
     return 0
@@ -367,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", help="a `par-export build` folder (default: export + build into a temp folder)")
     p.add_argument("--compare-full", action="store_true")
     p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--llm", default="transformers", choices=["transformers", "onnxruntime"],
+                   help="generate with transformers, or with the LLM exported to ONNX (KV cache) on ONNX Runtime")
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository for an export")

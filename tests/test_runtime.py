@@ -80,14 +80,15 @@ def test_bad_prompts_are_clear_errors(setup):
         pipe.generate(pixels, ["<image> " + "red " * 2000])
 
 
-def test_chat_cli_prints_answer_and_side_by_side_timings(tmp_path, capsys):
+@pytest.mark.parametrize("llm", ["transformers", "onnxruntime"])
+def test_chat_cli_prints_answer_and_side_by_side_timings(tmp_path, capsys, llm):
     from PIL import Image
 
     from par_export.cli import main
 
     Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(tmp_path / "img.png")
     assert main(["chat", "--model", "tiny", "--image", str(tmp_path / "img.png"), "--prompt", "what color is it ?",
-                 "--compare-full", "--max-new-tokens", "4"]) == 0
+                 "--compare-full", "--max-new-tokens", "4", "--llm", llm]) == 0
     out = capsys.readouterr().out
     assert "answer: " in out and "full-context answer: " in out
     reduced = next(line for line in out.splitlines() if line.startswith("reduced (par, K="))

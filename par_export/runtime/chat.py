@@ -34,7 +34,8 @@ def _row(name: str, vision_ms: float, context: int, ttft: float, total: float, n
 
 @torch.no_grad()
 def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", budget="auto",
-         artifact: str | Path | None = None, compare_full: bool = False, max_new_tokens: int = 16) -> dict:
+         artifact: str | Path | None = None, compare_full: bool = False, max_new_tokens: int = 16,
+         llm: str = "transformers") -> dict:
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     from par_export.engine.build import BuildOptions, build
@@ -53,7 +54,13 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
             build(Path(tmp) / "onnx", artifact, BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
         model = LlavaForConditionalGeneration.from_pretrained(llava_dir, **pretrained_kwargs()).eval()
         tokenizer = AutoTokenizer.from_pretrained(llava_dir, **pretrained_kwargs())
-        pipe = VisionLanguagePipeline(artifact, model, tokenizer)
+        ort_llm = None
+        if llm == "onnxruntime":
+            from par_export.runtime.llm_onnx import OnnxRuntimeLLM, export_llm
+
+            export_llm(model, Path(tmp) / "llm")
+            ort_llm = OnnxRuntimeLLM(Path(tmp) / "llm", tokenizer.eos_token_id)
+        pipe = VisionLanguagePipeline(artifact, model, tokenizer, ort_llm)
         pixels, _ = load_image(image, pipe.preprocess)
         budget_value = None if budget == "auto" or not pipe.manifest["metadata"]["budget_input"] else budget
         start = time.perf_counter()
@@ -61,8 +68,17 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
         vision_ms = (time.perf_counter() - start) * 1e3
         embeds, mask = pipe.splice([text], image_embeds, num_kept)
         pad = tokenizer.pad_token_id
-        out, ttft, total = _timed_generate(model, max_new_tokens, inputs_embeds=embeds, attention_mask=mask,
-                                           pad_token_id=pad)
+        if ort_llm is not None:
+            ort_llm.generate(embeds.float().numpy(), mask.numpy(), 1)  # warm-up
+            start = time.perf_counter()
+            ort_llm.generate(embeds.float().numpy(), mask.numpy(), 1)
+            ttft = (time.perf_counter() - start) * 1e3
+            start = time.perf_counter()
+            out = torch.from_numpy(ort_llm.generate(embeds.float().numpy(), mask.numpy(), max_new_tokens))
+            total = (time.perf_counter() - start) * 1e3
+        else:
+            out, ttft, total = _timed_generate(model, max_new_tokens, inputs_embeds=embeds, attention_mask=mask,
+                                               pad_token_id=pad)
         answer = tokenizer.decode(out[0], skip_special_tokens=True)
         rows = [_row(f"reduced ({method}, K={int(num_kept[0])})", vision_ms, int(mask.sum()), ttft, total,
                      out.shape[1], model.config.text_config)]
