@@ -161,7 +161,7 @@ def cmd_build(args) -> int:
     options = BuildOptions(precision=args.precision, backend=args.backend, target=args.target, batch=batch,
                            budget=args.budget_range, workspace_mib=args.workspace, timing_cache=args.timing_cache,
                            version_compatible=args.version_compatible, dla_core=args.dla_core, plugin=args.plugin,
-                           calib_images=args.calib_images)
+                           calib_images=args.calib_images, clip=args.clip)
     source = args.source or args.model
     if source is None:
         raise ValueError("give the exported folder / vision_par.onnx, or --model PATH|tiny")
@@ -313,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build a TensorRT engine (or the ONNX Runtime form) and verify it")
     p.add_argument("source", nargs="?", help="export folder or its vision_par.onnx")
     p.add_argument("--model", help="instead of SOURCE: a local LLaVA folder or 'tiny', exported first")
+    p.add_argument("--clip", help="with --model PATH: local CLIP folder for space=clip (default: llm space)")
     p.add_argument("--out", help="artifact folder (default out/<source>-<precision>)")
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16", "int8", "fp8"])
     p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"])

@@ -46,6 +46,7 @@ class BuildOptions:
     dla_core: int | None = None
     plugin: bool = False
     calib_images: str | None = None  # folder of images for int8/fp8 calibration (TensorRT)
+    clip: str | None = None  # CLIP folder for space=clip when exporting from a model folder
 
 
 # Lowest compute capability with hardware support for each reduced precision.
@@ -94,7 +95,7 @@ def export_source(source: str | Path, workdir: Path, options: BuildOptions, prog
     out = workdir / "onnx"
     # The export's default K: the profile's opt budget, else 64 (16 for the 64-token tiny model).
     budget = options.budget[1] if options.budget else (16 if str(source) == "tiny" else 64)
-    export_llava(source, out, budget=budget, plugin=options.plugin, progress=progress)
+    export_llava(source, out, budget=budget, plugin=options.plugin, clip_path=options.clip, progress=progress)
     return out
 
 
