@@ -327,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version-compatible", action="store_true")
     p.add_argument("--dla-core", type=int)
     p.add_argument("--plugin", action="store_true", help="export with the par::TopKCluster custom op")
-    p.add_argument("--calib-images", help="folder of images for TensorRT int8/fp8 calibration (ModelOpt Q/DQ)")
+    p.add_argument("--calib-images", help="folder of images (or 'demo': the procedural VQA scenes) for TensorRT int8/fp8 "
+                   "calibration (ModelOpt Q/DQ)")
     p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_build)

@@ -164,6 +164,8 @@ def test_calibration_data_from_images(exported, image, tmp_path):
     metadata = read_metadata(exported / "vision_par.onnx")
     feeds = calibration_data(metadata, str(image.parent))
     assert feeds["pixel_values"].shape == (1, 3, 32, 32) and feeds["query_embeds"].shape == (1, 16)
+    demo = calibration_data(metadata, "demo", count=4)
+    assert demo["pixel_values"].shape == (4, 3, 32, 32) and np.isfinite(demo["pixel_values"]).all()
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(BuildError, match="no .png/.jpg/.bmp images"):
         calibration_data(metadata, str(tmp_path))

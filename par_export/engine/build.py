@@ -19,7 +19,7 @@ from par_export.backends.tensorrt import build_engine, import_tensorrt
 from par_export.engine.manifest import FORMAT, MANIFEST, sha256
 from par_export.engine.presets import PRECISIONS, load_preset
 from par_export.export.custom_op import DOMAIN
-from par_export.data.images import CLIP_MEAN, CLIP_STD
+from par_export.data.images import CLIP_MEAN, CLIP_STD, normalize
 from par_export.export.fp16 import to_fp16
 from par_export.export.metadata import read_metadata
 from par_export.files import atomic_folder
@@ -129,11 +129,17 @@ def _quantize_int8_ort(src: Path, dst: Path) -> None:
 
 
 def calibration_data(metadata: dict, images: str | None, count: int = 32) -> dict:
-    """ModelOpt calibration feeds for ``vision_par``: preprocessed images from a folder, or random pixels."""
+    """ModelOpt calibration feeds for ``vision_par``: images from a folder, the demo VQA scenes
+(``images="demo"``), or random pixels."""
     from par_export.engine.run import load_image
 
     size = metadata["image_size"]
-    if images:
+    if images == "demo":  # the procedural VQA scenes the demo model is trained on
+        from par_export.data.vqa import render, sample, split_seeds
+
+        pixels = np.stack([normalize(np.asarray(render(sample(seed), size)))
+                           for seed in split_seeds("train", count)])
+    elif images:
         files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
         if not files:
             raise BuildError(f"--calib-images {images}: no .png/.jpg/.bmp images there")
