@@ -85,6 +85,22 @@ def pretrain_tower(model, minutes: float, batch: int, log) -> None:
         step += 1
 
 
+def pooled_forward(model, samples, tokenizer, image_id: int, side: int, labels_too: bool = True):
+    """Forward with the image's feature grid average-pooled to ``side x side`` tokens (with
+    gradients through tower and projector), fed through ``mm_encoder_outputs``."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    tower = model.model.vision_tower
+    hidden = tower(pixels(samples), output_hidden_states=True).hidden_states[-2][:, 1:]
+    grid = int(hidden.shape[1] ** 0.5)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(
+        hidden.transpose(1, 2).reshape(len(samples), -1, grid, grid), side).flatten(2).transpose(1, 2)
+    features = model.model.multi_modal_projector(pooled)
+    input_ids, mask, labels = encode_batch(samples, tokenizer, image_id, side * side, with_answer=True)
+    return model(input_ids=input_ids, attention_mask=mask, labels=labels,
+                 mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=list(features))}), labels, input_ids
+
+
 def schedule(step: int, warmup: int, progress: float) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -143,13 +159,18 @@ def encode_batch(samples, tokenizer, image_id: int, tokens: int, with_answer: bo
 
 
 @torch.no_grad()
-def accuracy(model, tokenizer, seeds, image_id: int, tokens: int, batch: int = 50, kinds=None) -> float:
+def accuracy(model, tokenizer, seeds, image_id: int, tokens: int, batch: int = 50, kinds=None,
+             pool_side: int = 0) -> float:
     """First answer token by teacher forcing (= greedy's first token) against the answer word."""
     correct = 0
     for i in range(0, len(seeds), batch):
         samples = [sample(s, kinds[s % len(kinds)] if kinds else None) for s in seeds[i : i + batch]]
-        input_ids, mask, labels = encode_batch(samples, tokenizer, image_id, tokens, with_answer=True)
-        logits = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels(samples)).logits
+        if pool_side:
+            out, labels, input_ids = pooled_forward(model, samples, tokenizer, image_id, pool_side)
+            logits = out.logits
+        else:
+            input_ids, mask, labels = encode_batch(samples, tokenizer, image_id, tokens, with_answer=True)
+            logits = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels(samples)).logits
         first = (labels != -100).int().argmax(dim=1)  # position of the answer token
         predicted = logits[torch.arange(len(samples)), first - 1].argmax(-1)
         correct += int((predicted == input_ids[torch.arange(len(samples)), first]).sum())
@@ -183,6 +204,8 @@ def main() -> None:
                         "init (e.g. 0.02: the text embeddings' scale)")
     parser.add_argument("--lm-lr", type=float, default=1e-3)
     parser.add_argument("--fp32", action="store_true", help="VQA stage without bf16 autocast")
+    parser.add_argument("--pool-side", type=int, default=0, help="train VQA on the feature grid average-pooled "
+                        "to SIDE x SIDE tokens (a curriculum probe; validation below uses the same pooling)")
     parser.add_argument("--kinds", default=None, help="comma-separated question types to train and validate on "
                         "(default: all); for curriculum experiments")
     args = parser.parse_args()
@@ -225,7 +248,11 @@ def main() -> None:
         for group, lr in zip(optim.param_groups, base_lr):
             group["lr"] = lr * scale
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32):
-            loss = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels(samples), labels=labels).loss
+            if args.pool_side:
+                loss = pooled_forward(model, samples, tokenizer, image_id, args.pool_side)[0].loss
+            else:
+                loss = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels(samples),
+                             labels=labels).loss
         optim.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -234,14 +261,15 @@ def main() -> None:
             log(f"vqa step {step} loss {loss.item():.3f} ({(step + 1) * args.vqa_batch} samples)")
         if time.time() - last_eval > args.eval_minutes * 60:
             model.eval()
-            log(f"val accuracy (full tokens): {accuracy(model, tokenizer, val_seeds, image_id, tokens, kinds=kinds):.3f}")
+            log(f"val accuracy: {accuracy(model, tokenizer, val_seeds, image_id, tokens, kinds=kinds,
+                                           pool_side=args.pool_side):.3f}")
             save(out / "llava", model, tokenizer, processor)
             model.train()
             last_eval = time.time()
         step += 1
     model.eval()
     log(f"final val accuracy (full tokens, {len(val_seeds)} samples): "
-        f"{accuracy(model, tokenizer, val_seeds, image_id, tokens, kinds=kinds):.3f}")
+        f"{accuracy(model, tokenizer, val_seeds, image_id, tokens, kinds=kinds, pool_side=args.pool_side):.3f}")
     save(out / "llava", model, tokenizer, processor)
     log("saved LLaVA")
 
