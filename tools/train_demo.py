@@ -261,15 +261,15 @@ def main() -> None:
             log(f"vqa step {step} loss {loss.item():.3f} ({(step + 1) * args.vqa_batch} samples)")
         if time.time() - last_eval > args.eval_minutes * 60:
             model.eval()
-            log(f"val accuracy: {accuracy(model, tokenizer, val_seeds, image_id, tokens, kinds=kinds,
-                                           pool_side=args.pool_side):.3f}")
+            score = accuracy(model, tokenizer, val_seeds, image_id, tokens, kinds=kinds, pool_side=args.pool_side)
+            log(f"val accuracy: {score:.3f}")
             save(out / "llava", model, tokenizer, processor)
             model.train()
             last_eval = time.time()
         step += 1
     model.eval()
-    log(f"final val accuracy (full tokens, {len(val_seeds)} samples): "
-        f"{accuracy(model, tokenizer, val_seeds, image_id, tokens, kinds=kinds, pool_side=args.pool_side):.3f}")
+    score = accuracy(model, tokenizer, val_seeds, image_id, tokens, kinds=kinds, pool_side=args.pool_side)
+    log(f"final val accuracy ({len(val_seeds)} samples): {score:.3f}")
     save(out / "llava", model, tokenizer, processor)
     log("saved LLaVA")
 
