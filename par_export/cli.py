@@ -151,7 +151,7 @@ def _triple(text: str) -> tuple[int, int, int]:
 
 
 def cmd_build(args) -> int:
-    from par_export.engine.build import BuildOptions, build, export_source, trtexec_command
+    from par_export.engine.build import BuildOptions, apply_preset, build, export_source, trtexec_command
     from par_export.engine.verify import format_rows, verify
     from par_export.export.metadata import read_metadata
 
@@ -168,13 +168,7 @@ def cmd_build(args) -> int:
     if args.print_trtexec:
         import tempfile
 
-        from par_export.engine.presets import load_preset
-
-        if args.target:
-            preset = load_preset(args.target)
-            options.batch = options.batch or preset.batch
-            options.workspace_mib = options.workspace_mib or preset.workspace_mib
-            options.dla_core = options.dla_core if options.dla_core is not None else preset.dla_core
+        apply_preset(options)
         with tempfile.TemporaryDirectory() as tmp:
             folder = export_source(source, Path(tmp), options, progress=False)
             print(trtexec_command(folder, read_metadata(folder / "vision_par.onnx"), options))

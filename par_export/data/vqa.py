@@ -75,13 +75,18 @@ def _unique(objects, key) -> list[int]:
     return [i for i, k in enumerate(keys) if keys.count(k) == 1]
 
 
+def _pick_unique(rng: random.Random, objects, key) -> int | None:
+    """Index of a random object that ``key`` identifies uniquely in the scene, or None."""
+    options = _unique(objects, key)
+    return rng.choice(options) if options else None
+
+
 def make_question(rng: random.Random, objects: tuple[Shape, ...], kind: str) -> tuple[str, str, tuple[int, ...]] | None:
     """(question, answer, target object indices), or None when this scene cannot pose ``kind``."""
     if kind == "color":
-        options = _unique(objects, lambda o: (o.shape, o.region))
-        if not options:
+        i = _pick_unique(rng, objects, lambda o: (o.shape, o.region))
+        if i is None:
             return None
-        i = rng.choice(options)
         o = objects[i]
         return f"what color is the {o.shape} at the {o.region} ?", o.color, (i,)
     if kind == "exists":
@@ -98,17 +103,15 @@ def make_question(rng: random.Random, objects: tuple[Shape, ...], kind: str) -> 
         hits = tuple(i for i, o in enumerate(objects) if o.shape == shape)
         return f"how many {shape}s are there ?", NUMBERS[len(hits)], hits
     if kind == "side":
-        options = _unique(objects, lambda o: (o.color, o.shape))
-        if not options:
+        i = _pick_unique(rng, objects, lambda o: (o.color, o.shape))
+        if i is None:
             return None
-        i = rng.choice(options)
         o = objects[i]
         return f"which side is the {o.color} {o.shape} on ?", o.side, (i,)
     if kind == "shape":
-        options = _unique(objects, lambda o: o.color)
-        if not options:
+        i = _pick_unique(rng, objects, lambda o: o.color)
+        if i is None:
             return None
-        i = rng.choice(options)
         return f"what shape is the {objects[i].color} object ?", objects[i].shape, (i,)
     raise ValueError(f"unknown question type {kind!r}; expected one of {QUESTION_TYPES}")
 

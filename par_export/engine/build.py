@@ -53,6 +53,19 @@ class BuildOptions:
 MIN_COMPUTE_CAPABILITY = {"bf16": (8, 0), "int8": (6, 1), "fp8": (8, 9)}
 
 
+def apply_preset(options: BuildOptions) -> None:
+    """Fill the options left unset from ``options.target``'s preset; refuse a precision it lacks."""
+    if not options.target:
+        return
+    preset = load_preset(options.target)
+    if options.precision not in preset.precisions:
+        raise BuildError(f"target {preset.name} supports {preset.precisions}, not {options.precision}")
+    options.batch = options.batch or preset.batch
+    options.budget = options.budget or preset.budget
+    options.workspace_mib = options.workspace_mib or preset.workspace_mib
+    options.dla_core = options.dla_core if options.dla_core is not None else preset.dla_core
+
+
 def check_precision_supported(precision: str, compute_capability: str | None) -> None:
     """Refuse a precision the GPU lacks (fp8 before Ada/Hopper, bf16 before Ampere)."""
     needed = MIN_COMPUTE_CAPABILITY.get(precision)
@@ -214,14 +227,7 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
     out = Path(out)
     if options.precision not in PRECISIONS:
         raise BuildError(f"--precision must be one of {PRECISIONS}, got {options.precision!r}")
-    preset = load_preset(options.target) if options.target else None
-    if preset is not None:
-        if options.precision not in preset.precisions:
-            raise BuildError(f"target {preset.name} supports {preset.precisions}, not {options.precision}")
-        options.batch = options.batch or preset.batch
-        options.budget = options.budget or preset.budget
-        options.workspace_mib = options.workspace_mib or preset.workspace_mib
-        options.dla_core = options.dla_core if options.dla_core is not None else preset.dla_core
+    apply_preset(options)
     backend = resolve_backend(options.backend)
     if backend == "tensorrt":
         check_precision_supported(options.precision, (gpu_info() or {}).get("compute_capability"))
