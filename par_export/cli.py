@@ -252,6 +252,32 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_emit(args) -> int:
+    import tempfile
+
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    from par_export.engine.run import load_image
+    from par_export.export.exporter import resolve_model
+    from par_export.models.loading import pretrained_kwargs
+    from par_export.runtime.emit import emit, write_emitted
+    from par_export.runtime.pipeline import VisionLanguagePipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        llava_dir, _ = resolve_model(args.model, Path(tmp))
+        model = LlavaForConditionalGeneration.from_pretrained(llava_dir, **pretrained_kwargs())
+        tokenizer = AutoTokenizer.from_pretrained(llava_dir, **pretrained_kwargs())
+    pipe = VisionLanguagePipeline(args.artifact, model, tokenizer)
+    pixels, _ = load_image(args.image, pipe.preprocess)
+    budget = None if args.budget == "auto" else args.budget
+    arrays, meta = emit(pipe, pixels, args.prompt, args.runtime, budget)
+    print(f"{args.runtime}: K = {meta['num_kept']} visual rows of {meta['hidden_size']}, "
+          f"{len(arrays['input_ids'])} prompt ids")
+    for path in write_emitted(args.out, arrays, meta, args.overwrite):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_triton_repo(args) -> int:
     from par_export.serving.triton import write_triton_repo
 
@@ -366,6 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm", default="transformers", choices=["transformers", "onnxruntime"],
                    help="generate with transformers, or with the LLM exported to ONNX (KV cache) on ONNX Runtime")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("emit", help="reduced visual embeddings + prompt ids in the layout TensorRT-LLM or "
+                       "Edge-LLM takes (safetensors + JSON)")
+    p.add_argument("artifact", help="a `par-export build` folder")
+    p.add_argument("--model", default="tiny", help="the LLaVA the artifact was exported "
+                   "from: 'tiny', 'demo' or a folder")
+    p.add_argument("--image", required=True)
+    p.add_argument("--prompt", required=True, help="prompt with one <image> placeholder, in the LLM's chat format")
+    p.add_argument("--runtime", required=True, choices=["tensorrt-llm", "edge-llm"])
+    p.add_argument("--budget", type=_budget, default="auto")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_emit)
 
     p = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository for an export")
     p.add_argument("source", help="`par-export export` folder")

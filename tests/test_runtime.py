@@ -94,3 +94,55 @@ def test_chat_cli_prints_answer_and_side_by_side_timings(tmp_path, capsys, llm):
     reduced = next(line for line in out.splitlines() if line.startswith("reduced (par, K="))
     full = next(line for line in out.splitlines() if line.startswith("full "))
     assert int(reduced.split()[4]) < int(full.split()[2])  # fewer context tokens than full
+
+
+def _embeds_as_runtime_sees_them(arrays: dict, meta: dict, embed) -> torch.Tensor:
+    """``inputs_embeds [T, D]`` rebuilt from emitted files the way each runtime documents it:
+    TensorRT-LLM reads row ``id - vocab_size`` of the prompt table for ids >= vocab_size;
+    Edge-LLM puts the next visual row at each ``image_token_id`` position."""
+    ids = torch.from_numpy(arrays["input_ids"].astype(np.int64))
+    if meta["runtime"] == "tensorrt-llm":
+        visual = ids >= meta["vocab_size"]
+        rows = torch.from_numpy(arrays["prompt_embedding_table"].astype(np.float32))[ids[visual] - meta["vocab_size"]]
+    else:
+        visual = ids == meta["image_token_id"]
+        rows = torch.from_numpy(arrays["visual_output"].astype(np.float32))
+    with torch.no_grad():
+        out = embed(torch.where(visual, 0, ids)).clone()
+    out[visual] = rows.to(out.dtype)
+    return out
+
+
+@pytest.mark.parametrize("runtime", ["tensorrt-llm", "edge-llm"])
+def test_emitted_inputs_rebuild_the_pipeline_context(setup, runtime, tmp_path):
+    from safetensors.numpy import load_file
+
+    from par_export.runtime.emit import emit, write_emitted
+
+    pipe, _ = setup
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5)).numpy()
+    arrays, meta = emit(pipe, pixels, PROMPTS[0], runtime)
+    write_emitted(tmp_path / "out", arrays, meta)
+    loaded = load_file(str(tmp_path / "out" / "inputs.safetensors"))
+    assert loaded["input_ids"].dtype == np.int32 and set(loaded) == set(arrays)
+    rebuilt = _embeds_as_runtime_sees_them(loaded, meta, pipe.embed)
+    image_embeds, num_kept = pipe.reduce(pixels, PROMPTS[:1])
+    assert meta["num_kept"] == int(num_kept[0]) and len(rebuilt) == len(arrays["input_ids"])
+    spliced, _ = pipe.splice(PROMPTS[:1], image_embeds, num_kept)
+    torch.testing.assert_close(rebuilt, spliced[0].float(), atol=1e-3, rtol=1e-3)  # fp16 rows
+
+
+def test_emit_cli_writes_both_files_and_refuses_bad_prompts(setup, tiny_folders, tmp_path, capsys):
+    from PIL import Image
+
+    from par_export.cli import main
+
+    pipe, _ = setup
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "img.png")
+    args = ["emit", str(pipe.folder), "--model", str(tiny_folders[0]), "--image", str(tmp_path / "img.png"),
+            "--runtime", "edge-llm"]
+    assert main(args + ["--prompt", PROMPTS[1], "--out", str(tmp_path / "e")]) == 0
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["inputs.json", "inputs.safetensors"]
+    assert main(args + ["--prompt", "no image", "--out", str(tmp_path / "bad")]) == 2
+    assert "0 '<image>' placeholders" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

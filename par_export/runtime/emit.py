@@ -62,3 +62,55 @@ def edge_llm_inputs(ids_before: list[list[int]], ids_after: list[list[int]], ima
     ids = [np.concatenate([before, np.full(int(k), image_token_id), after]).astype(np.int32)
            for before, after, k in zip(ids_before, ids_after, num_kept)]
     return EdgeLLMInputs(ids, _rows(image_embeds, num_kept).astype(np.float16))
+
+
+RUNTIMES = {
+    "tensorrt-llm": "TensorRT-LLM legacy engine flow (ModelRunner.generate with prompt_table), API of v0.12-v0.16",
+    "edge-llm": "TensorRT Edge-LLM 0.11 LLM engine (inputs_embeds assembled at image_token_id positions)",
+}
+
+
+def emit(pipe, pixel_values: np.ndarray, prompt: str, runtime: str, budget: int | None = None) -> tuple[dict, dict]:
+    """One image + prompt through ``pipe`` (a :class:`VisionLanguagePipeline`) -> the arrays
+    ``runtime`` takes and a JSON-able description (K, ids of note, the version targeted)."""
+    from par_export.runtime.pipeline import IMAGE, PromptError
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; expected one of {sorted(RUNTIMES)}")
+    if prompt.count(IMAGE) != 1:
+        raise PromptError(f"the prompt holds {prompt.count(IMAGE)} '{IMAGE}' placeholders; exactly one is expected")
+    image_embeds, num_kept = pipe.reduce(pixel_values, [prompt], budget)
+    before, after = prompt.split(IMAGE)
+    ids_before = [pipe.tokenizer(before)["input_ids"]]
+    ids_after = [pipe.tokenizer(after, add_special_tokens=False)["input_ids"]]
+    config = pipe.model.config
+    meta = {"runtime": runtime, "targets": RUNTIMES[runtime], "prompt": prompt, "num_kept": int(num_kept[0]),
+            "hidden_size": int(image_embeds.shape[-1]), "eos_token_id": pipe.tokenizer.eos_token_id,
+            "pad_token_id": pipe.tokenizer.pad_token_id}
+    if runtime == "tensorrt-llm":
+        vocab_size = config.text_config.vocab_size
+        out = tensorrt_llm_inputs(ids_before, ids_after, image_embeds, num_kept, vocab_size)
+        table = out.prompt_embedding_table.astype(np.float16)
+        arrays = {"input_ids": out.input_ids[0], "prompt_embedding_table": table,
+                  "prompt_vocab_size": out.prompt_vocab_size, "tasks": out.tasks}
+        meta["vocab_size"] = vocab_size
+    else:
+        out = edge_llm_inputs(ids_before, ids_after, image_embeds, num_kept, config.image_token_id)
+        arrays = {"input_ids": out.input_ids[0], "visual_output": out.visual_output}
+        meta["image_token_id"] = int(config.image_token_id)
+    return arrays, meta
+
+
+def write_emitted(folder, arrays: dict, meta: dict, overwrite: bool = False) -> list:
+    """``inputs.safetensors`` + ``inputs.json`` in ``folder``, written whole or not at all."""
+    import json
+    from pathlib import Path
+
+    from safetensors.numpy import save_file
+
+    from par_export.files import atomic_folder
+
+    with atomic_folder(folder, overwrite) as (final, _):
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(final / "inputs.safetensors"))
+        (final / "inputs.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return [Path(folder) / "inputs.safetensors", Path(folder) / "inputs.json"]
