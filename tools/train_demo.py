@@ -1,15 +1,23 @@
 #!/usr/bin/env python3
-"""Train the embedded demo VLM from scratch on this CPU: the CLIP-architecture vision tower
-pretrained densely (the object under each patch), then a tiny LLaVA (that tower, the MLP
-projector and a small Llama) end to end on the procedural VQA, then a
-tiny CLIP around that same, frozen tower: text tower and projections trained contrastively
-on scene captions (from-scratch contrastive training of both towers stayed at chance loss
-for hundreds of steps on this data; aligning a text tower to a trained tower is quick).
-Writes Hugging Face folders (safetensors + tokenizer.json):
+"""Train the embedded demo VLM from scratch on this CPU, in four stages:
 
-    python tools/train_demo.py --out par_export/assets/demo --dense-minutes 8 --vqa-minutes 30 --clip-minutes 6
+1. the CLIP-architecture vision tower, densely: colour, shape and object centre under each
+   patch, and the patch's row and column, read from the feature layer LLaVA uses (-2);
+2. its features cached once for the training scenes (the tower is frozen from here on, as
+   LLaVA-1.5 freezes CLIP);
+3. projector + Llama on the procedural VQA as multi-turn conversations (1-6 questions per
+   image), most of them on the image's object patches only (about 60 tokens, so steps are
+   cheap and the retrieval circuit forms), the rest on all 256 tokens;
+4. a CLIP text tower + visual projection aligned to the frozen tower's patch tokens: each text
+   (a rewritten question as PAR queries it, or a caption) is contrasted over the patches of
+   its image, the patches of the objects it names being the positives.
 
-Not run in CI. Prints progress, validation accuracy (full 256 tokens) and the wall time.
+Written as Hugging Face folders (safetensors + tokenizer.json):
+
+    python tools/train_demo.py --out par_export/assets/demo
+
+Not run in CI. Prints progress, validation accuracy per question type (all 256 tokens, through
+the saved model's own forward) and the wall time.
 """
 
 from __future__ import annotations
@@ -24,157 +32,261 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from par_export.data.images import CLIP_MEAN, CLIP_STD, normalize
-from par_export.data.vqa import render, sample, split_seeds, vocabulary
-from par_export.models.demo import CLIP_SPECIAL, demo_clip_config, demo_llava_config
+from par_export.data.vqa import (COLORS, QUESTION_TYPES, SHAPES, make_question, make_scene, render, sample,
+                                 split_seeds, vocabulary)
+from par_export.models.demo import CLIP_SPECIAL, IMAGE_SIZE, PATCH, demo_clip_config, demo_llava_config
 from par_export.models.tiny import SPECIAL, word_tokenizer
+from par_export.reduce.prompt import rewrite_prompt
+
+SIDE = IMAGE_SIZE // PATCH  # 16 x 16 patches
+TRAIN_SEEDS = 900_000  # scenes are drawn from [0, TRAIN_SEEDS) of the train split
 
 
 def pixels(samples) -> torch.Tensor:
     return torch.from_numpy(np.stack([normalize(np.asarray(render(s))) for s in samples]))
 
 
-def prompt_ids(tokenizer, question: str, image_id: int, tokens: int) -> list[int]:
-    head = tokenizer("USER :")["input_ids"]  # <s> USER :
-    tail = tokenizer(f"{question} ASSISTANT :", add_special_tokens=False)["input_ids"]
-    return head + [image_id] * tokens + tail
-
-
-def patch_labels(samples, size: int, patch: int) -> torch.Tensor:
-    """``[B, (size/patch)^2]`` class of the object under each patch centre: ``1 + colour * 4 + shape``, 0 = background."""
-    from par_export.data.vqa import COLORS, SHAPES
-
-    colors, side = list(COLORS), size // patch
-    centers = (np.arange(side) + 0.5) * patch
-    labels = np.zeros((len(samples), side, side), np.int64)
-    for b, s in enumerate(samples):
-        for o in s.objects:
-            dx, dy = np.abs(centers[None, :] - o.x), np.abs(centers[:, None] - o.y)
-            inside = np.maximum(dx, dy) <= o.radius if o.shape == "square" else np.hypot(dx, dy) <= o.radius
-            labels[b][inside] = 1 + colors.index(o.color) * len(SHAPES) + SHAPES.index(o.shape)
-    return torch.from_numpy(labels.reshape(len(samples), -1))
-
-
-def pretrain_tower(model, minutes: float, batch: int, log) -> None:
-    """Dense pretraining of the vision tower: classify the object (colour x shape) under each patch
-    from the feature layer LLaVA reads (-2). Gives the tower what CLIP pretraining gives a real one."""
-    from par_export.data.vqa import COLORS, SHAPES
-
-    tower = model.model.vision_tower
-    config = tower.config
-    head = torch.nn.Linear(config.hidden_size, 1 + len(COLORS) * len(SHAPES))
-    optim = torch.optim.AdamW(list(tower.parameters()) + list(head.parameters()), lr=1e-3, weight_decay=0.01)
-    rng = random.Random(2)
-    start, step = time.time(), 0
-    while time.time() - start < minutes * 60:
-        samples = [sample(rng.randrange(0, 900_000)) for _ in range(batch)]
-        labels = patch_labels(samples, config.image_size, config.patch_size)
-        for group in optim.param_groups:
-            group["lr"] = 1e-3 * schedule(step, 50, (time.time() - start) / (minutes * 60))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            hidden = tower(pixels(samples), output_hidden_states=True).hidden_states[-2][:, 1:]
-            logits = head(hidden)
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        if step % 25 == 0:
-            accuracy = (logits.argmax(-1) == labels).float().mean().item()
-            log(f"tower step {step} loss {loss.item():.3f} patch accuracy {accuracy:.3f}")
-        step += 1
-
-
-def pooled_forward(model, samples, tokenizer, image_id: int, side: int, labels_too: bool = True):
-    """Forward with the image's feature grid average-pooled to ``side x side`` tokens (with
-    gradients through tower and projector), fed through ``mm_encoder_outputs``."""
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-    tower = model.model.vision_tower
-    hidden = tower(pixels(samples), output_hidden_states=True).hidden_states[-2][:, 1:]
-    grid = int(hidden.shape[1] ** 0.5)
-    pooled = torch.nn.functional.adaptive_avg_pool2d(
-        hidden.transpose(1, 2).reshape(len(samples), -1, grid, grid), side).flatten(2).transpose(1, 2)
-    features = model.model.multi_modal_projector(pooled)
-    input_ids, mask, labels = encode_batch(samples, tokenizer, image_id, side * side, with_answer=True)
-    return model(input_ids=input_ids, attention_mask=mask, labels=labels,
-                 mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=list(features))}), labels, input_ids
+def patch_targets(objects) -> dict[str, np.ndarray]:
+    """Per patch ``[SIDE * SIDE]``: colour and shape class of the object covering its centre (0 =
+    background), 1 at each object's centre patch, and ``owner`` (object index, -1 for none) of
+    the patches within 1.2 radii of an object (its "foreground")."""
+    centers = (np.arange(SIDE) + 0.5) * PATCH
+    color, shape, center = (np.zeros((SIDE, SIDE), np.int64) for _ in range(3))
+    owner = np.full((SIDE, SIDE), -1, np.int64)
+    colors = list(COLORS)
+    for i, o in enumerate(objects):
+        dx, dy = np.abs(centers[None, :] - o.x), np.abs(centers[:, None] - o.y)
+        dist = np.hypot(dx, dy)
+        inside = np.maximum(dx, dy) <= o.radius * 0.9 if o.shape == "square" else dist <= o.radius * 0.8
+        color[inside], shape[inside] = 1 + colors.index(o.color), 1 + SHAPES.index(o.shape)
+        center[min(int(o.y // PATCH), SIDE - 1), min(int(o.x // PATCH), SIDE - 1)] = 1
+        owner[(dist <= o.radius * 1.2) & (owner < 0)] = i
+    return {k: v.reshape(-1) for k, v in dict(color=color, shape=shape, center=center, owner=owner).items()}
 
 
 def schedule(step: int, warmup: int, progress: float) -> float:
+    """Linear warm-up, then cosine from 1 to 0.1 over the stage's time budget."""
     if step < warmup:
         return (step + 1) / warmup
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train_clip(minutes: float, batch: int, vocab: list[str], tower, log) -> tuple:
-    """CLIP whose vision model is ``tower`` (frozen); text tower and projections are trained."""
-    from transformers import CLIPModel
+class Stage:
+    """A time-budgeted training loop: ``for step, progress in Stage(minutes): ...``."""
 
-    tokenizer = word_tokenizer(append_eos=True, words=vocab, specials=CLIP_SPECIAL)
-    model = CLIPModel(demo_clip_config(len(SPECIAL) + len(vocab)))
-    model.vision_model.load_state_dict(tower.state_dict())
-    model.vision_model.requires_grad_(False)
-    model.train()
-    model.vision_model.eval()
-    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=0.05)
-    rng = random.Random(0)
-    start, step = time.time(), 0
-    while time.time() - start < minutes * 60:
-        samples = [sample(rng.randrange(0, 900_000)) for _ in range(batch)]  # train seeds
-        text = tokenizer([s.caption for s in samples], padding=True, return_tensors="pt")
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+
+    def __iter__(self):
+        start, step = time.time(), 0
+        while (elapsed := time.time() - start) < self.seconds:
+            yield step, elapsed / self.seconds
+            step += 1
+
+
+def pretrain_tower(tower, minutes: float, batch: int, log) -> None:
+    """Dense supervision of the tower's feature layer (-2): what CLIP pretraining gives a real
+    tower, object by object. Background patches weigh less than object patches."""
+    hidden = tower.config.hidden_size
+    heads = torch.nn.ModuleDict({"color": torch.nn.Linear(hidden, 1 + len(COLORS)),
+                                 "shape": torch.nn.Linear(hidden, 1 + len(SHAPES)),
+                                 "center": torch.nn.Linear(hidden, 2),
+                                 "row": torch.nn.Linear(hidden, SIDE), "col": torch.nn.Linear(hidden, SIDE)})
+    weights = {"color": torch.tensor([0.1] + [1.0] * len(COLORS)), "shape": torch.tensor([0.1] + [1.0] * len(SHAPES)),
+               "center": torch.tensor([0.2, 1.0])}
+    grid = torch.arange(SIDE * SIDE)
+    position = {"row": grid // SIDE, "col": grid % SIDE}
+    params = list(tower.parameters()) + list(heads.parameters())
+    optim = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    rng = random.Random(2)
+    tower.train()
+    for step, progress in Stage(minutes):
+        samples = [sample(rng.randrange(TRAIN_SEEDS)) for _ in range(batch)]
+        targets = [patch_targets(s.objects) for s in samples]
+        labels = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in weights}
+        labels.update({k: v.expand(batch, -1) for k, v in position.items()})
         for group in optim.param_groups:
-            group["lr"] = 5e-4 * schedule(step, 100, (time.time() - start) / (minutes * 60))
+            group["lr"] = 1e-3 * schedule(step, 50, progress)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
-                         pixel_values=pixels(samples), return_loss=True).loss
+            features = tower(pixels(samples), output_hidden_states=True).hidden_states[-2][:, 1:]
+            logits = {k: head(features).float() for k, head in heads.items()}
+        loss = sum(F.cross_entropy(logits[k].flatten(0, 1), labels[k].flatten(), weight=weights.get(k))
+                   * (0.5 if k in position else 1.0) for k in logits)
         optim.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
-        if step % 25 == 0:
-            log(f"clip step {step} loss {loss.item():.3f} ({time.time() - start:.0f} s)")
-        step += 1
-    return model.eval(), tokenizer
-
-
-def encode_batch(samples, tokenizer, image_id: int, tokens: int, with_answer: bool):
-    rows, labels = [], []
-    for s in samples:
-        ids = prompt_ids(tokenizer, s.question, image_id, tokens)
-        if with_answer:
-            answer = tokenizer(s.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            labels.append([-100] * len(ids) + answer)
-            ids = ids + answer
-        rows.append(ids)
-    length = max(map(len, rows))
-    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id)
-    mask = torch.zeros_like(input_ids)
-    label_ids = torch.full_like(input_ids, -100)
-    for b, ids in enumerate(rows):  # right padding for training
-        input_ids[b, : len(ids)] = torch.tensor(ids)
-        mask[b, : len(ids)] = 1
-        if with_answer:
-            label_ids[b, : len(ids)] = torch.tensor(labels[b])
-    return input_ids, mask, label_ids
+        if step % 50 == 0:
+            fg = labels["color"] > 0
+            acc = {k: (logits[k].argmax(-1) == labels[k])[fg].float().mean().item() for k in ("color", "shape")}
+            log(f"tower step {step} loss {loss.item():.3f} object-patch colour {acc['color']:.3f} "
+                f"shape {acc['shape']:.3f}")
+    tower.eval()
 
 
 @torch.no_grad()
-def accuracy(model, tokenizer, seeds, image_id: int, tokens: int, batch: int = 50, kinds=None,
-             pool_side: int = 0) -> float:
-    """First answer token by teacher forcing (= greedy's first token) against the answer word."""
-    correct = 0
-    for i in range(0, len(seeds), batch):
-        samples = [sample(s, kinds[s % len(kinds)] if kinds else None) for s in seeds[i : i + batch]]
-        if pool_side:
-            out, labels, input_ids = pooled_forward(model, samples, tokenizer, image_id, pool_side)
-            logits = out.logits
+def cache_features(tower, seeds, log) -> torch.Tensor:
+    """``[S, SIDE * SIDE, D]`` bf16 feature-layer tokens of the scenes of ``seeds``."""
+    out = []
+    for i in range(0, len(seeds), 64):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = tower(pixels([sample(s) for s in seeds[i:i + 64]]), output_hidden_states=True).hidden_states
+        out.append(hidden[-2][:, 1:].to(torch.bfloat16))
+        if i % 6400 == 0:
+            log(f"cached {i + len(out[-1])}/{len(seeds)} scenes")
+    return torch.cat(out)
+
+
+class Conversations:
+    """Multi-turn VQA token rows for a cached scene, in the chat format ``par-export eval`` uses."""
+
+    def __init__(self, tokenizer, image_id: int):
+        self.tok, self.image_id = tokenizer, image_id
+        self.head = tokenizer("USER :")["input_ids"]  # <s> USER :
+        self.eos = tokenizer.eos_token_id
+
+    def ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def build(self, objects, rng: random.Random, turns: int, image_tokens: int) -> tuple[list[int], list[int]]:
+        ids = self.head + [self.image_id] * image_tokens
+        labels = [-100] * len(ids)
+        for turn in range(turns):
+            posed = None
+            while posed is None:
+                posed = make_question(rng, objects, rng.choice(QUESTION_TYPES))
+            question, answer, _ = posed
+            prompt = (self.ids("USER :") if turn else []) + self.ids(f"{question} ASSISTANT :")
+            reply = self.ids(answer) + [self.eos]
+            ids += prompt + reply
+            labels += [-100] * len(prompt) + reply
+        return ids, labels
+
+
+def pad_right(rows, pad_id: int):
+    length = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), length), pad_id)
+    labels = torch.full((len(rows), length), -100)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for b, (ids, lab) in enumerate(rows):
+        input_ids[b, :len(ids)], labels[b, :len(lab)], mask[b, :len(ids)] = torch.tensor(ids), torch.tensor(lab), 1
+    return input_ids, labels, mask
+
+
+def train_vqa(model, features, scenes, owners, minutes: float, batch: int, lr: float, object_only: float,
+              conversations: Conversations, log, on_checkpoint=None) -> None:
+    """Projector + language model on cached features (the tower stays frozen). A fraction
+    ``object_only`` of the batches keep each image's object patches only."""
+    model.model.vision_tower.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    embed, projector = model.get_input_embeddings(), model.model.multi_modal_projector
+    rng = random.Random(1)
+    model.train()
+    last = time.time()
+    for step, progress in Stage(minutes):
+        idx = [rng.randrange(len(scenes)) for _ in range(batch)]
+        if rng.random() < object_only:
+            tokens = [features[j][owners[j] >= 0] for j in idx]
         else:
-            input_ids, mask, labels = encode_batch(samples, tokenizer, image_id, tokens, with_answer=True)
-            logits = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels(samples)).logits
-        first = (labels != -100).int().argmax(dim=1)  # position of the answer token
-        predicted = logits[torch.arange(len(samples)), first - 1].argmax(-1)
-        correct += int((predicted == input_ids[torch.arange(len(samples)), first]).sum())
-    return correct / len(seeds)
+            tokens = list(features[idx])
+        rows = [conversations.build(scenes[j], rng, rng.randint(1, 6), len(t)) for j, t in zip(idx, tokens)]
+        input_ids, labels, mask = pad_right(rows, 0)
+        for group in optim.param_groups:
+            group["lr"] = lr * schedule(step, 100, progress)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            embeds = embed(input_ids).clone()
+            embeds[input_ids == conversations.image_id] = projector(torch.cat(tokens)).to(embeds.dtype)
+            loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        optim.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optim.step()
+        if step % 100 == 0:
+            log(f"vqa step {step} loss {loss.item():.3f}")
+        if on_checkpoint and time.time() - last > 600:
+            model.eval()
+            on_checkpoint()
+            model.train()
+            last = time.time()
+    model.eval()
+
+
+def clip_texts(s, rng: random.Random) -> tuple[str, tuple[int, ...]] | None:
+    """A text about the scene of ``s`` and the objects it names: the sample's question as PAR
+    rewrites it (when it names objects), or a caption of one or two objects."""
+    if s.target and rng.random() < 0.5:
+        return rewrite_prompt(s.question), s.target
+    chosen = rng.sample(range(len(s.objects)), k=min(rng.randint(1, 2), len(s.objects)))
+    phrases = []
+    for i in chosen:
+        o = s.objects[i]
+        phrases.append(rng.choice([f"{o.color} {o.shape}", f"{o.color} {o.shape} at the {o.region}",
+                                   f"{o.shape} at the {o.region}", f"{o.color} object"]))
+    return rewrite_prompt(" , ".join(phrases)), tuple(chosen)
+
+
+def train_clip(tower, features, seeds, minutes: float, batch: int, vocab: list[str], log):
+    """CLIP whose vision model is ``tower`` (frozen); the text tower, text and visual projections
+    and the temperature are trained: each text against the patches of its own image."""
+    from transformers import CLIPModel
+
+    tokenizer = word_tokenizer(append_eos=True, words=vocab, specials=CLIP_SPECIAL)
+    model = CLIPModel(demo_clip_config(len(CLIP_SPECIAL) + len(vocab)))
+    model.vision_model.load_state_dict(tower.state_dict())
+    model.vision_model.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
+    rng = random.Random(3)
+    model.train()
+    for step, progress in Stage(minutes):
+        idx = [rng.randrange(len(seeds)) for _ in range(batch)]
+        samples = [sample(seeds[j]) for j in idx]
+        texts, positives = zip(*[clip_texts(s, rng) for s in samples])
+        owner = torch.from_numpy(np.stack([patch_targets(s.objects)["owner"] for s in samples]))
+        positive = torch.stack([torch.isin(owner[b], torch.tensor(list(p))) for b, p in enumerate(positives)])
+        for group in optim.param_groups:
+            group["lr"] = 1e-3 * schedule(step, 50, progress)
+        encoded = tokenizer(list(texts), padding=True, return_tensors="pt")
+        query = model.text_projection(model.text_model(**encoded).pooler_output)
+        patches = model.visual_projection(model.vision_model.post_layernorm(features[idx].float()))
+        logits = model.logit_scale.exp() * torch.einsum("bd,bnd->bn", F.normalize(query, dim=-1),
+                                                        F.normalize(patches, dim=-1))
+        loss = (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~positive, -1e4), 1)).mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        if step % 50 == 0:
+            top = logits.argmax(1)
+            hit = positive[torch.arange(batch), top].float().mean().item()
+            log(f"clip step {step} loss {loss.item():.3f} top patch on a named object {hit:.2f}")
+    return model.eval(), tokenizer
+
+
+@torch.no_grad()
+def accuracy(model, tokenizer, seeds, batch: int = 50) -> tuple[float, dict[str, float]]:
+    """First answer token, greedy, with all 256 tokens through the model's own forward (left
+    padded, as ``par-export eval`` prompts it); overall and per question type."""
+    image_id = model.config.image_token_id
+    hits, counts = {}, {}
+    for i in range(0, len(seeds), batch):
+        samples = [sample(s) for s in seeds[i:i + batch]]
+        rows = [tokenizer("USER :")["input_ids"] + [image_id] * SIDE * SIDE
+                + tokenizer(f"{s.question} ASSISTANT :", add_special_tokens=False)["input_ids"] for s in samples]
+        length = max(map(len, rows))
+        input_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for b, row in enumerate(rows):
+            input_ids[b, length - len(row):], mask[b, length - len(row):] = torch.tensor(row), 1
+        logits = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels(samples)).logits[:, -1]
+        for s, token in zip(samples, logits.argmax(-1).tolist()):
+            answer = tokenizer(s.answer, add_special_tokens=False)["input_ids"][0]
+            hits[s.kind] = hits.get(s.kind, 0) + int(token == answer)
+            counts[s.kind] = counts.get(s.kind, 0) + 1
+    return sum(hits.values()) / len(seeds), {k: round(hits[k] / counts[k], 3) for k in sorted(counts)}
 
 
 def save(folder: Path, model, tokenizer, extra: dict | None = None) -> None:
@@ -193,21 +305,18 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="par_export/assets/demo")
-    parser.add_argument("--dense-minutes", type=float, default=8)
-    parser.add_argument("--vqa-minutes", type=float, default=30)
-    parser.add_argument("--clip-minutes", type=float, default=8)
+    parser.add_argument("--tower-minutes", type=float, default=10)
+    parser.add_argument("--scenes", type=int, default=30_000, help="training scenes whose features are cached")
+    parser.add_argument("--vqa-minutes", type=float, default=34)
+    parser.add_argument("--vqa-batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--object-only", type=float, default=0.75, help="fraction of VQA batches that keep only "
+                        "the object patches of each image")
+    parser.add_argument("--init-std", type=float, default=0.07, help="init std of projector and LM: about "
+                        "1/sqrt(hidden); the 0.02 of large models left attention uniform for thousands of steps")
+    parser.add_argument("--clip-minutes", type=float, default=4)
     parser.add_argument("--clip-batch", type=int, default=64)
-    parser.add_argument("--vqa-batch", type=int, default=32)
-    parser.add_argument("--val", type=int, default=300)
-    parser.add_argument("--eval-minutes", type=float, default=8)
-    parser.add_argument("--projector-scale", type=float, default=1.0, help="multiply the projector output at "
-                        "init (e.g. 0.02: the text embeddings' scale)")
-    parser.add_argument("--lm-lr", type=float, default=1e-3)
-    parser.add_argument("--fp32", action="store_true", help="VQA stage without bf16 autocast")
-    parser.add_argument("--pool-side", type=int, default=0, help="train VQA on the feature grid average-pooled "
-                        "to SIDE x SIDE tokens (a curriculum probe; validation below uses the same pooling)")
-    parser.add_argument("--kinds", default=None, help="comma-separated question types to train and validate on "
-                        "(default: all); for curriculum experiments")
+    parser.add_argument("--val", type=int, default=500)
     args = parser.parse_args()
     torch.manual_seed(0)
     out = Path(args.out)
@@ -220,60 +329,35 @@ def main() -> None:
     vocab = vocabulary()
     tokenizer = word_tokenizer(append_eos=False, words=vocab)
     image_id = tokenizer.convert_tokens_to_ids("<image>")
-    vision_config = demo_clip_config(len(SPECIAL) + len(vocab)).vision_config
+    vision_config = demo_clip_config(len(CLIP_SPECIAL) + len(vocab)).vision_config
     config = demo_llava_config(vision_config, len(SPECIAL) + len(vocab), image_id)
+    config.initializer_range = config.text_config.initializer_range = args.init_std
     model = LlavaForConditionalGeneration(config)
-    model.train()
-    pretrain_tower(model, args.dense_minutes, args.vqa_batch, log)
-    # The tower's feature layer is an unnormalized residual stream (std ~1) while the text
-    # embeddings start at std 0.02; --projector-scale shrinks the projector's output.
-    with torch.no_grad():
-        model.model.multi_modal_projector.linear_2.weight.mul_(args.projector_scale)
-        model.model.multi_modal_projector.linear_2.bias.mul_(args.projector_scale)
-    tokens = config.image_seq_length
-    tower = list(model.model.vision_tower.parameters())
-    rest = [p for n, p in model.named_parameters() if "vision_tower" not in n]
-    optim = torch.optim.AdamW([{"params": rest, "lr": args.lm_lr}, {"params": tower, "lr": 2e-4}], weight_decay=0.01)
-    base_lr = [args.lm_lr, 2e-4]
-    kinds = args.kinds.split(",") if args.kinds else None
+    tower = model.model.vision_tower
+
+    pretrain_tower(tower, args.tower_minutes, 32, log)
+    seeds = list(range(args.scenes))
+    scenes = [make_scene(random.Random(s))[0] for s in seeds]  # the objects of sample(s), without a question
+    features = cache_features(tower, seeds, log)
+    owners = torch.from_numpy(np.stack([patch_targets(objects)["owner"] for objects in scenes]))
+    log(f"{args.scenes} scenes cached; {float((owners >= 0).float().sum(1).mean()):.0f} object patches per image")
+
     val_seeds = list(split_seeds("val", args.val))
-    rng = random.Random(1)
-    start, step, last_eval = time.time(), 0, time.time()
-    processor = {"image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "image_size": config.vision_config.image_size}
-    while time.time() - start < args.vqa_minutes * 60:
-        samples = [sample(rng.randrange(0, 900_000), rng.choice(kinds) if kinds else None)
-                   for _ in range(args.vqa_batch)]
-        input_ids, mask, labels = encode_batch(samples, tokenizer, image_id, tokens, with_answer=True)
-        scale = schedule(step, 200, (time.time() - start) / (args.vqa_minutes * 60))
-        for group, lr in zip(optim.param_groups, base_lr):
-            group["lr"] = lr * scale
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32):
-            if args.pool_side:
-                loss = pooled_forward(model, samples, tokenizer, image_id, args.pool_side)[0].loss
-            else:
-                loss = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels(samples),
-                             labels=labels).loss
-        optim.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        if step % 25 == 0:
-            log(f"vqa step {step} loss {loss.item():.3f} ({(step + 1) * args.vqa_batch} samples)")
-        if time.time() - last_eval > args.eval_minutes * 60:
-            model.eval()
-            score = accuracy(model, tokenizer, val_seeds, image_id, tokens, kinds=kinds, pool_side=args.pool_side)
-            log(f"val accuracy: {score:.3f}")
-            save(out / "llava", model, tokenizer, processor)
-            model.train()
-            last_eval = time.time()
-        step += 1
-    model.eval()
-    score = accuracy(model, tokenizer, val_seeds, image_id, tokens, kinds=kinds, pool_side=args.pool_side)
-    log(f"final val accuracy ({len(val_seeds)} samples): {score:.3f}")
+    processor = {"image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "image_size": IMAGE_SIZE}
+
+    def checkpoint() -> None:
+        score, per_kind = accuracy(model, tokenizer, val_seeds[:200])
+        log(f"val accuracy (200 samples, 256 tokens): {score:.3f} {per_kind}")
+        save(out / "llava", model, tokenizer, processor)
+
+    train_vqa(model, features, scenes, owners, args.vqa_minutes, args.vqa_batch, args.lr, args.object_only,
+              Conversations(tokenizer, image_id), log, on_checkpoint=checkpoint)
+    score, per_kind = accuracy(model, tokenizer, val_seeds)
+    log(f"final val accuracy ({len(val_seeds)} samples, 256 tokens): {score:.3f} {per_kind}")
     save(out / "llava", model, tokenizer, processor)
     log("saved LLaVA")
 
-    clip, clip_tokenizer = train_clip(args.clip_minutes, args.clip_batch, vocab, model.model.vision_tower, log)
+    clip, clip_tokenizer = train_clip(tower, features, seeds, args.clip_minutes, args.clip_batch, vocab, log)
     save(out / "clip", clip, clip_tokenizer)
     log(f"saved CLIP; total {(time.time() - began) / 60:.1f} min")
 
