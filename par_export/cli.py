@@ -389,8 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", help="a `par-export build` folder (default: export + build into a temp folder)")
     p.add_argument("--compare-full", action="store_true")
     p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--llm", default="transformers", choices=["transformers", "onnxruntime"],
-                   help="generate with transformers, or with the LLM exported to ONNX (KV cache) on ONNX Runtime")
+    p.add_argument("--llm", default="transformers", choices=["transformers", "onnxruntime-genai", "onnxruntime"],
+                   help="generate with transformers, or with the LLM exported to ONNX (KV cache) and run by "
+                   "onnxruntime-genai or by a greedy loop over ONNX Runtime")
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("emit", help="reduced visual embeddings + prompt ids in the layout TensorRT-LLM or "

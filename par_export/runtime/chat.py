@@ -60,6 +60,11 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
 
             export_llm(model, Path(tmp) / "llm")
             ort_llm = OnnxRuntimeLLM(Path(tmp) / "llm", tokenizer.eos_token_id)
+        elif llm == "onnxruntime-genai":
+            from par_export.runtime.llm_genai import GenaiLLM, export_genai
+
+            export_genai(model, tokenizer, Path(tmp) / "genai")
+            ort_llm = GenaiLLM(Path(tmp) / "genai")
         pipe = VisionLanguagePipeline(artifact, model, tokenizer, ort_llm)
         pixels, _ = load_image(image, pipe.preprocess)
         budget_value = None if budget == "auto" or not pipe.manifest["metadata"]["budget_input"] else budget
@@ -69,12 +74,21 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
         embeds, mask = pipe.splice([text], image_embeds, num_kept)
         pad = tokenizer.pad_token_id
         if ort_llm is not None:
-            ort_llm.generate(embeds.float().numpy(), mask.numpy(), 1)  # warm-up
+            if getattr(ort_llm, "takes_ids", False):
+                (before, after), k = pipe.split_prompts([text], num_kept)[0], int(num_kept[0])
+                ids, rows = [before + [model.config.image_token_id] * k + after], [image_embeds[0, :k]]
+
+                def run(new: int):
+                    return ort_llm.generate(ids, rows, new)
+            else:
+                def run(new: int):
+                    return ort_llm.generate(embeds.float().numpy(), mask.numpy(), new)
+            run(1)  # warm-up
             start = time.perf_counter()
-            ort_llm.generate(embeds.float().numpy(), mask.numpy(), 1)
+            run(1)
             ttft = (time.perf_counter() - start) * 1e3
             start = time.perf_counter()
-            out = torch.from_numpy(ort_llm.generate(embeds.float().numpy(), mask.numpy(), max_new_tokens))
+            out = torch.from_numpy(run(max_new_tokens))
             total = (time.perf_counter() - start) * 1e3
         else:
             out, ttft, total = _timed_generate(model, max_new_tokens, inputs_embeds=embeds, attention_mask=mask,

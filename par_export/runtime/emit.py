@@ -73,16 +73,11 @@ RUNTIMES = {
 def emit(pipe, pixel_values: np.ndarray, prompt: str, runtime: str, budget: int | None = None) -> tuple[dict, dict]:
     """One image + prompt through ``pipe`` (a :class:`VisionLanguagePipeline`) -> the arrays
     ``runtime`` takes and a JSON-able description (K, ids of note, the version targeted)."""
-    from par_export.runtime.pipeline import IMAGE, PromptError
-
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; expected one of {sorted(RUNTIMES)}")
-    if prompt.count(IMAGE) != 1:
-        raise PromptError(f"the prompt holds {prompt.count(IMAGE)} '{IMAGE}' placeholders; exactly one is expected")
+    pipe.split_prompts([prompt], [0])  # placeholder check before the vision run
     image_embeds, num_kept = pipe.reduce(pixel_values, [prompt], budget)
-    before, after = prompt.split(IMAGE)
-    ids_before = [pipe.tokenizer(before)["input_ids"]]
-    ids_after = [pipe.tokenizer(after, add_special_tokens=False)["input_ids"]]
+    ids_before, ids_after = ([part] for part in pipe.split_prompts([prompt], num_kept)[0])
     config = pipe.model.config
     meta = {"runtime": runtime, "targets": RUNTIMES[runtime], "prompt": prompt, "num_kept": int(num_kept[0]),
             "hidden_size": int(image_embeds.shape[-1]), "eos_token_id": pipe.tokenizer.eos_token_id,

@@ -1,14 +1,12 @@
-"""The LLM of a LLaVA model in ONNX with a KV cache, taking ``inputs_embeds``, and the thin
-greedy decoding loop over ONNX Runtime that runs it.
+"""The LLM of a LLaVA model in ONNX with a KV cache, taking ``inputs_embeds``, and a thin
+batched greedy loop over ONNX Runtime that runs it. onnxruntime-genai runs the same graph
+(:mod:`par_export.runtime.llm_genai`); this loop remains for batched generation with a
+different K per prompt and for machines without onnxruntime-genai.
 
-onnxruntime-genai is not used: its decoder-only builder with ``exclude_embeds`` fails on
-plain decoder configs ("Model input was not found: input_ids", microsoft/onnxruntime-genai
-#1163, #1325, #1644), and its multimodal pipeline expects its own vision model contract.
-The loop below is what remains: prefill once, then one token at a time with the cache.
-
-Graph ``llm.onnx``: ``inputs_embeds [B, T, D]``, ``attention_mask [B, P+T]``,
-``position_ids [B, T]``, ``past.{l}.key/value [B, kv_heads, P, head_dim]`` ->
-``logits [B, 1, V]`` (last position), ``present.{l}.key/value [B, kv_heads, P+T, head_dim]``.
+Graph ``llm.onnx`` (onnxruntime-genai's decoder names): ``inputs_embeds [B, T, D]``,
+``attention_mask [B, P+T]``, ``position_ids [B, T]``,
+``past_key_values.{l}.key/value [B, kv_heads, P, head_dim]`` -> ``logits [B, T, V]`` (every
+position: onnxruntime-genai preallocates them so), ``present.{l}.key/value [B, kv_heads, P+T, head_dim]``.
 ``embed_tokens.npy`` holds the input embedding table for the decode steps.
 """
 
@@ -36,15 +34,18 @@ class _DecoderStep(torch.nn.Module):
         for layer in range(self.layers):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
         out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                         cache=cache, use_cache=True, logits_to_keep=1)
+                         cache=cache, use_cache=True)
         presents = []
         for layer in out.cache.layers:
             presents += [layer.keys, layer.values]
         return (out.logits, *presents)
 
 
-def cache_names(layers: int, prefix: str) -> list[str]:
-    return [f"{prefix}.{layer}.{kv}" for layer in range(layers) for kv in ("key", "value")]
+PAST, PRESENT = "past_key_values.%d.%s", "present.%d.%s"
+
+
+def cache_names(layers: int, pattern: str) -> list[str]:
+    return [pattern % (layer, kv) for layer in range(layers) for kv in ("key", "value")]
 
 
 def export_llm(model, folder: str | Path, opset: int = 17) -> Path:
@@ -61,9 +62,9 @@ def export_llm(model, folder: str | Path, opset: int = 17) -> Path:
     example = (torch.randn(batch, length, text.hidden_size), torch.ones(batch, past + length, dtype=torch.long),
                torch.arange(past, past + length).expand(batch, length),
                *[torch.randn(batch, kv_heads, past, head_dim) for _ in range(2 * layers)])
-    inputs, outputs = cache_names(layers, "past"), cache_names(layers, "present")
+    inputs, outputs = cache_names(layers, PAST), cache_names(layers, PRESENT)
     axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
-            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
+            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
     axes.update({n: {0: "batch", 2: "past"} for n in inputs})
     axes.update({n: {0: "batch", 2: "total"} for n in outputs})
     with warnings.catch_warnings(), torch.no_grad(), atomic_output(folder / "llm.onnx") as tmp:
@@ -85,8 +86,8 @@ class OnnxRuntimeLLM:
         folder = Path(folder)
         self.session = ort_session(folder / "llm.onnx")
         self.embed_tokens = np.load(folder / "embed_tokens.npy", allow_pickle=False)
-        self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past.")]
-        shape = next(i for i in self.session.get_inputs() if i.name == "past.0.key").shape
+        self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        shape = next(i for i in self.session.get_inputs() if i.name == PAST % (0, "key")).shape
         self.kv_heads, self.head_dim = shape[1], shape[3]
         self.eos_token_id = eos_token_id
 

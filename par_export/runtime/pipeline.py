@@ -31,8 +31,9 @@ class VisionLanguagePipeline:
         artifact: a ``par-export build`` folder (ONNX Runtime or TensorRT).
         model, tokenizer: the ``LlavaForConditionalGeneration`` whose language model answers
             (its input embeddings splice the prompt), and its tokenizer.
-        llm: an :class:`~par_export.runtime.llm_onnx.OnnxRuntimeLLM` to generate with ONNX
-            Runtime instead of transformers.
+        llm: an :class:`~par_export.runtime.llm_onnx.OnnxRuntimeLLM` (batched loop over ONNX
+            Runtime) or a :class:`~par_export.runtime.llm_genai.GenaiLLM` (onnxruntime-genai) to
+            generate with instead of transformers.
     """
 
     def __init__(self, artifact: str | Path, model, tokenizer, llm=None):
@@ -63,9 +64,10 @@ class VisionLanguagePipeline:
         out = self.runners["vision_par"].infer(cast_feed(feed, self.manifest["graphs"]["vision_par"]))
         return out["image_embeds"], out["num_kept"]
 
-    def splice(self, prompts: list[str], image_embeds: np.ndarray, num_kept: np.ndarray):
-        """``inputs_embeds [B, T, D]`` and ``attention_mask [B, T]``, left padded."""
-        rows = []
+    def split_prompts(self, prompts: list[str], num_kept: np.ndarray) -> list[tuple[list[int], list[int]]]:
+        """``(ids before, ids after)`` the image of each prompt, checked: one ``<image>`` per prompt,
+        and the prompt with its K image tokens within the LLM's context."""
+        parts = []
         for b, prompt in enumerate(prompts):
             if prompt.count(IMAGE) != 1:
                 raise PromptError(f"prompt {b} holds {prompt.count(IMAGE)} '{IMAGE}' placeholders; exactly one "
@@ -77,6 +79,14 @@ class VisionLanguagePipeline:
             if len(ids_before) + k + len(ids_after) > self.context:
                 raise PromptError(f"prompt {b} needs {len(ids_before) + k + len(ids_after)} positions, more than "
                                   f"the LLM's context of {self.context}")
+            parts.append((ids_before, ids_after))
+        return parts
+
+    def splice(self, prompts: list[str], image_embeds: np.ndarray, num_kept: np.ndarray):
+        """``inputs_embeds [B, T, D]`` and ``attention_mask [B, T]``, left padded."""
+        rows = []
+        for b, (ids_before, ids_after) in enumerate(self.split_prompts(prompts, num_kept)):
+            k = int(num_kept[b])
             with torch.no_grad():
                 parts = [self.embed(torch.tensor(ids_before)),
                          torch.from_numpy(image_embeds[b, :k].astype(np.float32)).to(self.embed.weight.dtype),
@@ -100,7 +110,14 @@ class VisionLanguagePipeline:
         reduce_ms = (time.perf_counter() - start) * 1e3
         embeds, mask = self.splice(prompts, image_embeds, num_kept)
         start = time.perf_counter()
-        if self.llm is not None:
+        if getattr(self.llm, "takes_ids", False):  # onnxruntime-genai splices the rows itself
+            image_id = self.model.config.image_token_id
+            ids = [before + [image_id] * int(k) + after
+                   for (before, after), k in zip(self.split_prompts(prompts, num_kept), num_kept)]
+            rows = [image_embeds[b, :int(k)].astype(np.float32) for b, k in enumerate(num_kept)]
+            new = torch.from_numpy(self.llm.generate(ids, rows, max_new_tokens,
+                                                     generate_kwargs.get("min_new_tokens", 0)))
+        elif self.llm is not None:
             new = torch.from_numpy(self.llm.generate(embeds.float().numpy(), mask.numpy(), max_new_tokens,
                                                      generate_kwargs.get("min_new_tokens", 0)))
         else:
