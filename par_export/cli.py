@@ -217,6 +217,7 @@ def _budgets(text: str) -> list:
 def cmd_eval(args) -> int:
     from par_export.eval.vqa import evaluate, evaluate_jsonl, format_rows, result_rows, write_outputs
     from par_export.export.exporter import resolve_model
+    from par_export.reduce import PARConfig
 
     if args.backend != "torch":
         raise ValueError(f"--backend {args.backend}: only 'torch' is implemented; artifacts are checked "
@@ -234,7 +235,7 @@ def cmd_eval(args) -> int:
             print(f"{results['records']} records; skipped: {results['skipped'] or 'none'}")
         else:
             results = evaluate(llava_dir, args.clip or clip_dir, methods, budgets, split=args.split, n=args.n,
-                               batch=args.batch)
+                               batch=args.batch, config=PARConfig().with_overrides(args.par))
     rows = result_rows(results)
     print(format_rows(rows))
     for path in write_outputs(rows, results, Path(args.out)):
@@ -377,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--data", help="LLaVA-style JSONL (question_id, image, text, answer) instead of the demo VQA")
     p.add_argument("--images", help="folder of the JSONL's images")
+    p.add_argument("--par", action="append", default=[], metavar="NAME=VALUE",
+                   help="PAR option to override (repeatable), e.g. --par alpha=0.5 --par k_max=64")
     p.add_argument("--out", default="out/eval")
     p.set_defaults(func=cmd_eval)
 

@@ -239,3 +239,17 @@ def test_cuda_matches_cpu(method, batch):
     gpu = run(method, x.cuda(), prompt.cuda(), attn.cuda())
     assert torch.equal(cpu.keep_index, gpu.keep_index.cpu())
     torch.testing.assert_close(cpu.tokens, gpu.tokens.cpu(), rtol=1e-4, atol=1e-4)
+
+
+def test_config_overrides_parse_by_option_type():
+    from par_export.reduce import PARConfig
+
+    config = PARConfig().with_overrides(["alpha=0.5", "k_max=64", "budget=32", "space=llm"])
+    assert (config.alpha, config.k_max, config.budget, config.space) == (0.5, 64, 32, "llm")
+    assert PARConfig().with_overrides(["budget=auto"]).budget == "auto"
+    with pytest.raises(ValueError, match="unknown PARConfig option 'alpah'"):
+        PARConfig().with_overrides(["alpah=1"])
+    with pytest.raises(ValueError, match="k_max='many': expected a int"):
+        PARConfig().with_overrides(["k_max=many"])
+    with pytest.raises(ValueError, match="not NAME=VALUE"):
+        PARConfig().with_overrides(["alpha"])

@@ -89,6 +89,29 @@ class PARConfig:
     def from_dict(cls, values: dict[str, Any]) -> PARConfig:
         return cls().replace(**values)
 
+    def with_overrides(self, pairs: list[str]) -> PARConfig:
+        """A copy with ``["alpha=0.5", "k_max=64", ...]`` applied, each value parsed as the type
+        of the option's default (``budget`` takes an int or ``auto``)."""
+        changes: dict[str, Any] = {}
+        for pair in pairs:
+            name, sep, text = pair.partition("=")
+            if not sep:
+                raise ValueError(f"PAR option {pair!r} is not NAME=VALUE")
+            current = getattr(self, name.strip(), None)
+            if current is None and name.strip() not in {f.name for f in dataclasses.fields(self)}:
+                raise ValueError(f"unknown PARConfig option {name.strip()!r}; options: "
+                                 f"{[f.name for f in dataclasses.fields(self)]}")
+            text = text.strip()
+            try:
+                if name.strip() == "budget":
+                    value: Any = text if text == "auto" else int(text)
+                else:
+                    value = type(current)(text)
+            except ValueError:
+                raise ValueError(f"PAR option {name.strip()}={text!r}: expected a {type(current).__name__}") from None
+            changes[name.strip()] = value
+        return self.replace(**changes)
+
 
 def check_budget(budget: Any, name: str = "budget") -> None:
     """Raise ``ValueError`` unless ``budget`` is a positive int or ``"auto"``."""
