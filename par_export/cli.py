@@ -215,14 +215,12 @@ def _budgets(text: str) -> list:
 
 
 def cmd_eval(args) -> int:
-    from par_export.eval.vqa import evaluate, evaluate_jsonl, format_rows, result_rows, write_outputs
+    import tempfile
+
+    from par_export.eval.vqa import (artifact_budgets, build_eval_artifacts, evaluate, evaluate_jsonl, format_rows,
+                                     result_rows, write_outputs)
     from par_export.export.exporter import resolve_model
     from par_export.reduce import PARConfig
-
-    if args.backend != "torch":
-        raise ValueError(f"--backend {args.backend}: only 'torch' is implemented; artifacts are checked "
-                         "against it with `par-export verify`")
-    import tempfile
 
     if bool(args.data) != bool(args.images):
         raise ValueError("--data FILE.jsonl and --images DIR go together")
@@ -234,8 +232,18 @@ def cmd_eval(args) -> int:
                                      budgets, batch=min(args.batch, 8))
             print(f"{results['records']} records; skipped: {results['skipped'] or 'none'}")
         else:
+            config, artifacts = PARConfig().with_overrides(args.par), None
+            if args.backend == "onnxruntime":
+                artifacts = build_eval_artifacts(llava_dir, args.clip or clip_dir, methods, budgets,
+                                                 Path(tmp) / "artifacts", config)
+            elif args.backend != "torch":
+                if not Path(args.backend).is_dir():
+                    raise ValueError(f"--backend {args.backend!r}: expected torch, onnxruntime or a "
+                                     "`par-export build` folder")
+                method, artifacts = artifact_budgets(Path(args.backend), budgets)
+                methods, budgets = [method], [budget for _, budget in artifacts]
             results = evaluate(llava_dir, args.clip or clip_dir, methods, budgets, split=args.split, n=args.n,
-                               batch=args.batch, config=PARConfig().with_overrides(args.par))
+                               batch=args.batch, config=config, artifacts=artifacts)
     rows = result_rows(results)
     print(format_rows(rows))
     for path in write_outputs(rows, results, Path(args.out)):
@@ -372,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", help="local CLIP folder for space=clip (demo: shipped)")
     p.add_argument("--methods", default="par,random,pool,cls_attn,visionzip,prumerge,text_sim")
     p.add_argument("--budgets", default="16,32,64,128,auto")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--backend", default="torch", help="reduce with PyTorch ('torch'), with every method exported "
+                   "and built for ONNX Runtime ('onnxruntime'), or with one `par-export build` folder (its method "
+                   "and the budgets it serves); the LLM answers in PyTorch")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--batch", type=int, default=50)

@@ -52,3 +52,24 @@ def test_eval_rejects_unknown_method_and_budget(tiny_folders, capsys):
     assert "unknown reduction method 'magic'" in capsys.readouterr().err
     assert main(["eval", "--model", str(llava), "--budgets", "16,lots", "--n", "2"]) == 2
     assert "--budgets" in capsys.readouterr().err
+
+
+def test_eval_onnxruntime_backend_matches_torch(tiny_folders, tmp_path):
+    llava, clip = tiny_folders
+    common = ["eval", "--model", str(llava), "--clip", str(clip), "--methods", "par,pool", "--budgets", "16,auto",
+              "--n", "8", "--batch", "4"]
+    assert main(common + ["--out", str(tmp_path / "torch")]) == 0
+    assert main(common + ["--backend", "onnxruntime", "--out", str(tmp_path / "ort")]) == 0
+    torch_rows, ort_rows = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("torch", "ort"))
+    assert [(r["method"], r["budget"]) for r in ort_rows] == [(r["method"], r["budget"]) for r in torch_rows]
+    for ours, reference in zip(ort_rows, torch_rows):
+        assert ours["accuracy"] == reference["accuracy"], ours
+        # auto counts relevance scores above a threshold: 1e-6 differences may move a token across it
+        assert abs(ours["mean_kept"] - reference["mean_kept"]) <= (0.5 if ours["budget"] == "auto" else 0), ours
+
+
+def test_eval_refuses_an_unknown_backend(tiny_folders, tmp_path, capsys):
+    llava, clip = tiny_folders
+    assert main(["eval", "--model", str(llava), "--clip", str(clip), "--backend", "tensorrtt", "--n", "2",
+                 "--out", str(tmp_path)]) == 2
+    assert "expected torch, onnxruntime or a `par-export build` folder" in capsys.readouterr().err

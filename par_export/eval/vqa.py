@@ -57,16 +57,82 @@ def vqa_batch(llava: ReducedLlava, seeds: list[int]):
     return samples, ids, mask, pixels, answers
 
 
+def build_eval_artifacts(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets: list, work: Path,
+                         config: PARConfig | None = None) -> dict:
+    """Export and build (ONNX Runtime, fp32) what ``evaluate(artifacts=...)`` needs to run every
+    method and budget through ONNX graphs: ``{(method, budget): folder}``. One graph with a
+    budget input serves all fixed budgets of a method; ``auto`` and ``pool`` (its grid is traced)
+    get their own."""
+    from par_export.engine.build import BuildOptions, build
+    from par_export.export import export_llava
+
+    artifacts: dict = {}
+
+    def make(method: str, budget) -> Path:
+        name = f"{method}-{budget}"
+        export_llava(llava_dir, work / f"{name}-onnx", method=method, budget=budget, config=config,
+                     clip_path=clip_dir, progress=False)
+        build(work / f"{name}-onnx", work / name, BuildOptions(precision="fp32", backend="onnxruntime"),
+              progress=False)
+        return work / name
+
+    fixed = [b for b in budgets if b != "auto"]
+    for method in tqdm(methods, desc="export + build"):
+        cls = reducer_class(method)
+        if fixed and cls.name == "pool":
+            artifacts.update({(method, b): make(method, b) for b in fixed})
+        elif fixed:
+            folder = make(method, max(fixed))
+            artifacts.update({(method, b): folder for b in fixed})
+        if "auto" in budgets and cls.supports_auto:
+            artifacts[(method, "auto")] = make(method, "auto")
+    return artifacts
+
+
+def artifact_budgets(folder: Path, budgets: list) -> tuple[str, dict]:
+    """The method of a built artifact and ``{(method, budget): folder}`` for the budgets it serves."""
+    from par_export.engine.manifest import read_manifest
+
+    meta = read_manifest(folder)["metadata"]
+    if meta["budget_input"]:
+        served = [b for b in budgets if b != "auto" and b <= meta["width"]]
+    else:
+        served = [b for b in budgets if b == meta["budget"]]
+    if not served:
+        raise ValueError(f"{folder}: a {meta['method']} graph with budget {meta['budget']!r} (width {meta['width']}) "
+                         f"serves none of the budgets {budgets}")
+    return meta["method"], {(meta["method"], b): Path(folder) for b in served}
+
+
+def _reduce_with_artifact(pipe, base: ReducedLlava, samples, pixels: torch.Tensor, budget):
+    """First-token logits with the reduction of a built artifact (ONNX Runtime or TensorRT)."""
+    prompts = [f"USER : <image> {s.question} ASSISTANT :" for s in samples]
+    image_embeds, num_kept = pipe.reduce(pixels.numpy(), prompts, None if budget == "auto" else budget)
+    embeds, mask = pipe.splice(prompts, image_embeds, num_kept)
+    return base.model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1], num_kept.tolist()
+
+
 @torch.no_grad()
 def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets: list, split: str = "test",
              n: int = 2000, batch: int = 50, config: PARConfig | None = None, progress: bool = True,
-             keep_examples: int = 4) -> dict:
-    """``{"full": Tally, (method, budget): Tally, ...}`` plus a few PAR reductions for heatmaps."""
+             keep_examples: int = 4, artifacts: dict | None = None) -> dict:
+    """``{"full": Tally, (method, budget): Tally, ...}`` plus a few PAR reductions for heatmaps.
+
+    ``artifacts`` maps ``(method, budget)`` to a ``par-export build`` folder: that method and
+    budget then reduce through the built graph (on its backend), not PyTorch; the language model
+    answers in PyTorch either way.
+    """
+    from par_export.runtime.pipeline import VisionLanguagePipeline
+
     check_methods_and_budgets(methods, budgets)
     config = config or PARConfig()
     base = ReducedLlava.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)
     adapters = {m: ReducedLlava(base.model, m, base.config, base.tokenizer, base.query_encoder
                                 if base.config.space == "clip" else None) for m in methods}
+    loaded: dict = {}
+    for folder in dict.fromkeys((artifacts or {}).values()):
+        loaded[folder] = VisionLanguagePipeline(folder, base.model, base.tokenizer)
+    pipes = {key: loaded[folder] for key, folder in (artifacts or {}).items()}
     tallies: dict = {"full": Tally()}
     examples = []
     seeds = list(split_seeds(split, n))
@@ -81,9 +147,17 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
                 if budget == "auto" and not adapter.reducer.supports_auto:
                     continue
                 k = budget if budget == "auto" else min(budget, base.tokens_per_image)
+                tally = tallies.setdefault((method, budget), Tally())
+                pipe = pipes.get((method, budget))
+                if pipe is not None:
+                    logits, kept = _reduce_with_artifact(pipe, base, samples, pixels, k)
+                    predicted = logits.argmax(-1)
+                    tally.correct += int((predicted == answers).sum())
+                    tally.total += len(samples)
+                    tally.kept += kept
+                    continue
                 reduced = adapter.prepare_inputs(ids, mask, pixels, budget=k, features=features)
                 predicted = base.model(**reduced.model_inputs).logits[:, -1].argmax(-1)
-                tally = tallies.setdefault((method, budget), Tally())
                 tally.correct += int((predicted == answers).sum())
                 tally.total += len(samples)
                 tally.kept += reduced.reduction.num_kept.tolist()
