@@ -17,8 +17,10 @@ import torch
 # its bound is relative to the largest reference output.
 TOLERANCES = {
     "fp32": {"max_abs_error": 1e-4, "index_agreement": 0.99},
-    "fp16": {"max_abs_error": 5e-2, "index_agreement": 0.90},
-    "bf16": {"max_abs_error": 1e-1, "index_agreement": 0.90},
+    # fp16/bf16 rounding is relative (11 / 8 significant bits), so their bound scales with the
+    # largest reference output: a trained projector's embeddings reach |x| ~ 40, a random tiny one's 3e-2.
+    "fp16": {"max_rel_error": 0.05, "index_agreement": 0.90},
+    "bf16": {"max_rel_error": 0.1, "index_agreement": 0.90},
     "int8": {"max_rel_error": 0.25, "index_agreement": 0.80},
     "fp8": {"max_rel_error": 0.25, "index_agreement": 0.80},
 }
