@@ -317,6 +317,8 @@ def main() -> None:
     parser.add_argument("--clip-minutes", type=float, default=4)
     parser.add_argument("--clip-batch", type=int, default=64)
     parser.add_argument("--val", type=int, default=500)
+    parser.add_argument("--resume", help="a folder this script wrote: continue the VQA stage from its llava/ (the "
+                        "tower pretraining is skipped, its frozen tower reused)")
     args = parser.parse_args()
     torch.manual_seed(0)
     out = Path(args.out)
@@ -332,10 +334,15 @@ def main() -> None:
     vision_config = demo_clip_config(len(CLIP_SPECIAL) + len(vocab)).vision_config
     config = demo_llava_config(vision_config, len(SPECIAL) + len(vocab), image_id)
     config.initializer_range = config.text_config.initializer_range = args.init_std
-    model = LlavaForConditionalGeneration(config)
-    tower = model.model.vision_tower
-
-    pretrain_tower(tower, args.tower_minutes, 32, log)
+    if args.resume:
+        model = LlavaForConditionalGeneration.from_pretrained(Path(args.resume) / "llava", local_files_only=True,
+                                                              use_safetensors=True)
+        tower = model.model.vision_tower
+        log(f"resumed from {args.resume}/llava")
+    else:
+        model = LlavaForConditionalGeneration(config)
+        tower = model.model.vision_tower
+        pretrain_tower(tower, args.tower_minutes, 32, log)
     seeds = list(range(args.scenes))
     scenes = [make_scene(random.Random(s))[0] for s in seeds]  # the objects of sample(s), without a question
     features = cache_features(tower, seeds, log)
@@ -357,6 +364,9 @@ def main() -> None:
     save(out / "llava", model, tokenizer, processor)
     log("saved LLaVA")
 
+    if args.clip_minutes <= 0 and (out / "clip").is_dir():
+        log(f"kept {out / 'clip'} (its tower is this model's: --resume does not change the tower)")
+        return
     clip, clip_tokenizer = train_clip(tower, features, seeds, args.clip_minutes, args.clip_batch, vocab, log)
     save(out / "clip", clip, clip_tokenizer)
     log(f"saved CLIP; total {(time.time() - began) / 60:.1f} min")
