@@ -319,6 +319,8 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--resume", help="a folder this script wrote: continue the VQA stage from its llava/ (the "
                         "tower pretraining is skipped, its frozen tower reused)")
+    parser.add_argument("--fresh-lm", action="store_true", help="with --resume: keep only the tower, start "
+                        "projector and language model from scratch")
     args = parser.parse_args()
     torch.manual_seed(0)
     out = Path(args.out)
@@ -337,6 +339,10 @@ def main() -> None:
     if args.resume:
         model = LlavaForConditionalGeneration.from_pretrained(Path(args.resume) / "llava", local_files_only=True,
                                                               use_safetensors=True)
+        if args.fresh_lm:
+            tower_state = model.model.vision_tower.state_dict()
+            model = LlavaForConditionalGeneration(config)
+            model.model.vision_tower.load_state_dict(tower_state)
         tower = model.model.vision_tower
         log(f"resumed from {args.resume}/llava")
     else:
