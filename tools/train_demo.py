@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from par_export.data.images import CLIP_MEAN, CLIP_STD, normalize
 from par_export.data.vqa import (COLORS, QUESTION_TYPES, SHAPES, make_question, make_scene, render, sample,
                                  split_seeds, vocabulary)
+from par_export.files import atomic_folder
 from par_export.models.demo import CLIP_SPECIAL, IMAGE_SIZE, PATCH, demo_clip_config, demo_llava_config
 from par_export.models.tiny import SPECIAL, word_tokenizer
 from par_export.reduce.prompt import rewrite_prompt
@@ -290,14 +290,11 @@ def accuracy(model, tokenizer, seeds, batch: int = 50) -> tuple[float, dict[str,
 
 
 def save(folder: Path, model, tokenizer, extra: dict | None = None) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if extra:
-        (tmp / "preprocessor_config.json").write_text(json.dumps(extra, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_folder(folder, overwrite=True) as (final, _):
+        model.save_pretrained(final, safe_serialization=True)
+        tokenizer.save_pretrained(final)
+        if extra:
+            (final / "preprocessor_config.json").write_text(json.dumps(extra, indent=2))
 
 
 def main() -> None:

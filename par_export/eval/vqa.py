@@ -148,20 +148,17 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
                     continue
                 k = budget if budget == "auto" else min(budget, base.tokens_per_image)
                 tally = tallies.setdefault((method, budget), Tally())
-                pipe = pipes.get((method, budget))
+                pipe, reduced = pipes.get((method, budget)), None
                 if pipe is not None:
                     logits, kept = _reduce_with_artifact(pipe, base, samples, pixels, k)
-                    predicted = logits.argmax(-1)
-                    tally.correct += int((predicted == answers).sum())
-                    tally.total += len(samples)
-                    tally.kept += kept
-                    continue
-                reduced = adapter.prepare_inputs(ids, mask, pixels, budget=k, features=features)
-                predicted = base.model(**reduced.model_inputs).logits[:, -1].argmax(-1)
+                else:
+                    reduced = adapter.prepare_inputs(ids, mask, pixels, budget=k, features=features)
+                    logits, kept = base.model(**reduced.model_inputs).logits[:, -1], reduced.reduction.num_kept.tolist()
+                predicted = logits.argmax(-1)
                 tally.correct += int((predicted == answers).sum())
                 tally.total += len(samples)
-                tally.kept += reduced.reduction.num_kept.tolist()
-                if method == "par" and budget == budgets[0] and len(examples) < keep_examples:
+                tally.kept += kept
+                if reduced is not None and method == "par" and budget == budgets[0] and len(examples) < keep_examples:
                     for b in range(min(keep_examples - len(examples), len(samples))):
                         examples.append((samples[b], reduced.reduction, b, bool(predicted[b] == answers[b])))
     text_tokens = int(mask.sum(dim=1).float().mean()) - base.tokens_per_image

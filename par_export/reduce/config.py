@@ -92,24 +92,19 @@ class PARConfig:
     def with_overrides(self, pairs: list[str]) -> PARConfig:
         """A copy with ``["alpha=0.5", "k_max=64", ...]`` applied, each value parsed as the type
         of the option's default (``budget`` takes an int or ``auto``)."""
+        names = [f.name for f in dataclasses.fields(self)]
         changes: dict[str, Any] = {}
         for pair in pairs:
-            name, sep, text = pair.partition("=")
+            name, sep, text = (part.strip() for part in pair.partition("="))
             if not sep:
                 raise ValueError(f"PAR option {pair!r} is not NAME=VALUE")
-            current = getattr(self, name.strip(), None)
-            if current is None and name.strip() not in {f.name for f in dataclasses.fields(self)}:
-                raise ValueError(f"unknown PARConfig option {name.strip()!r}; options: "
-                                 f"{[f.name for f in dataclasses.fields(self)]}")
-            text = text.strip()
+            if name not in names:
+                raise ValueError(f"unknown PARConfig option {name!r}; options: {names}")
+            kind = type(getattr(self, name))
             try:
-                if name.strip() == "budget":
-                    value: Any = text if text == "auto" else int(text)
-                else:
-                    value = type(current)(text)
+                changes[name] = (text if text == "auto" else int(text)) if name == "budget" else kind(text)
             except ValueError:
-                raise ValueError(f"PAR option {name.strip()}={text!r}: expected a {type(current).__name__}") from None
-            changes[name.strip()] = value
+                raise ValueError(f"PAR option {name}={text!r}: expected a {kind.__name__}") from None
         return self.replace(**changes)
 
 

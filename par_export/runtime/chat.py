@@ -74,15 +74,9 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
         embeds, mask = pipe.splice([text], image_embeds, num_kept)
         pad = tokenizer.pad_token_id
         if ort_llm is not None:
-            if getattr(ort_llm, "takes_ids", False):
-                (before, after), k = pipe.split_prompts([text], num_kept)[0], int(num_kept[0])
-                ids, rows = [before + [model.config.image_token_id] * k + after], [image_embeds[0, :k]]
+            def run(new: int):
+                return pipe.onnx_generate([text], image_embeds, num_kept, embeds, mask, new)
 
-                def run(new: int):
-                    return ort_llm.generate(ids, rows, new)
-            else:
-                def run(new: int):
-                    return ort_llm.generate(embeds.float().numpy(), mask.numpy(), new)
             run(1)  # warm-up
             start = time.perf_counter()
             run(1)

@@ -100,6 +100,19 @@ class VisionLanguagePipeline:
             mask[b, length - len(row):] = 1
         return embeds, mask
 
+    def onnx_generate(self, prompts: list[str], image_embeds: np.ndarray, num_kept: np.ndarray, embeds: torch.Tensor,
+                      mask: torch.Tensor, max_new_tokens: int, min_new_tokens: int = 0) -> np.ndarray:
+        """New token ids ``[B, new]`` from ``self.llm``: onnxruntime-genai takes the prompt ids with K
+        image tokens and the K rows of each image (it splices them itself); the ONNX Runtime loop
+        takes the spliced ``embeds`` and ``mask``."""
+        if getattr(self.llm, "takes_ids", False):
+            image_id = self.model.config.image_token_id
+            ids = [before + [image_id] * int(k) + after
+                   for (before, after), k in zip(self.split_prompts(prompts, num_kept), num_kept)]
+            rows = [image_embeds[b, :int(k)].astype(np.float32) for b, k in enumerate(num_kept)]
+            return self.llm.generate(ids, rows, max_new_tokens, min_new_tokens)
+        return self.llm.generate(embeds.float().numpy(), mask.numpy(), max_new_tokens, min_new_tokens)
+
     @torch.no_grad()
     def generate(self, pixel_values: np.ndarray, prompts: list[str], budget: int | None = None,
                  max_new_tokens: int = 16, **generate_kwargs) -> tuple[list[str], dict]:
@@ -110,16 +123,9 @@ class VisionLanguagePipeline:
         reduce_ms = (time.perf_counter() - start) * 1e3
         embeds, mask = self.splice(prompts, image_embeds, num_kept)
         start = time.perf_counter()
-        if getattr(self.llm, "takes_ids", False):  # onnxruntime-genai splices the rows itself
-            image_id = self.model.config.image_token_id
-            ids = [before + [image_id] * int(k) + after
-                   for (before, after), k in zip(self.split_prompts(prompts, num_kept), num_kept)]
-            rows = [image_embeds[b, :int(k)].astype(np.float32) for b, k in enumerate(num_kept)]
-            new = torch.from_numpy(self.llm.generate(ids, rows, max_new_tokens,
-                                                     generate_kwargs.get("min_new_tokens", 0)))
-        elif self.llm is not None:
-            new = torch.from_numpy(self.llm.generate(embeds.float().numpy(), mask.numpy(), max_new_tokens,
-                                                     generate_kwargs.get("min_new_tokens", 0)))
+        if self.llm is not None:
+            new = torch.from_numpy(self.onnx_generate(prompts, image_embeds, num_kept, embeds, mask, max_new_tokens,
+                                                      generate_kwargs.get("min_new_tokens", 0)))
         else:
             new = self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                                       do_sample=False, pad_token_id=self.tokenizer.pad_token_id, **generate_kwargs)
