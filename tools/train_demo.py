@@ -6,8 +6,10 @@
 2. its features cached once for the training scenes (the tower is frozen from here on, as
    LLaVA-1.5 freezes CLIP);
 3. projector + Llama on the procedural VQA as multi-turn conversations (1-6 questions per
-   image), most of them on the image's object patches only (about 60 tokens, so steps are
-   cheap and the retrieval circuit forms), the rest on all 256 tokens;
+   image) on the image's object patches only (about 56 tokens, so steps are cheap), with one
+   attention head supervised to look up, from each answer position, the objects its question
+   names (or, for counting, to spread over a sink token and the counted objects' centres);
+   the model is still evaluated, and used, on all 256 tokens;
 4. a CLIP text tower + visual projection aligned to the frozen tower's patch tokens: each text
    (a rewritten question as PAR queries it, or a caption) is contrasted over the patches of
    its image, the patches of the objects it names being the positives.
@@ -151,48 +153,89 @@ class Conversations:
     def ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def build(self, objects, rng: random.Random, turns: int, image_tokens: int) -> tuple[list[int], list[int]]:
+    def build(self, objects, rng: random.Random, turns: int, image_tokens: int):
+        """``(ids, labels, asks)``: ``asks`` holds, per turn, the position whose logits give the
+        answer's first token, the indices of the objects the answer depends on and the
+        question type."""
         ids = self.head + [self.image_id] * image_tokens
         labels = [-100] * len(ids)
+        asks = []
         for turn in range(turns):
             posed = None
             while posed is None:
-                posed = make_question(rng, objects, rng.choice(QUESTION_TYPES))
-            question, answer, _ = posed
+                kind = rng.choice(QUESTION_TYPES)
+                posed = make_question(rng, objects, kind)
+            question, answer, target = posed
             prompt = (self.ids("USER :") if turn else []) + self.ids(f"{question} ASSISTANT :")
             reply = self.ids(answer) + [self.eos]
-            ids += prompt + reply
+            ids += prompt
+            asks.append((len(ids) - 1, target, kind))
+            ids += reply
             labels += [-100] * len(prompt) + reply
-        return ids, labels
+        return ids, labels, asks
 
 
 def pad_right(rows, pad_id: int):
-    length = max(len(ids) for ids, _ in rows)
+    length = max(len(row[0]) for row in rows)
     input_ids = torch.full((len(rows), length), pad_id)
     labels = torch.full((len(rows), length), -100)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for b, (ids, lab) in enumerate(rows):
+    for b, (ids, lab, *_) in enumerate(rows):
         input_ids[b, :len(ids)], labels[b, :len(lab)], mask[b, :len(ids)] = torch.tensor(ids), torch.tensor(lab), 1
     return input_ids, labels, mask
 
 
-def train_vqa(model, features, scenes, owners, minutes: float, batch: int, lr: float, object_only: float,
-              conversations: Conversations, log, on_checkpoint=None) -> None:
+def retrieval_loss(attention: torch.Tensor, input_ids: torch.Tensor, rows, token_owners, token_centres,
+                   image_id: int) -> torch.Tensor:
+    """Teaches one head, at each answer position, the lookup its question needs:
+
+    - a question about given objects: all attention on their patches (``-log`` of that mass);
+    - "how many" and an "is there" with no such object: attention spread evenly over the
+      first token (``<s>``, a sink) and the centre patch of each object counted, so that the
+      share left on the sink, ``1 / (n + 1)``, says how many there are (cross-entropy).
+
+    attention: ``[B, T, T]`` probabilities of one head; token_owners / token_centres: per row,
+    ``[N_b]`` object index of each image token (-1 for background) / whether it is an object's
+    centre patch, in sequence order.
+    """
+    terms = []
+    for b, (_, _, asks) in enumerate(rows):
+        image_positions = (input_ids[b] == image_id).nonzero().squeeze(1)
+        for position, target, kind in asks:
+            on_target = torch.isin(token_owners[b], torch.tensor(target, dtype=torch.long))
+            if kind == "count" or not target:
+                keys = torch.cat([torch.zeros(1, dtype=torch.long), image_positions[on_target & token_centres[b]]])
+                terms.append(-torch.log(attention[b, position, keys].float().clamp_min(1e-6)).mean())
+            else:
+                terms.append(-torch.log(attention[b, position, image_positions[on_target]].float().sum()
+                                        .clamp_min(1e-6)))
+    return torch.stack(terms).mean()
+
+
+def train_vqa(model, features, scenes, owners, centres, minutes: float, batch: int, lr: float, object_only: float,
+              conversations: Conversations, log, on_checkpoint=None, retrieval_weight: float = 0.0,
+              retrieval_layer: int = 1) -> None:
     """Projector + language model on cached features (the tower stays frozen). A fraction
-    ``object_only`` of the batches keep each image's object patches only."""
+    ``object_only`` of the batches keep each image's object patches only. With
+    ``retrieval_weight``, head 0 of ``retrieval_layer`` is also taught to attend, from each answer
+    position, to the patches of the objects the question names: the lookup that the
+    conjunctive questions (a colour *and* a shape) otherwise take thousands of steps to find."""
     model.model.vision_tower.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     embed, projector = model.get_input_embeddings(), model.model.multi_modal_projector
+    if retrieval_weight:
+        model.set_attn_implementation("eager")  # attention probabilities are only returned by eager
     rng = random.Random(1)
     model.train()
     last = time.time()
     for step, progress in Stage(minutes):
         idx = [rng.randrange(len(scenes)) for _ in range(batch)]
         if rng.random() < object_only:
-            tokens = [features[j][owners[j] >= 0] for j in idx]
+            keep = [owners[j] >= 0 for j in idx]
         else:
-            tokens = list(features[idx])
+            keep = [torch.ones_like(owners[j], dtype=torch.bool) for j in idx]
+        tokens = [features[j][k] for j, k in zip(idx, keep)]
         rows = [conversations.build(scenes[j], rng, rng.randint(1, 6), len(t)) for j, t in zip(idx, tokens)]
         input_ids, labels, mask = pad_right(rows, 0)
         for group in optim.param_groups:
@@ -200,18 +243,28 @@ def train_vqa(model, features, scenes, owners, minutes: float, batch: int, lr: f
         with torch.autocast("cpu", dtype=torch.bfloat16):
             embeds = embed(input_ids).clone()
             embeds[input_ids == conversations.image_id] = projector(torch.cat(tokens)).to(embeds.dtype)
-            loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+            out = model(inputs_embeds=embeds, attention_mask=mask, labels=labels,
+                        output_attentions=bool(retrieval_weight))
+        loss = out.loss
+        if retrieval_weight:
+            lookup = retrieval_loss(out.attentions[retrieval_layer][:, 0], input_ids, rows,
+                                    [owners[j][k] for j, k in zip(idx, keep)],
+                                    [centres[j][k] for j, k in zip(idx, keep)], conversations.image_id)
+            loss = loss + retrieval_weight * lookup
         optim.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
         if step % 100 == 0:
-            log(f"vqa step {step} loss {loss.item():.3f}")
+            extra = f" retrieval {lookup.item():.3f}" if retrieval_weight else ""
+            log(f"vqa step {step} loss {out.loss.item():.3f}{extra}")
         if on_checkpoint and time.time() - last > 600:
             model.eval()
             on_checkpoint()
             model.train()
             last = time.time()
+    if retrieval_weight:
+        model.set_attn_implementation("sdpa")
     model.eval()
 
 
@@ -304,11 +357,13 @@ def main() -> None:
     parser.add_argument("--out", default="par_export/assets/demo")
     parser.add_argument("--tower-minutes", type=float, default=10)
     parser.add_argument("--scenes", type=int, default=30_000, help="training scenes whose features are cached")
-    parser.add_argument("--vqa-minutes", type=float, default=34)
+    parser.add_argument("--vqa-minutes", type=float, default=38)
     parser.add_argument("--vqa-batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--object-only", type=float, default=0.75, help="fraction of VQA batches that keep only "
-                        "the object patches of each image")
+    parser.add_argument("--object-only", type=float, default=1.0, help="fraction of VQA batches that keep only "
+                        "the object patches of each image (batches with all 256 tokens slowed learning down)")
+    parser.add_argument("--retrieval", type=float, default=1.0, help="weight of the attention-supervision loss "
+                        "that teaches one head the lookup each question needs (0: answers only)")
     parser.add_argument("--init-std", type=float, default=0.07, help="init std of projector and LM: about "
                         "1/sqrt(hidden); the 0.02 of large models left attention uniform for thousands of steps")
     parser.add_argument("--clip-minutes", type=float, default=4)
@@ -349,7 +404,9 @@ def main() -> None:
     seeds = list(range(args.scenes))
     scenes = [make_scene(random.Random(s))[0] for s in seeds]  # the objects of sample(s), without a question
     features = cache_features(tower, seeds, log)
-    owners = torch.from_numpy(np.stack([patch_targets(objects)["owner"] for objects in scenes]))
+    targets = [patch_targets(objects) for objects in scenes]
+    owners = torch.from_numpy(np.stack([t["owner"] for t in targets]))
+    centres = torch.from_numpy(np.stack([t["center"] for t in targets])).bool()
     log(f"{args.scenes} scenes cached; {float((owners >= 0).float().sum(1).mean()):.0f} object patches per image")
 
     val_seeds = list(split_seeds("val", args.val))
@@ -360,8 +417,8 @@ def main() -> None:
         log(f"val accuracy (200 samples, 256 tokens): {score:.3f} {per_kind}")
         save(out / "llava", model, tokenizer, processor)
 
-    train_vqa(model, features, scenes, owners, args.vqa_minutes, args.vqa_batch, args.lr, args.object_only,
-              Conversations(tokenizer, image_id), log, on_checkpoint=checkpoint)
+    train_vqa(model, features, scenes, owners, centres, args.vqa_minutes, args.vqa_batch, args.lr, args.object_only,
+              Conversations(tokenizer, image_id), log, on_checkpoint=checkpoint, retrieval_weight=args.retrieval)
     score, per_kind = accuracy(model, tokenizer, val_seeds)
     log(f"final val accuracy ({len(val_seeds)} samples, 256 tokens): {score:.3f} {per_kind}")
     save(out / "llava", model, tokenizer, processor)
