@@ -1,5 +1,5 @@
 """The shipped demo VLM (par_export/assets/demo): loads through from_pretrained like a user's
-checkpoint, fits the size budget, and answers the procedural VQA above the answer prior."""
+checkpoint, fits the size budget, and answers the procedural VQA well above the answer prior."""
 
 from __future__ import annotations
 
@@ -48,15 +48,15 @@ def test_demo_loads_like_a_user_checkpoint():
 
 
 def test_demo_answers_above_the_answer_prior(tmp_path):
-    """The shipped weights read the image, if weakly (docs/demo.md): on 150 test samples the full
-    model and PAR at 64 of 256 tokens beat answering from the question alone (0.51 and 0.52
+    """The shipped weights read the image (docs/demo.md): on 150 test samples the full model and
+    PAR at 64 of 256 tokens beat answering from the question alone by a wide margin (0.88 and 0.93
     against 0.37 when measured); an untrained or image-blind model stays at or below it."""
     assert main(["eval", "--model", "demo", "--methods", "par", "--budgets", "64", "--split", "test",
                  "--n", "150", "--batch", "50", "--out", str(tmp_path)]) == 0
     rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())}
     prior = answer_prior_accuracy(150)
-    assert rows["full"]["accuracy"] >= prior + 0.04, (rows["full"], prior)
-    assert rows["par"]["accuracy"] >= prior + 0.04 and rows["par"]["mean_kept"] == 64, (rows["par"], prior)
+    assert rows["full"]["accuracy"] >= prior + 0.3, (rows["full"], prior)
+    assert rows["par"]["accuracy"] >= prior + 0.3 and rows["par"]["mean_kept"] == 64, (rows["par"], prior)
 
 
 def test_demo_pipeline_and_onnxruntime_genai_answer_like_the_reference(tmp_path):
