@@ -217,9 +217,9 @@ def train_vqa(model, features, scenes, owners, centres, minutes: float, batch: i
               retrieval_layer: int = 1) -> None:
     """Projector + language model on cached features (the tower stays frozen). A fraction
     ``object_only`` of the batches keep each image's object patches only. With
-    ``retrieval_weight``, head 0 of ``retrieval_layer`` is also taught to attend, from each answer
-    position, to the patches of the objects the question names: the lookup that the
-    conjunctive questions (a colour *and* a shape) otherwise take thousands of steps to find."""
+    ``retrieval_weight``, head 0 of ``retrieval_layer`` is also taught, from each answer position,
+    the lookup its question needs (:func:`retrieval_loss`): the step that conjunctive questions (a
+    colour *and* a shape) and counting otherwise take thousands of steps to find."""
     model.model.vision_tower.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
