@@ -9,7 +9,6 @@ from par_export.cli import main
 from par_export.models.demo import DEMO_DIR, demo_paths
 
 
-
 def answer_prior_accuracy(n_test: int, n_train: int = 5000) -> float:
     """Accuracy on the first ``n_test`` test samples of answering each question type with its most
     frequent training answer (0.326 on 2000 test samples): what ignoring the image gets."""
@@ -62,14 +61,11 @@ def test_demo_answers_above_the_answer_prior(tmp_path):
 def test_demo_pipeline_and_onnxruntime_genai_answer_like_the_reference(tmp_path):
     """Issue 8 on the shipped model: built artifact + transformers == ReducedLlava, and the LLM on
     onnxruntime-genai == transformers, for a batch with a different K per image."""
-    import numpy as np
-    import torch
-
-    from par_export.data.images import normalize
-    from par_export.data.vqa import render, sample, split_seeds
+    from par_export.data.vqa import split_seeds
     from par_export.engine.build import BuildOptions, build
+    from par_export.eval.vqa import vqa_batch
     from par_export.export import export_llava
-    from par_export.models.llava import ReducedLlava, left_pad
+    from par_export.models.llava import ReducedLlava
     from par_export.reduce import PARConfig
     from par_export.runtime import VisionLanguagePipeline
     from par_export.runtime.llm_genai import GenaiLLM, export_genai
@@ -79,22 +75,18 @@ def test_demo_pipeline_and_onnxruntime_genai_answer_like_the_reference(tmp_path)
     export_llava(llava_dir, tmp_path / "onnx", budget="auto", config=config, clip_path=clip_dir, progress=False)
     build(tmp_path / "onnx", tmp_path / "art", BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
     reference = ReducedLlava.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)
-    samples = [sample(s) for s in split_seeds("test", 4)]
+    samples, ids, mask, pixels, _ = vqa_batch(reference, list(split_seeds("test", 4)))
     prompts = [f"USER : <image> {s.question} ASSISTANT :" for s in samples]
-    pixels = np.stack([normalize(np.asarray(render(s))) for s in samples])
 
     pipe = VisionLanguagePipeline(tmp_path / "art", reference.model, reference.tokenizer)
-    texts, info = pipe.generate(pixels, prompts, max_new_tokens=3)
+    texts, info = pipe.generate(pixels.numpy(), prompts, max_new_tokens=3)
     assert len(set(info["num_kept"])) > 1, info
 
-    tok, image_id, n = reference.tokenizer, reference.model.config.image_token_id, reference.tokens_per_image
-    rows = [tok("USER :")["input_ids"] + [image_id] * n + tok(f"{s.question} ASSISTANT :", add_special_tokens=False)
-            ["input_ids"] for s in samples]
-    ids, mask = left_pad(rows, 0)
-    new = reference.generate(ids, mask, torch.from_numpy(pixels), prompts=prompts, budget="auto", max_new_tokens=3,
+    tok = reference.tokenizer
+    new = reference.generate(ids, mask, pixels, prompts=prompts, budget="auto", max_new_tokens=3,
                              do_sample=False, pad_token_id=0)
     assert texts == tok.batch_decode(new, skip_special_tokens=True)
 
     export_genai(reference.model, tok, tmp_path / "genai")
     genai_pipe = VisionLanguagePipeline(tmp_path / "art", reference.model, tok, llm=GenaiLLM(tmp_path / "genai"))
-    assert genai_pipe.generate(pixels, prompts, max_new_tokens=3)[0] == texts
+    assert genai_pipe.generate(pixels.numpy(), prompts, max_new_tokens=3)[0] == texts
