@@ -54,3 +54,22 @@ def test_retrieval_loss_rewards_the_lookup_each_question_needs(train_demo):
     # counting: evenly over <s> and each counted centre (here 1 object): -(log 0.5 + log 0.25) / 2
     assert loss("count") == pytest.approx((math.log(2) + math.log(4)) / 2, abs=1e-6)
     assert loss("exists", ()) == pytest.approx(math.log(2), abs=1e-6)  # "no": all on the sink
+
+
+def test_image_tokens_kept_are_the_objects_plus_at_most_the_asked_background(train_demo):
+    from par_export.data.vqa import make_scene
+
+    owner = torch.from_numpy(train_demo.patch_targets(make_scene(random.Random(3))[0])["owner"])
+    before = owner.clone()
+    objects = owner >= 0
+    assert 0 < int(objects.sum()) < owner.numel()
+    assert torch.equal(train_demo.image_tokens_kept(owner, random.Random(0), 0), objects)
+    extras = []
+    for seed in range(20):
+        keep = train_demo.image_tokens_kept(owner, random.Random(seed), 64)
+        assert bool(keep[objects].all())  # every object patch stays
+        extras.append(int((keep & ~objects).sum()))
+    assert max(extras) <= 64 and len(set(extras)) > 1  # a random number of background patches, capped
+    everything = train_demo.image_tokens_kept(owner, random.Random(0), 10_000)
+    assert int(everything.sum()) <= owner.numel()
+    assert torch.equal(owner, before)  # the cached targets are not written to

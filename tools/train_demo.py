@@ -212,11 +212,24 @@ def retrieval_loss(attention: torch.Tensor, input_ids: torch.Tensor, rows, token
     return torch.stack(terms).mean()
 
 
+def image_tokens_kept(owner: torch.Tensor, rng: random.Random, background: int) -> torch.Tensor:
+    """``[N]`` bool: an image's object patches (``owner >= 0``) and a random number, up to
+    ``background``, of its background patches, so that the model also learns to look past
+    background tokens (at inference all 256 are there; a count read from attention shares drifts
+    when background tokens draw some of it)."""
+    keep = owner >= 0
+    others = (~keep).nonzero().squeeze(1).tolist()
+    chosen = rng.sample(others, k=min(rng.randint(0, background), len(others)))
+    keep[chosen] = True
+    return keep
+
+
 def train_vqa(model, features, scenes, owners, centres, minutes: float, batch: int, lr: float, object_only: float,
               conversations: Conversations, log, on_checkpoint=None, retrieval_weight: float = 0.0,
-              retrieval_layer: int = 1) -> None:
+              retrieval_layer: int = 1, background: int = 0) -> None:
     """Projector + language model on cached features (the tower stays frozen). A fraction
-    ``object_only`` of the batches keep each image's object patches only. With
+    ``object_only`` of the batches keep each image's object patches plus up to ``background``
+    random background patches (:func:`image_tokens_kept`); the others keep all 256. With
     ``retrieval_weight``, head 0 of ``retrieval_layer`` is also taught, from each answer position,
     the lookup its question needs (:func:`retrieval_loss`): the step that conjunctive questions (a
     colour *and* a shape) and counting otherwise take thousands of steps to find."""
@@ -232,7 +245,7 @@ def train_vqa(model, features, scenes, owners, centres, minutes: float, batch: i
     for step, progress in Stage(minutes):
         idx = [rng.randrange(len(scenes)) for _ in range(batch)]
         if rng.random() < object_only:
-            keep = [owners[j] >= 0 for j in idx]
+            keep = [image_tokens_kept(owners[j], rng, background) for j in idx]
         else:
             keep = [torch.ones_like(owners[j], dtype=torch.bool) for j in idx]
         tokens = [features[j][k] for j, k in zip(idx, keep)]
@@ -362,6 +375,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--object-only", type=float, default=1.0, help="fraction of VQA batches that keep only "
                         "the object patches of each image (batches with all 256 tokens slowed learning down)")
+    parser.add_argument("--background", type=int, default=64, help="object-patch batches also keep up to this "
+                        "many random background patches of each image (0: object patches only; counting then "
+                        "drifted on all 256 tokens)")
     parser.add_argument("--retrieval", type=float, default=1.0, help="weight of the attention-supervision loss "
                         "that teaches one head the lookup each question needs (0: answers only)")
     parser.add_argument("--init-std", type=float, default=0.07, help="init std of projector and LM: about "
@@ -418,7 +434,8 @@ def main() -> None:
         save(out / "llava", model, tokenizer, processor)
 
     train_vqa(model, features, scenes, owners, centres, args.vqa_minutes, args.vqa_batch, args.lr, args.object_only,
-              Conversations(tokenizer, image_id), log, on_checkpoint=checkpoint, retrieval_weight=args.retrieval)
+              Conversations(tokenizer, image_id), log, on_checkpoint=checkpoint, retrieval_weight=args.retrieval,
+              background=args.background)
     score, per_kind = accuracy(model, tokenizer, val_seeds)
     log(f"final val accuracy ({len(val_seeds)} samples, 256 tokens): {score:.3f} {per_kind}")
     save(out / "llava", model, tokenizer, processor)
