@@ -48,7 +48,7 @@ def test_demo_loads_like_a_user_checkpoint():
 
 def test_demo_answers_above_the_answer_prior(tmp_path):
     """The shipped weights read the image (docs/demo.md): on 150 test samples the full model and
-    PAR at 64 of 256 tokens beat answering from the question alone by a wide margin (0.88 and 0.93
+    PAR at 64 of 256 tokens beat answering from the question alone by a wide margin (0.93 and 0.93
     against 0.37 when measured); an untrained or image-blind model stays at or below it."""
     assert main(["eval", "--model", "demo", "--methods", "par", "--budgets", "64", "--split", "test",
                  "--n", "150", "--batch", "50", "--out", str(tmp_path)]) == 0
