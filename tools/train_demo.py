@@ -6,7 +6,8 @@
 2. its features cached once for the training scenes (the tower is frozen from here on, as
    LLaVA-1.5 freezes CLIP);
 3. projector + Llama on the procedural VQA as multi-turn conversations (1-6 questions per
-   image) on the image's object patches only (about 56 tokens, so steps are cheap), with one
+   image) on the image's object patches (about 56 tokens, so steps are cheap) and up to 64
+   random background patches, with one
    attention head supervised to look up, from each answer position, the objects its question
    names (or, for counting, to spread over a sink token and the counted objects' centres);
    the model is still evaluated, and used, on all 256 tokens;
