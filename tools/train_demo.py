@@ -8,8 +8,8 @@
 3. projector + Llama on the procedural VQA as multi-turn conversations (1-6 questions per
    image) on the image's object patches (about 56 tokens, so steps are cheap) and up to 64
    random background patches, with one attention head supervised to look up, from each answer
-   position, the objects its question names (or, for counting, to spread over a sink token and the counted objects' centres);
-   the model is still evaluated, and used, on all 256 tokens;
+   position, the objects its question names (or, for counting, to spread over a sink token
+   and the counted objects' centres); the model is evaluated, and used, on all 256 tokens;
 4. a CLIP text tower + visual projection aligned to the frozen tower's patch tokens: each text
    (a rewritten question as PAR queries it, or a caption) is contrasted over the patches of
    its image, the patches of the objects it names being the positives.
