@@ -70,6 +70,6 @@ def test_image_tokens_kept_are_the_objects_plus_at_most_the_asked_background(tra
         assert bool(keep[objects].all())  # every object patch stays
         extras.append(int((keep & ~objects).sum()))
     assert max(extras) <= 64 and len(set(extras)) > 1  # a random number of background patches, capped
-    everything = train_demo.image_tokens_kept(owner, random.Random(0), 10_000)
-    assert int(everything.sum()) <= owner.numel()
+    everything = train_demo.image_tokens_kept(owner, random.Random(0), 10_000)  # draws more than there are
+    assert bool(everything.all())
     assert torch.equal(owner, before)  # the cached targets are not written to
