@@ -1,5 +1,6 @@
-"""tools/train_demo.py's attention-lookup supervision: the answer positions it supervises and
-the loss it puts on them (the training itself is not run in CI)."""
+"""tools/train_demo.py's attention-lookup supervision (the answer positions it supervises and
+the loss it puts on them) and the image tokens a VQA batch keeps (the training itself is not run
+in CI)."""
 
 from __future__ import annotations
 

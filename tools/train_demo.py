@@ -373,8 +373,9 @@ def main() -> None:
     parser.add_argument("--vqa-minutes", type=float, default=38)
     parser.add_argument("--vqa-batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--object-only", type=float, default=1.0, help="fraction of VQA batches that keep only "
-                        "the object patches of each image (batches with all 256 tokens slowed learning down)")
+    parser.add_argument("--object-only", type=float, default=1.0, help="fraction of VQA batches that keep the "
+                        "object patches of each image (plus --background ones), the rest all 256 (batches with all "
+                        "256 tokens slowed learning down)")
     parser.add_argument("--background", type=int, default=64, help="object-patch batches also keep up to this "
                         "many random background patches of each image (0: object patches only; counting then "
                         "drifted on all 256 tokens)")
