@@ -92,11 +92,11 @@ def cmd_reduce(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from par_export.export import export_llava
+    from par_export.export import export_model
     from par_export.reduce import PARConfig
 
     config = PARConfig(k_max=args.k_max) if args.k_max else None
-    report = export_llava(
+    report = export_model(
         args.model, args.out, method=args.method, budget=args.budget, config=config, clip_path=args.clip,
         opset=args.opset, fp16=args.fp16, batch_max=args.batch_max, overwrite=args.overwrite, plugin=args.plugin,
     )
@@ -264,20 +264,19 @@ def cmd_chat(args) -> int:
 def cmd_emit(args) -> int:
     import tempfile
 
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
-    from par_export.engine.run import load_image
     from par_export.export.exporter import resolve_model
-    from par_export.models.loading import pretrained_kwargs
+    from par_export.models.families import family_for
+    from par_export.processing import open_image
     from par_export.runtime.emit import emit, write_emitted
     from par_export.runtime.pipeline import VisionLanguagePipeline
 
+    picture = open_image(args.image)
     with tempfile.TemporaryDirectory() as tmp:
         llava_dir, _ = resolve_model(args.model, Path(tmp))
-        model = LlavaForConditionalGeneration.from_pretrained(llava_dir, **pretrained_kwargs())
-        tokenizer = AutoTokenizer.from_pretrained(llava_dir, **pretrained_kwargs())
+        family = family_for(llava_dir)
+        model, tokenizer = family.load_model(llava_dir), family.inputs(llava_dir).tokenizer
     pipe = VisionLanguagePipeline(args.artifact, model, tokenizer)
-    pixels, _ = load_image(args.image, pipe.preprocess)
+    pixels = pipe.inputs.pixel_values([picture])
     budget = None if args.budget == "auto" else args.budget
     arrays, meta = emit(pipe, pixels, args.prompt, args.runtime, budget)
     print(f"{args.runtime}: K = {meta['num_kept']} visual rows of {meta['hidden_size']}, "

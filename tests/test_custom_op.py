@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from par_export.export import export_llava
+from par_export.export import export_model
 from par_export.export.custom_op import topk_cluster_node
 from par_export.export.ort_custom_op import custom_op_session
 from par_export.backends.onnxruntime import ort_session
@@ -81,8 +81,8 @@ def tiny(tmp_path_factory):
 def test_plugin_export_matches_standard_export(tiny, tmp_path, budget):
     llava, clip = tiny
     common = dict(budget=budget, clip_path=clip, progress=False)
-    plugin_report = export_llava(llava, tmp_path / "plugin", plugin=True, **common)
-    export_llava(llava, tmp_path / "standard", **common)
+    plugin_report = export_model(llava, tmp_path / "plugin", plugin=True, **common)
+    export_model(llava, tmp_path / "standard", **common)
     assert plugin_report["passed"] and plugin_report["metadata"]["plugin"]["op"] == "par::TopKCluster"
     custom = ort_session(tmp_path / "plugin" / "vision_par.onnx")
     standard = ort_session(tmp_path / "standard" / "vision_par.onnx")
@@ -100,4 +100,4 @@ def test_plugin_needs_par(tiny, tmp_path):
     from par_export.export import ExportError
 
     with pytest.raises(ExportError, match="--plugin replaces PAR's top-k clustering"):
-        export_llava(tiny[0], tmp_path / "x", method="cls_attn", budget=8, plugin=True, progress=False)
+        export_model(tiny[0], tmp_path / "x", method="cls_attn", budget=8, plugin=True, progress=False)

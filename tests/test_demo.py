@@ -64,18 +64,19 @@ def test_demo_pipeline_and_onnxruntime_genai_answer_like_the_reference(tmp_path)
     from par_export.data.vqa import split_seeds
     from par_export.engine.build import BuildOptions, build
     from par_export.eval.vqa import vqa_batch
-    from par_export.export import export_llava
-    from par_export.models.llava import ReducedLlava
+    from par_export.export import export_model
+    from par_export.models.llava import FAMILY, ReducedLlava
     from par_export.reduce import PARConfig
     from par_export.runtime import VisionLanguagePipeline
     from par_export.runtime.llm_genai import GenaiLLM, export_genai
 
     llava_dir, clip_dir = demo_paths()
     config = PARConfig(alpha=1.0)
-    export_llava(llava_dir, tmp_path / "onnx", budget="auto", config=config, clip_path=clip_dir, progress=False)
+    export_model(llava_dir, tmp_path / "onnx", budget="auto", config=config, clip_path=clip_dir, progress=False)
     build(tmp_path / "onnx", tmp_path / "art", BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
     reference = ReducedLlava.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)
-    samples, ids, mask, pixels, _ = vqa_batch(reference, list(split_seeds("test", 4)))
+    inputs = FAMILY.inputs(llava_dir)
+    samples, ids, mask, pixels, _ = vqa_batch(reference, inputs, list(split_seeds("test", 4)))
     prompts = [f"USER : <image> {s.question} ASSISTANT :" for s in samples]
 
     pipe = VisionLanguagePipeline(tmp_path / "art", reference.model, reference.tokenizer)

@@ -15,7 +15,7 @@ from par_export.engine.manifest import ArtifactError, check_manifest, read_manif
 from par_export.engine.presets import available_presets, load_preset, parse_preset
 from par_export.engine.run import run_image
 from par_export.engine.verify import verify
-from par_export.export import export_llava
+from par_export.export import export_model
 from par_export.export.metadata import read_metadata
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -24,7 +24,7 @@ HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "onnx"
-    export_llava("tiny", out, budget=16, progress=False)
+    export_model("tiny", out, budget=16, progress=False)
     return out
 
 
@@ -162,13 +162,14 @@ def test_calibration_data_from_images(exported, image, tmp_path):
     from par_export.engine.build import calibration_data
 
     metadata = read_metadata(exported / "vision_par.onnx")
-    feeds = calibration_data(metadata, str(image.parent))
+    processor = exported / "processor"
+    feeds = calibration_data(metadata, str(image.parent), processor)
     assert feeds["pixel_values"].shape == (1, 3, 32, 32) and feeds["query_embeds"].shape == (1, 16)
-    demo = calibration_data(metadata, "demo", count=4)
+    demo = calibration_data(metadata, "demo", processor, count=4)
     assert demo["pixel_values"].shape == (4, 3, 32, 32) and np.isfinite(demo["pixel_values"]).all()
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(BuildError, match="no .png/.jpg/.bmp images"):
-        calibration_data(metadata, str(tmp_path))
+        calibration_data(metadata, str(tmp_path), processor)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("modelopt") is not None, reason="ModelOpt is installed here")
@@ -176,4 +177,4 @@ def test_int8_for_tensorrt_without_modelopt_is_a_clear_error(exported, tmp_path)
     from par_export.engine.build import _quantize_for_tensorrt
 
     with pytest.raises(BuildError, match="need NVIDIA ModelOpt"):
-        _quantize_for_tensorrt(exported / "vision_par.onnx", tmp_path / "q.onnx", "int8", {}, None)
+        _quantize_for_tensorrt(exported / "vision_par.onnx", tmp_path / "q.onnx", "int8", {}, None, exported / "processor")

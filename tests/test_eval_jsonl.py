@@ -32,8 +32,8 @@ def test_missing_and_corrupt_images_are_skipped_and_counted(tmp_path):
     lines = [json.dumps({"question_id": i, "image": name, "text": "q", "answer": "yes"})
              for i, name in enumerate(["ok.png", "corrupt.png", "gone.png"])]
     records = read_jsonl(write(tmp_path / "eval.jsonl", lines))
-    kept, pixels, skipped = load_images(records, tmp_path, 16, (0.5,) * 3, (0.5,) * 3)
-    assert [r.image for r in kept] == ["ok.png"] and pixels.shape == (1, 3, 16, 16)
+    kept, images, skipped = load_images(records, tmp_path)
+    assert [r.image for r in kept] == ["ok.png"] and [im.size for im in images] == [(30, 20)]
     assert skipped == {"unreadable image": 1, "missing image": 1}
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import METHODS
-from par_export.export import ExportError, export_llava
+from par_export.export import ExportError, export_model
 from par_export.export.lint import lint_model
 from par_export.export.metadata import read_metadata
 from par_export.models.llava import ReducedLlava
@@ -41,7 +41,7 @@ def session(path):
 
 def export(model_dirs, out, method="par", budget="auto", **kwargs):
     llava, clip = model_dirs
-    return export_llava(llava, out, method=method, budget=budget, clip_path=clip, progress=False, **kwargs)
+    return export_model(llava, out, method=method, budget=budget, clip_path=clip, progress=False, **kwargs)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -156,17 +156,17 @@ def test_bad_input_leaves_nothing_behind(model_dirs, tmp_path):
     llava_dir, clip_dir = model_dirs
     out = tmp_path / "out"
     with pytest.raises(ModelFolderError, match="model_type is 'clip'"):
-        export_llava(clip_dir, out, progress=False)
+        export_model(clip_dir, out, progress=False)
     with pytest.raises(ModelFolderError, match="not a folder"):
-        export_llava(tmp_path / "missing", out, progress=False)
+        export_model(tmp_path / "missing", out, progress=False)
     with pytest.raises(ExportError, match="exceeds the"):
-        export_llava(llava_dir, out, budget=100000, progress=False)
+        export_model(llava_dir, out, budget=100000, progress=False)
     with pytest.raises(ExportError, match="no adaptive budget"):
-        export_llava(llava_dir, out, method="random", budget="auto", progress=False)
+        export_model(llava_dir, out, method="random", budget="auto", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temp folder
     out.mkdir()
     with pytest.raises(ExportError, match="exists; pass --overwrite"):
-        export_llava(llava_dir, out, progress=False)
+        export_model(llava_dir, out, progress=False)
 
 
 def test_cli_export_inspect_and_polygraphy(tmp_path):
@@ -187,9 +187,9 @@ def test_cli_export_inspect_and_polygraphy(tmp_path):
 
 
 def test_large_graphs_move_weights_to_external_data(model_dirs, tmp_path, monkeypatch):
-    import par_export.export.exporter as exporter
+    import par_export.export.onnx_io as onnx_io
 
-    monkeypatch.setattr(exporter, "EXTERNAL_DATA_BYTES", 10_000)  # the tiny graphs count as large
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_BYTES", 10_000)  # the tiny graphs count as large
     report = export(model_dirs, tmp_path / "out", budget=16)
     assert report["passed"]  # validation ran on the external-data files
     assert (tmp_path / "out" / "vision_par.onnx.data").stat().st_size > 10_000

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from par_export.engine.build import BuildOptions, build
-from par_export.export import export_llava
+from par_export.export import export_model
 from par_export.models.llava import ReducedLlava, left_pad
 from par_export.reduce import PARConfig
 from par_export.runtime import PromptError, VisionLanguagePipeline
@@ -21,7 +21,7 @@ PROMPTS = ["USER : <image> what color is the circle ? ASSISTANT :",
 def setup(tiny_folders, tmp_path_factory):
     llava_dir, clip_dir = tiny_folders
     root = tmp_path_factory.mktemp("runtime")
-    export_llava(llava_dir, root / "onnx", budget="auto", clip_path=clip_dir, progress=False)
+    export_model(llava_dir, root / "onnx", budget="auto", clip_path=clip_dir, progress=False)
     build(root / "onnx", root / "art", BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
     reference = ReducedLlava.from_pretrained(llava_dir, "par", PARConfig(), clip_path=clip_dir)
     pipe = VisionLanguagePipeline(root / "art", reference.model, reference.tokenizer)

@@ -9,14 +9,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from par_export.backends.onnxruntime import ort_session
-from par_export.export import export_llava
+from par_export.export import export_model
 from par_export.serving.triton import write_triton_repo
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("triton")
-    export_llava("tiny", root / "onnx", budget=16, progress=False)
+    export_model("tiny", root / "onnx", budget=16, progress=False)
     write_triton_repo(root / "onnx", root / "repo")
     return root / "repo"
 
@@ -54,7 +54,7 @@ def test_ensemble_wiring_runs(repo):
 
 
 def test_plugin_exports_are_refused(tmp_path):
-    export_llava("tiny", tmp_path / "onnx", budget=16, plugin=True, progress=False)
+    export_model("tiny", tmp_path / "onnx", budget=16, plugin=True, progress=False)
     with pytest.raises(ValueError, match="par::TopKCluster"):
         write_triton_repo(tmp_path / "onnx", tmp_path / "repo")
     assert not (tmp_path / "repo").exists()

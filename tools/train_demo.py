@@ -25,7 +25,6 @@ the saved model's own forward) and the wall time.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import time
@@ -35,12 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from par_export.data.images import CLIP_MEAN, CLIP_STD, normalize
+from par_export.data.images import normalize
 from par_export.data.vqa import (COLORS, QUESTION_TYPES, SHAPES, make_question, make_scene, render, sample,
                                  split_seeds, vocabulary)
 from par_export.files import atomic_folder
 from par_export.models.demo import CLIP_SPECIAL, IMAGE_SIZE, PATCH, demo_clip_config, demo_llava_config
-from par_export.models.tiny import SPECIAL, word_tokenizer
+from par_export.models.tiny import SPECIAL, llava_processor, word_tokenizer
 from par_export.reduce.prompt import rewrite_prompt
 
 SIDE = IMAGE_SIZE // PATCH  # 16 x 16 patches
@@ -355,12 +354,11 @@ def accuracy(model, tokenizer, seeds, batch: int = 50) -> tuple[float, dict[str,
     return sum(hits.values()) / len(seeds), {k: round(hits[k] / counts[k], 3) for k in sorted(counts)}
 
 
-def save(folder: Path, model, tokenizer, extra: dict | None = None) -> None:
+def save(folder: Path, model, tokenizer_or_processor) -> None:
+    """The model and its tokenizer (CLIP) or processor (LLaVA: image processor, tokenizer, chat template)."""
     with atomic_folder(folder, overwrite=True) as (final, _):
         model.save_pretrained(final, safe_serialization=True)
-        tokenizer.save_pretrained(final)
-        if extra:
-            (final / "preprocessor_config.json").write_text(json.dumps(extra, indent=2))
+        tokenizer_or_processor.save_pretrained(final)
 
 
 def main() -> None:
@@ -427,19 +425,19 @@ def main() -> None:
     log(f"{args.scenes} scenes cached; {float((owners >= 0).float().sum(1).mean()):.0f} object patches per image")
 
     val_seeds = list(split_seeds("val", args.val))
-    processor = {"image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "image_size": IMAGE_SIZE}
+    processor = llava_processor(tokenizer, IMAGE_SIZE, PATCH)
 
     def checkpoint() -> None:
         score, per_kind = accuracy(model, tokenizer, val_seeds[:200])
         log(f"val accuracy (200 samples, 256 tokens): {score:.3f} {per_kind}")
-        save(out / "llava", model, tokenizer, processor)
+        save(out / "llava", model, processor)
 
     train_vqa(model, features, scenes, owners, centres, args.vqa_minutes, args.vqa_batch, args.lr, args.object_only,
               Conversations(tokenizer, image_id), log, on_checkpoint=checkpoint, retrieval_weight=args.retrieval,
               background=args.background)
     score, per_kind = accuracy(model, tokenizer, val_seeds)
     log(f"final val accuracy ({len(val_seeds)} samples, 256 tokens): {score:.3f} {per_kind}")
-    save(out / "llava", model, tokenizer, processor)
+    save(out / "llava", model, processor)
     log("saved LLaVA")
 
     if args.clip_minutes <= 0 and (out / "clip").is_dir():

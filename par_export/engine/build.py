@@ -19,14 +19,14 @@ from par_export.backends.tensorrt import build_engine, import_tensorrt
 from par_export.engine.manifest import FORMAT, MANIFEST, sha256
 from par_export.engine.presets import PRECISIONS, load_preset
 from par_export.export.custom_op import DOMAIN
-from par_export.data.images import CLIP_MEAN, CLIP_STD, normalize
 from par_export.export.fp16 import to_fp16
 from par_export.export.metadata import read_metadata
+from par_export.export.onnx_io import EXTERNAL_DATA_BYTES, data_file, onnx_files, save_onnx
 from par_export.files import atomic_folder
 from par_export.plugins import plugin_path
 
 GRAPHS = ("vision_par", "query_encoder")
-RUNTIME_FILES = ("tokenizer", "preprocess.json", "report.json")
+RUNTIME_FILES = ("processor", "tokenizer", "report.json")
 
 
 class BuildError(RuntimeError):
@@ -103,12 +103,12 @@ def export_source(source: str | Path, workdir: Path, options: BuildOptions, prog
         if path.name != "vision_par.onnx":
             raise BuildError(f"{path}: expected an export's vision_par.onnx (with query_encoder.onnx beside it)")
         return path.parent
-    from par_export.export import export_llava
+    from par_export.export import export_model
 
     out = workdir / "onnx"
     # The export's default K: the profile's opt budget, else 64 (16 for the 64-token tiny model).
     budget = options.budget[1] if options.budget else (16 if str(source) == "tiny" else 64)
-    export_llava(source, out, budget=budget, plugin=options.plugin, clip_path=options.clip, progress=progress)
+    export_model(source, out, budget=budget, plugin=options.plugin, clip_path=options.clip, progress=progress)
     return out
 
 
@@ -138,26 +138,25 @@ def _quantize_int8_ort(src: Path, dst: Path) -> None:
     model = onnx.load(str(src))
     excluded = [n.name for n in model.graph.node if n.name.startswith("/reducer/")]
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                     nodes_to_exclude=excluded)
+                     nodes_to_exclude=excluded, use_external_data_format=model.ByteSize() > EXTERNAL_DATA_BYTES)
 
 
-def calibration_data(metadata: dict, images: str | None, count: int = 32) -> dict:
+def calibration_data(metadata: dict, images: str | None, processor_dir: Path, count: int = 32) -> dict:
     """ModelOpt calibration feeds for ``vision_par``: images from a folder, the demo VQA scenes
-(``images="demo"``), or random pixels."""
-    from par_export.engine.run import load_image
+    (``images="demo"``), or random pixels; images go through the export's own processor."""
+    from par_export.processing import ModelInputs, open_image
 
     size = metadata["image_size"]
     if images == "demo":  # the procedural VQA scenes the demo model is trained on
         from par_export.data.vqa import render, sample, split_seeds
 
-        pixels = np.stack([normalize(np.asarray(render(sample(seed), size)))
-                           for seed in split_seeds("train", count)])
+        pixels = ModelInputs.from_folder(processor_dir).pixel_values(
+            [render(sample(seed), size) for seed in split_seeds("train", count)])
     elif images:
         files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
         if not files:
             raise BuildError(f"--calib-images {images}: no .png/.jpg/.bmp images there")
-        pixels = np.concatenate([load_image(f, {"image_size": size, "image_mean": CLIP_MEAN,
-                                                "image_std": CLIP_STD})[0] for f in files[:count]])
+        pixels = ModelInputs.from_folder(processor_dir).pixel_values([open_image(f) for f in files[:count]])
     else:
         print("no --calib-images: calibrating int8/fp8 on random pixels (pass a folder of real images)")
         pixels = np.random.default_rng(0).standard_normal((count, 3, size, size)).astype(np.float32)
@@ -165,39 +164,45 @@ def calibration_data(metadata: dict, images: str | None, count: int = 32) -> dic
     return {"pixel_values": pixels, "query_embeds": query}
 
 
-def _quantize_for_tensorrt(src: Path, dst: Path, precision: str, metadata: dict, images: str | None) -> None:
+def _quantize_for_tensorrt(src: Path, dst: Path, precision: str, metadata: dict, images: str | None,
+                           processor_dir: Path) -> None:
     """Explicit Q/DQ quantization with NVIDIA ModelOpt; the reducer subgraph stays unquantized."""
     try:
         from modelopt.onnx.quantization import quantize
     except ImportError:
         raise BuildError(f"{precision} engines need NVIDIA ModelOpt for Q/DQ quantization: "
                          "pip install 'nvidia-modelopt[onnx]'") from None
-    quantize(onnx_path=str(src), quantize_mode=precision, calibration_data=calibration_data(metadata, images),
+    quantize(onnx_path=str(src), quantize_mode=precision, calibration_data=calibration_data(metadata, images, processor_dir),
              calibration_eps=["cpu"], nodes_to_exclude=["/reducer/.*"], output_path=str(dst))
 
 
 def _build_onnxruntime(src: Path, dst: Path, precision: str, work: Path) -> None:
-    """Precision conversion, then ONNX Runtime's graph optimizations saved to ``dst``."""
+    """Precision conversion, then ONNX Runtime's graph optimizations saved to ``dst`` (weights of a
+    large graph in ``dst``'s external-data file, as the source had them)."""
     import onnxruntime as ort
 
-    model = onnx.load(str(src))
+    model = onnx.load(str(src))  # with its external data, if any
     stage = work / f"{src.stem}.{precision}.onnx"
     if precision == "fp16":
-        onnx.save(to_fp16(model), str(stage))
+        save_onnx(to_fp16(model), stage)
     elif precision == "int8":
         _quantize_int8_ort(src, stage)
     elif precision == "fp32":
-        shutil.copy(src, stage)
+        save_onnx(model, stage)
     else:
         raise BuildError(f"precision {precision} needs TensorRT (ONNX Runtime's CPU provider has no {precision} "
                          "kernels); use fp32, fp16 or int8 with --backend onnxruntime")
     if any(node.domain == DOMAIN for node in model.graph.node):
-        shutil.copy(stage, dst)  # custom-op graphs are optimized when a session with the op loads them
+        save_onnx(onnx.load(str(stage)), dst)  # custom-op graphs are optimized when a session with the op loads them
         return
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(dst)
     options.log_severity_level = 3
+    if data_file(stage).is_file():  # keep the optimized weights outside the protobuf too
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         data_file(dst).name)
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(stage), options, providers=["CPUExecutionProvider"])
 
 
@@ -250,7 +255,8 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
                 graph = onnx.load(str(onnx_path), load_external_data=False)
                 if options.precision in ("int8", "fp8") and name == "vision_par":
                     quantized = work / f"{name}.qdq.onnx"
-                    _quantize_for_tensorrt(onnx_path, quantized, options.precision, metadata, options.calib_images)
+                    _quantize_for_tensorrt(onnx_path, quantized, options.precision, metadata, options.calib_images,
+                                           src / "processor")
                     onnx_path = quantized
                 build_engine(onnx_path, artifact, options.precision, _profiles(metadata, options, graph),
                              options.workspace_mib or 4096, Path(options.timing_cache) if options.timing_cache else None,
@@ -262,6 +268,7 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
                 io = _io(onnx.load(str(artifact), load_external_data=False))
             graphs[name] = {"file": artifact.name, "sha256": sha256(artifact), "source": f"onnx/{onnx_path.name}",
                             "source_sha256": sha256(onnx_path),
+                            "data_files": {p.name: sha256(p) for p in onnx_files(artifact)[1:]},
                             "profiles": {k: [list(s) for s in v] for k, v in _profiles(
                                 metadata, options, onnx.load(str(onnx_path), load_external_data=False)).items()},
                             **io}

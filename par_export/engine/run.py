@@ -2,47 +2,51 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from par_export.data.images import normalize
 from par_export.engine.load import artifact_runners
 from par_export.engine.verify import cast_feed
+from par_export.processing import PROCESSOR_DIR, ModelInputs, hub_kwargs, open_image
 from par_export.reduce.prompt import rewrite_prompt
 
 
-def load_image(path: str | Path, preprocess: dict) -> tuple[np.ndarray, np.ndarray]:
-    """``(pixel_values [1, 3, S, S] float32, resized RGB uint8 [S, S, 3])`` with the model's normalization."""
-    from PIL import Image, UnidentifiedImageError
+class QueryInputs:
+    """The artifact's query tokenizer (``tokenizer/``) and PAR's prompt rewrite, loaded once.
 
-    try:
-        image = Image.open(path).convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such image") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from None
-    size = preprocess["image_size"]
-    resized = np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.uint8)
-    return normalize(resized, preprocess["image_mean"], preprocess["image_std"])[None], resized
+    Args:
+        folder: the artifact folder.
+        settings: ``metadata["query"]``: ``rewrite``, ``template``, ``add_special_tokens``, ``max_length``.
+        dim: width of ``query_embeds`` (zeros are returned when the rewrite leaves nothing).
+    """
+
+    def __init__(self, folder: Path, settings: dict, dim: int):
+        from transformers import AutoTokenizer
+
+        self.settings = settings
+        self.dim = dim
+        self.tokenizer = AutoTokenizer.from_pretrained(Path(folder) / "tokenizer", **hub_kwargs())
+
+    def embed(self, prompt: str, runner) -> tuple[np.ndarray, str]:
+        """``query_embeds [1, Dq]`` float32 for one prompt, and the rewritten query."""
+        settings = self.settings
+        query = rewrite_prompt(prompt, settings["template"], settings["rewrite"])
+        if not query:
+            return np.zeros((1, self.dim), np.float32), query
+        batch = self.tokenizer([query], add_special_tokens=settings["add_special_tokens"], truncation=True,
+                               max_length=settings["max_length"], return_tensors="np")
+        out = runner.infer({"input_ids": batch["input_ids"].astype(np.int64),
+                            "attention_mask": batch["attention_mask"].astype(np.int64)})
+        return out["query_embeds"].astype(np.float32), query
 
 
-def query_embedding(folder: Path, preprocess: dict, prompt: str, runner, graph: dict) -> tuple[np.ndarray, str]:
-    """The prompt's retrieval query (rewritten, tokenized, encoded); zeros when nothing is left."""
-    from transformers import AutoTokenizer
-
-    settings = preprocess["query"]
-    query = rewrite_prompt(prompt, settings["template"], settings["rewrite"])
-    dim = next(o for o in graph["outputs"] if o["name"] == "query_embeds")["shape"][-1]
-    if not query:
-        return np.zeros((1, dim), np.float32), query
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-    batch = tokenizer([query], add_special_tokens=settings["add_special_tokens"], truncation=True,
-                      max_length=settings["max_length"], return_tensors="np")
-    out = runner.infer({"input_ids": batch["input_ids"].astype(np.int64),
-                        "attention_mask": batch["attention_mask"].astype(np.int64)})
-    return out["query_embeds"].astype(np.float32), query
+def query_inputs(folder: Path, manifest: dict) -> QueryInputs | None:
+    """The artifact's :class:`QueryInputs`, or ``None`` when it has no query encoder."""
+    settings = manifest["metadata"].get("query")
+    if "query_encoder" not in manifest["graphs"] or not settings:
+        return None
+    return QueryInputs(folder, settings, manifest["metadata"]["query_dim"])
 
 
 def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | None = None,
@@ -53,13 +57,14 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
     folder = Path(folder)
     manifest, runners = artifact_runners(folder)
     meta = manifest["metadata"]
-    preprocess = json.loads((folder / "preprocess.json").read_text())
-    pixels, rgb = load_image(image, preprocess)
+    inputs = ModelInputs.from_folder(folder / PROCESSOR_DIR)
+    pixels = inputs.pixel_values([open_image(image)])
     timings = {}
     query, rewritten = np.zeros((1, meta["query_dim"]), np.float32), ""
-    if "query_encoder" in runners and preprocess.get("query"):
+    encoder = query_inputs(folder, manifest)
+    if encoder is not None:
         with runners["query_encoder"] as runner:
-            query, rewritten = query_embedding(folder, preprocess, prompt, runner, manifest["graphs"]["query_encoder"])
+            query, rewritten = encoder.embed(prompt, runner)
             timings["query_encoder_ms"] = runner.last_inference_ms
     feed = {"pixel_values": pixels, "query_embeds": query}
     if meta["budget_input"]:
@@ -75,8 +80,10 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
     kept = int(out["num_kept"][0])
     result = {"num_kept": kept, "tokens_per_image": meta["tokens_per_image"], "query": rewritten,
               "keep_index": out["keep_index"][0, :kept].tolist(), "image_embeds": out["image_embeds"][0, :kept],
+              "pixel_values": pixels,
               "timings_ms": timings, "backend": manifest["backend"], "precision": manifest["precision"]}
     if heatmap is not None:
         side = int(round(meta["tokens_per_image"] ** 0.5))
-        save_kept_overlay(heatmap, rgb, result["keep_index"], side, f"{prompt!r}: kept {kept}/{side * side}")
+        save_kept_overlay(heatmap, inputs.display_image(pixels[0]), result["keep_index"], side,
+                          f"{prompt!r}: kept {kept}/{side * side}")
     return result

@@ -13,7 +13,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 REQUIRED = ("question_id", "image", "text", "answer")
 
@@ -45,28 +44,24 @@ def read_jsonl(path: str | Path) -> list[Record]:
     return records
 
 
-def load_images(records: list[Record], folder: str | Path, size: int, mean, std):
-    """``(kept records, pixel_values [n, 3, size, size], skipped {reason: count})``."""
-    from PIL import Image, UnidentifiedImageError
+def load_images(records: list[Record], folder: str | Path):
+    """``(kept records, their RGB PIL images, skipped {reason: count})``; the model's processor
+    turns the images into pixels."""
+    from par_export.processing import InputError, open_image
 
-    from par_export.data.images import normalize
-
-    kept, pixels, skipped = [], [], Counter()
+    kept, images, skipped = [], [], Counter()
     for record in records:
         path = Path(folder) / record.image
-        try:
-            with Image.open(path) as image:
-                rgb = np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.uint8)
-        except FileNotFoundError:
+        if not path.is_file():
             skipped["missing image"] += 1
             continue
-        except (UnidentifiedImageError, OSError):
+        try:
+            images.append(open_image(path))
+        except InputError:
             skipped["unreadable image"] += 1
             continue
         kept.append(record)
-        pixels.append(normalize(rgb, mean, std))
-    array = np.stack(pixels) if pixels else np.zeros((0, 3, size, size), np.float32)
-    return kept, array, dict(skipped)
+    return kept, images, dict(skipped)
 
 
 def normalize_answer(text: str) -> str:

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from par_export.data.images import normalize
 from par_export.data.vqa import render, sample, split_seeds
 from par_export.files import atomic_output
 from par_export.flops import llm_prefill_flops
 from par_export.plots import save_figure
-from par_export.models.llava import ReducedLlava, left_pad
+from par_export.models.families import family_for
+from par_export.models.llava import ReducedLlava
+from par_export.processing import ModelInputs
 from par_export.reduce import PARConfig, reducer_class
 
 
@@ -44,17 +45,15 @@ def check_methods_and_budgets(methods: list[str], budgets: list) -> None:
             raise ValueError(f"budget must be a positive int or 'auto', got {budget!r}")
 
 
-def vqa_batch(llava: ReducedLlava, seeds: list[int]):
-    """Left-padded chat prompts with one image each, pixels, and the answer token ids."""
-    tok, image_id, n = llava.tokenizer, llava.model.config.image_token_id, llava.tokens_per_image
+def vqa_batch(llava: ReducedLlava, inputs: ModelInputs, seeds: list[int]):
+    """Samples, the processor's left-padded chat prompts ``[B, T]`` (one image each) and
+    ``pixel_values``, and the answer token ids ``[B]``."""
+    tok = inputs.tokenizer
     samples = [sample(s) for s in seeds]
-    rows = [tok("USER :")["input_ids"] + [image_id] * n + tok(f"{s.question} ASSISTANT :", add_special_tokens=False)
-            ["input_ids"] for s in samples]
-    ids, mask = left_pad(rows, tok.pad_token_id)
     size = llava.model.config.vision_config.image_size
-    pixels = torch.from_numpy(np.stack([normalize(np.asarray(render(s, size))) for s in samples]))
+    batch = inputs.encode([s.question for s in samples], [render(s, size) for s in samples])
     answers = torch.tensor([tok(s.answer, add_special_tokens=False)["input_ids"][0] for s in samples])
-    return samples, ids, mask, pixels, answers
+    return samples, batch["input_ids"], batch["attention_mask"], batch["pixel_values"], answers
 
 
 def build_eval_artifacts(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets: list, work: Path,
@@ -64,13 +63,13 @@ def build_eval_artifacts(llava_dir: Path, clip_dir: Path | None, methods: list[s
     budget input serves all fixed budgets of a method; ``auto`` and ``pool`` (its grid is traced)
     get their own."""
     from par_export.engine.build import BuildOptions, build
-    from par_export.export import export_llava
+    from par_export.export import export_model
 
     artifacts: dict = {}
 
     def make(method: str, budget) -> Path:
         name = f"{method}-{budget}"
-        export_llava(llava_dir, work / f"{name}-onnx", method=method, budget=budget, config=config,
+        export_model(llava_dir, work / f"{name}-onnx", method=method, budget=budget, config=config,
                      clip_path=clip_dir, progress=False)
         build(work / f"{name}-onnx", work / name, BuildOptions(precision="fp32", backend="onnxruntime"),
               progress=False)
@@ -106,10 +105,19 @@ def artifact_budgets(folder: Path, budgets: list) -> tuple[str, dict]:
 
 def _reduce_with_artifact(pipe, base: ReducedLlava, samples, pixels: torch.Tensor, budget):
     """First-token logits with the reduction of a built artifact (ONNX Runtime or TensorRT)."""
-    prompts = [f"USER : <image> {s.question} ASSISTANT :" for s in samples]
+    prompts = [pipe.inputs.chat_prompt(s.question) for s in samples]
     image_embeds, num_kept = pipe.reduce(pixels.numpy(), prompts, None if budget == "auto" else budget)
     embeds, mask = pipe.splice(prompts, image_embeds, num_kept)
     return base.model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1], num_kept.tolist()
+
+
+def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config: PARConfig):
+    """The model with PAR, one adapter per method sharing its weights, and the folder's processor."""
+    family = family_for(llava_dir)
+    base = family.adapter.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)
+    clip = base.query_encoder if base.config.space == "clip" else None
+    adapters = {m: family.adapter(base.model, m, base.config, base.tokenizer, clip) for m in methods}
+    return base, adapters, family.inputs(llava_dir)
 
 
 @torch.no_grad()
@@ -126,9 +134,7 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
 
     check_methods_and_budgets(methods, budgets)
     config = config or PARConfig()
-    base = ReducedLlava.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)
-    adapters = {m: ReducedLlava(base.model, m, base.config, base.tokenizer, base.query_encoder
-                                if base.config.space == "clip" else None) for m in methods}
+    base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config)
     loaded: dict = {}
     for folder in dict.fromkeys((artifacts or {}).values()):
         loaded[folder] = VisionLanguagePipeline(folder, base.model, base.tokenizer)
@@ -137,7 +143,7 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
     examples = []
     seeds = list(split_seeds(split, n))
     for start in tqdm(range(0, len(seeds), batch), desc=f"eval {split}", disable=not progress):
-        samples, ids, mask, pixels, answers = vqa_batch(base, seeds[start:start + batch])
+        samples, ids, mask, pixels, answers = vqa_batch(base, inputs, seeds[start:start + batch])
         full = base.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[:, -1].argmax(-1)
         tallies["full"].correct += int((full == answers).sum())
         tallies["full"].total += len(samples)
@@ -263,32 +269,21 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
                    progress: bool = True) -> dict:
     """Generation-based accuracy on a LLaVA-style JSONL file (see :mod:`par_export.eval.jsonl`).
 
-    Images are resized to the tower's input size and normalized with the folder's
-    ``preprocessor_config.json`` (CLIP's values if absent); the prompt is LLaVA-1.5's
-    ``USER: <image>\\n{text} ASSISTANT:`` with ``<image>`` expanded to the patch count.
+    Images and prompts go through the folder's own processor and chat template.
     """
-    from par_export.data.images import CLIP_MEAN, CLIP_STD
     from par_export.eval.jsonl import is_correct, load_images, read_jsonl
 
     check_methods_and_budgets(methods, budgets)
     records = read_jsonl(records_path)
-    base = ReducedLlava.from_pretrained(llava_dir, "par", config or PARConfig(), clip_path=clip_dir)
-    processor = Path(llava_dir) / "preprocessor_config.json"
-    settings = json.loads(processor.read_text()) if processor.is_file() else {}
-    size = base.model.config.vision_config.image_size
-    kept, pixels, skipped = load_images(records, images, size, settings.get("image_mean", CLIP_MEAN),
-                                        settings.get("image_std", CLIP_STD))
-    tok, image_id, n = base.tokenizer, base.model.config.image_token_id, base.tokens_per_image
-    adapters = {m: ReducedLlava(base.model, m, base.config, tok, base.query_encoder
-                                if base.config.space == "clip" else None) for m in methods}
+    base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config or PARConfig())
+    kept, pictures, skipped = load_images(records, images)
+    tok, n = inputs.tokenizer, base.tokens_per_image
     tallies: dict = {"full": Tally()}
     for start in tqdm(range(0, len(kept), batch), desc="eval jsonl", disable=not progress):
         chunk = kept[start:start + batch]
-        rows = [tok("USER:")["input_ids"] + [image_id] * n + tok(f"\n{r.text} ASSISTANT:", add_special_tokens=False)
-                ["input_ids"] for r in chunk]
-        ids, mask = left_pad(rows, tok.pad_token_id if tok.pad_token_id is not None else 0)
+        encoded = inputs.encode([r.text for r in chunk], pictures[start:start + batch])
+        ids, mask, images_t = encoded["input_ids"], encoded["attention_mask"], encoded["pixel_values"]
         length = ids.shape[1]
-        images_t = torch.from_numpy(pixels[start:start + batch])
         generate = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=int(ids[0, 0]))
         full = base.model.generate(input_ids=ids, attention_mask=mask, pixel_values=images_t, **generate)
         _score(tallies["full"], tok.batch_decode(full[:, length:], skip_special_tokens=True), chunk, is_correct)

@@ -24,8 +24,11 @@ class GraphSpec:
 
 
 @dataclass(frozen=True)
-class LlavaOnnxConfig:
-    """The two graphs of a LLaVA-family model.
+class VisionParOnnxConfig:
+    """The two graphs of a model whose vision graph takes ``pixel_values [B, 3, H, W]``.
+
+    A family subclasses it in its module with the dummy inputs and validation cases of
+    its own geometry (see ``LlavaOnnxConfig`` in :mod:`par_export.models.llava`).
 
     Attributes:
         budget_input: the vision graph takes ``budget`` (0-d int64, K <= k_max) as an
@@ -35,6 +38,9 @@ class LlavaOnnxConfig:
         batch_max: largest batch the graphs are validated and bounded for.
         fp16: weights and activations in float16 (the reducer's scores stay fp32).
     """
+
+    validation_batches = (1, 2, 4)
+    validation_budgets = (16, 64, 192)
 
     budget_input: bool
     opset: int = DEFAULT_OPSET

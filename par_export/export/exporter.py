@@ -1,4 +1,4 @@
-"""``export_llava``: LLaVA folder -> validated ``vision_par.onnx`` + ``query_encoder.onnx``."""
+"""``export_model``: model folder -> validated ``vision_par.onnx`` + ``query_encoder.onnx``."""
 
 from __future__ import annotations
 
@@ -12,24 +12,19 @@ import torch
 from tqdm.auto import tqdm
 
 import par_export
-from par_export.data.images import CLIP_MEAN, CLIP_STD
 from par_export.export.fp16 import to_fp16
-from par_export.export.config import DEFAULT_OPSET, GraphSpec, LlavaOnnxConfig
+from par_export.export.config import DEFAULT_OPSET, GraphSpec, VisionParOnnxConfig
 from par_export.export.custom_op import DOMAIN, OP_TYPE, VERSION, topk_cluster_node
 from par_export.export.lint import lint_file
 from par_export.export.metadata import set_metadata
+from par_export.export.onnx_io import save_onnx
 from par_export.files import atomic_folder
 from par_export.export.modules import QueryGraph, VisionParGraph
 from par_export.backends.onnxruntime import ort_session
-from par_export.export.validate import Case, check_graph, compare_query, compare_vision, summarize
-from par_export.models.llava import ReducedLlava
+from par_export.export.validate import check_graph, compare_query, compare_vision, summarize
+from par_export.models.families import family_for
 from par_export.reduce import PARConfig, reducer_class
 
-EXTERNAL_DATA_BYTES = 1 << 30  # protobuf caps a file at 2 GiB; move weights out well before
-VALIDATION_BATCHES = (1, 2, 4)
-VALIDATION_BUDGETS = (16, 64, 192)
-VALIDATION_PROMPTS = ["USER: <image>\nWhat color is the circle? Answer the question using a single word or phrase.",
-                      "Is there a red square on the left?", "", "how many stars are there"]
 
 
 class ExportError(RuntimeError):
@@ -37,7 +32,7 @@ class ExportError(RuntimeError):
 
 
 def resolve_model(model: str | Path, workdir: Path) -> tuple[Path, Path | None]:
-    """``(llava_folder, clip_folder)`` for ``--model``: a local folder, ``demo`` (the shipped
+    """``(model_folder, clip_folder)`` for ``--model``: a local folder, ``demo`` (the shipped
     demo VLM), or ``tiny`` (random-weight tiny LLaVA + CLIP written to ``workdir`` through
     ``save_pretrained``)."""
     if str(model) == "tiny":
@@ -73,60 +68,26 @@ def _finalize(raw: Path, final: Path, metadata: dict, fp16: bool, static_dims: d
         for axis, size in (static_dims or {}).get(value.name, {}).items():
             value.type.tensor_type.shape.dim[axis].dim_value = size
     set_metadata(model, metadata)
-    large = model.ByteSize() > EXTERNAL_DATA_BYTES
-    onnx.save_model(model, str(final), save_as_external_data=large, all_tensors_to_one_file=True,
-                    location=f"{final.name}.data")
+    save_onnx(model, final)
 
 
-def _float_dtype(fp16: bool):
-    return np.float16 if fp16 else np.float32
-
-
-def vision_cases(cfg: LlavaOnnxConfig, image_size: int, query_dim: int, budgets: list, seed: int = 0) -> list[Case]:
-    """Parity feeds for every batch size and budget (a zero query row tests the no-prompt fallback)."""
-    rng = np.random.default_rng(seed)
-    dtype = _float_dtype(cfg.fp16)
-    cases = []
-    for batch in [b for b in VALIDATION_BATCHES if b <= cfg.batch_max]:
-        for budget in budgets:
-            pixels = rng.standard_normal((batch, 3, image_size, image_size)).astype(dtype)
-            query = rng.standard_normal((batch, query_dim)).astype(dtype)
-            if batch > 1:
-                query[-1] = 0
-            feed = {"pixel_values": pixels, "query_embeds": query}
-            if cfg.budget_input:
-                feed["budget"] = np.array(budget, dtype=np.int64)
-            cases.append(Case(f"batch={batch} budget={budget}", feed))
-    return cases
-
-
-def query_cases(llava: ReducedLlava, batch_max: int) -> list[Case]:
-    cases = []
-    encoder = llava.query_encoder
-    for batch in [b for b in VALIDATION_BATCHES if b <= batch_max]:
-        prompts = [VALIDATION_PROMPTS[i % len(VALIDATION_PROMPTS)] for i in range(batch)]
-        ids, mask = encoder.tokenize([q or "." for q in encoder.queries(prompts)], encoder.add_special_tokens)
-        cases.append(Case(f"batch={batch}", {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}))
-    return cases
-
-
-def _write_runtime_files(folder: Path, llava_dir: Path, llava: ReducedLlava, image_size: int) -> None:
-    """What a runtime needs beside the graphs: the query tokenizer and image preprocessing."""
+def _write_runtime_files(folder: Path, llava_dir: Path, family, llava) -> None:
+    """What a runtime needs beside the graphs: the checkpoint's processor (image processor,
+    tokenizer, chat template) as ``save_pretrained`` writes it, and the query tokenizer."""
+    family.inputs(llava_dir).save(folder)
     if llava.query_encoder is not None:
         llava.query_encoder.tokenizer.save_pretrained(folder / "tokenizer")
-    preprocess = {"image_size": image_size, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}
-    processor_config = Path(llava_dir) / "preprocessor_config.json"
-    if processor_config.is_file():
-        found = json.loads(processor_config.read_text())
-        preprocess.update({k: found[k] for k in ("image_mean", "image_std") if k in found})
+
+
+def query_settings(llava) -> dict | None:
+    """How ``run`` rebuilds the query encoder's input: PAR's prompt rewrite and the tokenizer call."""
     query = llava.query_encoder
-    preprocess["query"] = None if query is None else {
-        "rewrite": query.rewrite, "template": query.template, "add_special_tokens": query.add_special_tokens,
-        "max_length": query.max_length}
-    (folder / "preprocess.json").write_text(json.dumps(preprocess, indent=2))
+    return None if query is None else {"rewrite": query.rewrite, "template": query.template,
+                                       "add_special_tokens": query.add_special_tokens,
+                                       "max_length": query.max_length}
 
 
-def export_llava(
+def export_model(
     model: str | Path,
     out: str | Path,
     method: str = "par",
@@ -161,7 +122,7 @@ def export_llava(
         budget_mode = int(budget)  # the pooling grid is fixed at trace time
     else:
         budget_mode = "input"
-    cfg = LlavaOnnxConfig(budget_input=budget_mode == "input", opset=opset, batch_max=batch_max, fp16=fp16)
+    cfg = VisionParOnnxConfig(budget_input=budget_mode == "input", opset=opset, batch_max=batch_max, fp16=fp16)
     with atomic_folder(out, overwrite, ExportError) as (final, work):
         report = _export_into(work, final, model, method, budget, budget_mode, config, clip_path, cfg, progress,
                               plugin)
@@ -171,15 +132,17 @@ def export_llava(
 
 
 def _export_into(work: Path, final: Path, model, method, budget, budget_mode, config, clip_path,
-                 cfg: LlavaOnnxConfig, progress: bool, plugin: bool) -> dict:
+                 options: VisionParOnnxConfig, progress: bool, plugin: bool) -> dict:
     steps = tqdm(total=6, desc="export", disable=not progress, unit="step")
     steps.set_postfix_str("load")
     llava_dir, tiny_clip = resolve_model(model, work)
+    family = family_for(llava_dir)
+    cfg = family.onnx_config(**vars(options))  # the family's export config with the caller's options
     clip_path = clip_path if clip_path is not None else tiny_clip
     config = (config if config is not None else PARConfig()).replace(budget=budget)
     if isinstance(budget, int) and budget > config.k_max:
         config = config.replace(k_max=budget)
-    reference = ReducedLlava.from_pretrained(llava_dir, method, config, clip_path=clip_path)
+    reference = family.adapter.from_pretrained(llava_dir, method, config, clip_path=clip_path)
     n = reference.tokens_per_image
     if isinstance(budget, int) and budget > n:
         raise ExportError(f"budget {budget} exceeds the {n} tokens per image of this model")
@@ -194,6 +157,7 @@ def _export_into(work: Path, final: Path, model, method, budget, budget_mode, co
     raw.mkdir()
     common = {
         "model": "tiny (random weights)" if str(model) == "tiny" else str(llava_dir),
+        "family": family.name,
         "method": method,
         "budget": budget,
         "budget_input": cfg.budget_input,
@@ -206,6 +170,7 @@ def _export_into(work: Path, final: Path, model, method, budget, budget_mode, co
         "clip": "tiny (random weights)" if str(model) == "tiny" else (str(clip_path) if clip_path else None),
         "model_name": str(model) if str(model) in ("tiny", "demo") else Path(llava_dir).name,
         "query_dim": query_dim,
+        "query": query_settings(reference),
         "config": reference.config.to_dict(),
         "export": {"opset": cfg.opset, "fp16": cfg.fp16, "batch_max": cfg.batch_max,
                    "exporter": "torch.onnx.export (TorchScript, dynamo=False)"},
@@ -219,9 +184,7 @@ def _export_into(work: Path, final: Path, model, method, budget, budget_mode, co
 
     steps.set_postfix_str("trace vision_par")
     vision_module = VisionParGraph(reference, budget_mode).eval()
-    dummy = (torch.randn(2, 3, vision_cfg.image_size, vision_cfg.image_size), torch.randn(2, query_dim))
-    if cfg.budget_input:
-        dummy += (torch.tensor(min(16, n), dtype=torch.int64),)
+    dummy = cfg.dummy_inputs(reference, query_dim)
     spec = cfg.vision_par
     _export(vision_module, dummy, spec, cfg.opset, raw / spec.filename)
     static = {"image_embeds": {1: common["width"], 2: reference.model.config.text_config.hidden_size}}
@@ -233,7 +196,7 @@ def _export_into(work: Path, final: Path, model, method, budget, budget_mode, co
         steps.set_postfix_str("trace query_encoder")
         query_module = QueryGraph(reference.query_encoder).eval()
         qspec = cfg.query_encoder
-        ids, mask = query_cases(reference, 2)[-1].feed.values()
+        ids, mask = cfg.query_cases(reference, 2)[-1].feed.values()
         _export(query_module, (torch.from_numpy(ids), torch.from_numpy(mask)), qspec, cfg.opset, raw / qspec.filename)
         _finalize(raw / qspec.filename, final / qspec.filename, {**common, "graph": qspec.name}, cfg.fp16)
     steps.update()
@@ -246,25 +209,25 @@ def _export_into(work: Path, final: Path, model, method, budget, budget_mode, co
     elif isinstance(budget_mode, int):
         budgets = [budget_mode]
     else:
-        budgets = [b for b in VALIDATION_BUDGETS if b <= common["width"]] or [common["width"]]
+        budgets = [b for b in cfg.validation_budgets if b <= common["width"]] or [common["width"]]
     session = ort_session(final / spec.filename)
     cases = [compare_vision(vision_module, session, c)
-             for c in vision_cases(cfg, vision_cfg.image_size, query_dim, budgets)]
+             for c in cfg.vision_cases(reference, query_dim, budgets)]
     graphs["vision_par"] = {**check_graph(final / spec.filename), **summarize(cases, precision, True), "cases": cases}
     if query_module is not None:
         session = ort_session(final / cfg.query_encoder.filename)
-        cases = [compare_query(query_module, session, c) for c in query_cases(reference, cfg.batch_max)]
+        cases = [compare_query(query_module, session, c) for c in cfg.query_cases(reference)]
         graphs["query_encoder"] = {**check_graph(final / cfg.query_encoder.filename),
                                    **summarize(cases, precision, False), "cases": cases}
     steps.update()
 
-    _write_runtime_files(final, llava_dir, reference, vision_cfg.image_size)
+    _write_runtime_files(final, llava_dir, family, reference)
     steps.set_postfix_str("lint")
     lint = {name: [str(w) for w in lint_file(final / f"{name}.onnx")] for name in graphs}
     steps.update()
     report = {"passed": all(g["passed"] for g in graphs.values()), "precision": precision, "graphs": graphs,
               "lint": lint, "metadata": common,
-              "skipped_budgets": [b for b in VALIDATION_BUDGETS if isinstance(b, int) and b > common["width"]]
+              "skipped_budgets": [b for b in cfg.validation_budgets if isinstance(b, int) and b > common["width"]]
               if cfg.budget_input else []}
     (final / "report.json").write_text(json.dumps(report, indent=2))
     steps.update()

@@ -1,4 +1,5 @@
-"""PAR (or any registered reducer) inside transformers' ``LlavaForConditionalGeneration``.
+"""The LLaVA-1.5 family: PAR (or any registered reducer) inside transformers'
+``LlavaForConditionalGeneration``, its ONNX export config and its prompt format.
 
 The model is not forked: the adapter computes the reduced image features itself,
 shrinks each image's run of ``<image>`` tokens in ``input_ids`` to its K, and hands
@@ -16,13 +17,28 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from par_export.export.config import VisionParOnnxConfig
+from par_export.export.validate import Case
 from par_export.models.clip_vision import cls_attention, hidden_state_index
+from par_export.models.family import ModelFamily
 from par_export.models.loading import check_model_folder, pretrained_kwargs
 from par_export.models.query import ClipQueryEncoder, LlmQueryEncoder, QueryEncoder
 from par_export.reduce import PARConfig, ReductionOutput, TokenReducer, create_reducer
+
+
+# LLaVA-1.5's chat template (as llava-hf checkpoints ship it): "USER: <image>\n{text} ASSISTANT:".
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}"
+    "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+# Only for a tokenizer without a chat template (a warning says so).
+FALLBACK_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
 
 
 @dataclass
@@ -273,3 +289,59 @@ class ReducedLlava:
             if pad is not None:
                 return int(pad)
         return 0  # any id: padded positions are masked out
+
+
+@dataclass(frozen=True)
+class LlavaOnnxConfig(VisionParOnnxConfig):
+    """LLaVA-1.5's export: fixed-size ``pixel_values [B, 3, S, S]`` (S = the tower's ``image_size``),
+    a query row per image, and validation feeds for every batch size and budget."""
+
+    validation_prompts = ("USER: <image>\nWhat color is the circle? Answer the question using a single word or phrase.",
+                          "Is there a red square on the left?", "", "how many stars are there")
+
+    def dummy_inputs(self, llava: ReducedLlava, query_dim: int) -> tuple[torch.Tensor, ...]:
+        """Trace inputs of ``vision_par``: batch 2 (so the batch axis stays symbolic)."""
+        size = llava.model.config.vision_config.image_size
+        dummy = (torch.randn(2, 3, size, size), torch.randn(2, query_dim))
+        if self.budget_input:
+            dummy += (torch.tensor(min(16, llava.tokens_per_image), dtype=torch.int64),)
+        return dummy
+
+    def vision_cases(self, llava: ReducedLlava, query_dim: int, budgets: list, seed: int = 0) -> list[Case]:
+        """Parity feeds for every batch size and budget (a zero query row tests the no-prompt fallback)."""
+        rng = np.random.default_rng(seed)
+        dtype = np.float16 if self.fp16 else np.float32
+        size = llava.model.config.vision_config.image_size
+        cases = []
+        for batch in [b for b in self.validation_batches if b <= self.batch_max]:
+            for budget in budgets:
+                pixels = rng.standard_normal((batch, 3, size, size)).astype(dtype)
+                query = rng.standard_normal((batch, query_dim)).astype(dtype)
+                if batch > 1:
+                    query[-1] = 0
+                feed = {"pixel_values": pixels, "query_embeds": query}
+                if self.budget_input:
+                    feed["budget"] = np.array(budget, dtype=np.int64)
+                cases.append(Case(f"batch={batch} budget={budget}", feed))
+        return cases
+
+    def query_cases(self, llava: ReducedLlava, batch_max: int | None = None) -> list[Case]:
+        """Tokenized validation prompts for ``query_encoder``, one case per batch size."""
+        encoder, cases = llava.query_encoder, []
+        for batch in [b for b in self.validation_batches if b <= (batch_max or self.batch_max)]:
+            prompts = [self.validation_prompts[i % len(self.validation_prompts)] for i in range(batch)]
+            ids, mask = encoder.tokenize([q or "." for q in encoder.queries(prompts)], encoder.add_special_tokens)
+            cases.append(Case(f"batch={batch}", {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}))
+        return cases
+
+
+FAMILY = ModelFamily(
+    name="llava",
+    description="LLaVA-1.5: LlavaForConditionalGeneration with a CLIP vision tower",
+    model_types=("llava",),
+    model_class="LlavaForConditionalGeneration",
+    adapter=ReducedLlava,
+    onnx_config=LlavaOnnxConfig,
+    image_token="<image>",
+    fallback_template=FALLBACK_TEMPLATE,
+)

@@ -10,13 +10,8 @@ class ModelFolderError(ValueError):
     """A path that is not a loadable Hugging Face model folder of the expected type."""
 
 
-def check_model_folder(path: str | Path, model_types: tuple[str, ...]) -> dict:
-    """Validate ``path`` and return its ``config.json``.
-
-    Raises :class:`ModelFolderError` naming what is missing: the folder, its
-    config, a ``model_type`` in ``model_types``, or ``.safetensors`` weights
-    (pickled ``.bin`` weights are never loaded).
-    """
+def read_config(path: str | Path) -> dict:
+    """``config.json`` of a local folder; :class:`ModelFolderError` if the folder or file is missing or bad."""
     folder = Path(path)
     if not folder.is_dir():
         raise ModelFolderError(f"{folder}: not a folder (expected a local Hugging Face model folder; hubs are not used)")
@@ -27,6 +22,20 @@ def check_model_folder(path: str | Path, model_types: tuple[str, ...]) -> dict:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelFolderError(f"{config_path}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ModelFolderError(f"{config_path}: expected a JSON object")
+    return config
+
+
+def check_model_folder(path: str | Path, model_types: tuple[str, ...]) -> dict:
+    """Validate ``path`` and return its ``config.json``.
+
+    Raises :class:`ModelFolderError` naming what is missing: the folder, its
+    config, a ``model_type`` in ``model_types``, or ``.safetensors`` weights
+    (pickled ``.bin`` weights are never loaded).
+    """
+    folder = Path(path)
+    config = read_config(folder)
     model_type = config.get("model_type")
     if model_type not in model_types:
         raise ModelFolderError(f"{folder}: model_type is {model_type!r}, expected one of {model_types}")

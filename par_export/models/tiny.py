@@ -60,15 +60,32 @@ def tiny_llava_config(image_size: int = 32, patch_size: int = 4, vision_hidden: 
     )
 
 
+def llava_processor(tokenizer, image_size: int, patch_size: int):
+    """A ``LlavaProcessor`` as LLaVA-1.5 checkpoints ship it: CLIP image processor (resize the
+    shortest edge to ``image_size``, bicubic, center crop), ``<image>`` expanded to the patch
+    count, LLaVA-1.5's chat template."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    from par_export.models.llava import CHAT_TEMPLATE
+
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=CHAT_TEMPLATE)
+
+
 def save_tiny_llava(folder: str | Path, seed: int = 0, **geometry) -> Path:
-    """Write a random-weight tiny LLaVA (safetensors + tokenizer.json) to ``folder``."""
+    """Write a random-weight tiny LLaVA (safetensors, tokenizer, processor, chat template) to ``folder``."""
     from transformers import LlavaForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(tiny_llava_config(**geometry)).eval()
+    config = tiny_llava_config(**geometry)
+    model = LlavaForConditionalGeneration(config).eval()
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
-    word_tokenizer(append_eos=False).save_pretrained(folder)
+    vision = config.vision_config
+    llava_processor(word_tokenizer(append_eos=False), vision.image_size, vision.patch_size).save_pretrained(folder)
     return folder
 
 

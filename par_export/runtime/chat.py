@@ -10,9 +10,7 @@ from pathlib import Path
 import torch
 
 from par_export.memory import kv_cache_bytes
-from par_export.runtime.pipeline import IMAGE, VisionLanguagePipeline
-
-TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
+from par_export.runtime.pipeline import VisionLanguagePipeline
 
 
 def _timed_generate(model, max_new_tokens: int, **inputs) -> tuple[torch.Tensor, float, float]:
@@ -36,24 +34,25 @@ def _row(name: str, vision_ms: float, context: int, ttft: float, total: float, n
 def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", budget="auto",
          artifact: str | Path | None = None, compare_full: bool = False, max_new_tokens: int = 16,
          llm: str = "transformers") -> dict:
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
     from par_export.engine.build import BuildOptions, build
-    from par_export.engine.run import load_image
-    from par_export.export import export_llava
+    from par_export.export import export_model
     from par_export.export.exporter import resolve_model
-    from par_export.models.loading import pretrained_kwargs
+    from par_export.models.families import family_for
+    from par_export.processing import open_image
 
-    text = prompt if IMAGE in prompt else TEMPLATE.format(prompt=prompt)
     with tempfile.TemporaryDirectory() as tmp:
         llava_dir, clip_dir = resolve_model(model_name, Path(tmp))
+        family = family_for(llava_dir)
+        inputs = family.inputs(llava_dir)  # the checkpoint's processor and chat template
+        picture = open_image(image)
+        text = inputs.chat_prompt(prompt)
         if artifact is None:  # export + ONNX Runtime fp32 build for this method and budget
-            export_llava(llava_dir, Path(tmp) / "onnx", method=method, budget=budget, clip_path=clip_dir,
+            export_model(llava_dir, Path(tmp) / "onnx", method=method, budget=budget, clip_path=clip_dir,
                          progress=False)
             artifact = Path(tmp) / "art"
             build(Path(tmp) / "onnx", artifact, BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
-        model = LlavaForConditionalGeneration.from_pretrained(llava_dir, **pretrained_kwargs()).eval()
-        tokenizer = AutoTokenizer.from_pretrained(llava_dir, **pretrained_kwargs())
+        model = family.load_model(llava_dir)
+        tokenizer = inputs.tokenizer
         ort_llm = None
         if llm == "onnxruntime":
             from par_export.runtime.llm_onnx import OnnxRuntimeLLM, export_llm
@@ -66,7 +65,7 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
             export_genai(model, tokenizer, Path(tmp) / "genai")
             ort_llm = GenaiLLM(Path(tmp) / "genai")
         pipe = VisionLanguagePipeline(artifact, model, tokenizer, ort_llm)
-        pixels, _ = load_image(image, pipe.preprocess)
+        pixels = pipe.inputs.pixel_values([picture])
         budget_value = None if budget == "auto" or not pipe.manifest["metadata"]["budget_input"] else budget
         start = time.perf_counter()
         image_embeds, num_kept = pipe.reduce(pixels, [text], budget_value)
@@ -92,11 +91,8 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
                      out.shape[1], model.config.text_config)]
         full_answer = None
         if compare_full:
-            before, after = text.split(IMAGE)
-            n = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
-            ids = torch.tensor([tokenizer(before)["input_ids"] + [model.config.image_token_id] * n
-                                + tokenizer(after, add_special_tokens=False)["input_ids"]])
-            pixel_values = torch.from_numpy(pixels)
+            full_inputs = inputs.encode([text], [picture])  # stock transformers inputs, image tokens expanded
+            ids, pixel_values = full_inputs["input_ids"], full_inputs["pixel_values"]
             start = time.perf_counter()
             model.model.get_image_features(pixel_values=pixel_values)
             full_vision = (time.perf_counter() - start) * 1e3

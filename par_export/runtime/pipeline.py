@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from par_export.engine.load import artifact_runners
-from par_export.engine.run import query_embedding
+from par_export.engine.run import query_inputs
 from par_export.engine.verify import cast_feed
+from par_export.processing import PROCESSOR_DIR, ModelInputs
 
 IMAGE = "<image>"
 
@@ -37,13 +38,12 @@ class VisionLanguagePipeline:
     """
 
     def __init__(self, artifact: str | Path, model, tokenizer, llm=None):
-        import json
-
         self.folder = Path(artifact)
         self.manifest, self.runners = artifact_runners(self.folder)
         for runner in self.runners.values():
             runner.activate()
-        self.preprocess = json.loads((self.folder / "preprocess.json").read_text())
+        self.inputs = ModelInputs.from_folder(self.folder / PROCESSOR_DIR)  # the checkpoint's processor
+        self.query = query_inputs(self.folder, self.manifest)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.embed = model.get_input_embeddings()
@@ -54,10 +54,9 @@ class VisionLanguagePipeline:
         """Reduced embeddings ``[B, W, D]`` and K ``[B]`` for images and their prompts."""
         meta = self.manifest["metadata"]
         queries = np.zeros((len(prompts), meta["query_dim"]), np.float32)
-        if "query_encoder" in self.runners and self.preprocess.get("query"):
+        if self.query is not None:
             for i, prompt in enumerate(prompts):
-                queries[i] = query_embedding(self.folder, self.preprocess, prompt.replace(IMAGE, " "),
-                                             self.runners["query_encoder"], self.manifest["graphs"]["query_encoder"])[0][0]
+                queries[i] = self.query.embed(prompt.replace(IMAGE, " "), self.runners["query_encoder"])[0][0]
         feed = {"pixel_values": pixel_values.astype(np.float32), "query_embeds": queries}
         if meta["budget_input"]:
             feed["budget"] = np.array(int(budget if budget is not None else meta["budget"]), dtype=np.int64)

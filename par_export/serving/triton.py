@@ -90,7 +90,7 @@ def write_triton_repo(source: str | Path, out: str | Path, overwrite: bool = Fal
         (final / ENSEMBLE / "1").mkdir(parents=True)
         (final / ENSEMBLE / "config.pbtxt").write_text(ensemble_config(query, vision))
         written.append(Path(out) / ENSEMBLE / "config.pbtxt")
-        for item in ("tokenizer", "preprocess.json"):  # what a client needs to build the inputs
+        for item in ("processor", "tokenizer"):  # what a client needs to build the inputs
             if (source / item).is_dir():
                 shutil.copytree(source / item, final / "client" / item)
             elif (source / item).is_file():
@@ -101,6 +101,6 @@ def write_triton_repo(source: str | Path, out: str | Path, overwrite: bool = Fal
             f"PAR ({meta.get('method')}, budget {meta.get('budget')}) for {meta.get('model_name', meta.get('model'))}.\n"
             "Serve: docker run --gpus all -p8000:8000 -p8001:8001 -v $PWD:/models "
             "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models\n"
-            "Client inputs: tokenize the rewritten prompt with client/tokenizer; preprocess images per "
-            "client/preprocess.json.\n")
+            "Client inputs: pixel_values from AutoProcessor.from_pretrained('client/processor') (the checkpoint's "
+            "own image processor); query ids from the rewritten prompt with client/tokenizer.\n")
     return written

@@ -1,0 +1,26 @@
+"""The registry of model families: a folder's ``config.json`` ``model_type`` picks one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from par_export.models import llava
+from par_export.models.family import ModelFamily
+from par_export.models.loading import ModelFolderError, read_config
+
+FAMILIES: tuple[ModelFamily, ...] = (llava.FAMILY,)
+
+
+def supported() -> str:
+    """``"llava (LLaVA-1.5: ...)"``-style list of the supported model types, for messages."""
+    return "; ".join(f"{', '.join(f.model_types)} ({f.description})" for f in FAMILIES)
+
+
+def family_for(folder: str | Path) -> ModelFamily:
+    """The family of a local model folder, from its ``config.json``; a clear error otherwise."""
+    model_type = read_config(folder).get("model_type")
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    raise ModelFolderError(f"{Path(folder) / 'config.json'}: model_type is {model_type!r}, which par-export does "
+                           f"not support; supported: {supported()}")

@@ -1,0 +1,56 @@
+"""What par-export needs to know about one model family, declared once in its module.
+
+Each ``par_export/models/<family>.py`` ends with a ``FAMILY = ModelFamily(...)``: the
+``config.json`` ``model_type`` values it serves, the transformers class that loads it,
+the adapter that puts a reducer inside it, its ONNX export config (graphs, inputs,
+dynamic axes, dummy inputs, validation cases) and its prompt handling. The registry in
+:mod:`par_export.models.families` picks the family from a folder's ``model_type``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One model family.
+
+    Attributes:
+        name: short name (``llava``), used in messages and docs.
+        description: what it covers, for the list of supported families.
+        model_types: ``config.json`` ``model_type`` values served.
+        model_class: the transformers class that loads a checkpoint (by name, imported lazily).
+        adapter: class with ``from_pretrained(path, method, config, clip_path, dtype)`` that runs
+            the model with a reducer inside (e.g. :class:`~par_export.models.llava.ReducedLlava`).
+        onnx_config: export config class (Optimum-style): ``vision_par`` / ``query_encoder``
+            graph specs, ``dummy_inputs``, ``vision_cases``, ``query_cases``, ``shape_bounds``.
+        image_token: the placeholder string of one image in a prompt.
+        fallback_template: ``{prompt}`` template used only when the tokenizer has no chat template.
+    """
+
+    name: str
+    description: str
+    model_types: tuple[str, ...]
+    model_class: str
+    adapter: type
+    onnx_config: type
+    image_token: str
+    fallback_template: str
+
+    def load_model(self, folder: str | Path, dtype=None):
+        """The checkpoint's transformers model (local, safetensors, no remote code), in eval mode."""
+        import transformers
+
+        from par_export.models.loading import check_model_folder, pretrained_kwargs
+
+        check_model_folder(folder, self.model_types)
+        cls = getattr(transformers, self.model_class)
+        return cls.from_pretrained(folder, dtype=dtype, **pretrained_kwargs()).eval()
+
+    def inputs(self, folder: str | Path):
+        """The folder's own processor and chat template (:class:`~par_export.processing.ModelInputs`)."""
+        from par_export.processing import ModelInputs
+
+        return ModelInputs.from_folder(folder, self.image_token, self.fallback_template)

@@ -1,0 +1,141 @@
+"""Model inputs as the checkpoint's own processor makes them.
+
+One place turns images and questions into model inputs for export, build calibration,
+verify, run, chat, eval and the pipeline: the folder's image processor (resize,
+crop, rescale, normalize exactly as ``transformers`` does) and its tokenizer's chat
+template. Nothing here resizes or templates by hand, except the family's fallback
+template for a tokenizer that has none (said in a warning).
+
+An artifact carries the same processor under :data:`PROCESSOR_DIR`, written by
+``save_pretrained``, so ``AutoProcessor.from_pretrained(artifact / "processor")``
+rebuilds the inputs in any application.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+PROCESSOR_DIR = "processor"
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+class InputError(ValueError):
+    """An image, prompt or processor folder that cannot give model inputs; the message says which and why."""
+
+
+def hub_kwargs() -> dict:
+    """``from_pretrained`` keywords for processors and tokenizers: local folders, no remote code."""
+    return {"local_files_only": True, "trust_remote_code": False}
+
+
+def open_image(path: str | Path):
+    """An RGB ``PIL.Image`` from ``path``; a missing, unreadable or oversized file is an :class:`InputError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such image") from None
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{path}: image too large to decode safely ({err})") from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable image ({err})") from None
+
+
+class ModelInputs:
+    """A checkpoint's processor: images -> ``pixel_values``, questions -> chat prompts.
+
+    Args:
+        processor: an ``AutoProcessor`` result (``image_processor`` + ``tokenizer``).
+        image_token: the placeholder string the prompt carries for each image.
+        fallback_template: ``str.format`` template with ``{prompt}`` and the image token,
+            used only when the tokenizer has no chat template.
+    """
+
+    def __init__(self, processor, image_token: str, fallback_template: str):
+        self.processor = processor
+        self.image_processor = processor.image_processor
+        self.tokenizer = processor.tokenizer
+        self.image_token = image_token
+        self.fallback_template = fallback_template
+        self._warned = False
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, image_token: str = "<image>",
+                    fallback_template: str = "USER: <image>\n{prompt} ASSISTANT:") -> ModelInputs:
+        """Load the processor of a local model or artifact folder (checked before loading)."""
+        from transformers import AutoProcessor
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise InputError(f"{folder}: not a folder (expected a local model folder with its processor)")
+        if not any((folder / name).is_file() for name in PROCESSOR_FILES):
+            raise InputError(f"{folder}: no image processor config ({' or '.join(PROCESSOR_FILES)}); save the "
+                             "checkpoint's processor there with save_pretrained")
+        if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+            raise InputError(f"{folder}: no tokenizer (tokenizer.json / tokenizer_config.json)")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*requires torchvision.*")  # the PIL backend is exact
+            try:
+                processor = AutoProcessor.from_pretrained(folder, **hub_kwargs())
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise InputError(f"{folder}: the processor does not load ({str(err).splitlines()[0]})") from None
+        if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
+            raise InputError(f"{folder}: {type(processor).__name__} has no image processor and tokenizer pair")
+        token = getattr(processor, "image_token", None) or image_token
+        return cls(processor, token, fallback_template)
+
+    def save(self, folder: str | Path) -> Path:
+        """``save_pretrained`` into ``folder / processor``; returns that folder."""
+        target = Path(folder) / PROCESSOR_DIR
+        self.processor.save_pretrained(target)
+        return target
+
+    # images ---------------------------------------------------------------------------------
+    def image_features(self, images: list) -> dict[str, np.ndarray]:
+        """Everything the image processor returns for ``images`` (PIL), as numpy arrays."""
+        out = self.image_processor(images=list(images), return_tensors="np")
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def pixel_values(self, images: list) -> np.ndarray:
+        """``[B, 3, H, W]`` float32 exactly as the checkpoint's image processor gives them."""
+        return self.image_features(images)["pixel_values"].astype(np.float32)
+
+    def display_image(self, pixel_values: np.ndarray) -> np.ndarray:
+        """``[3, H, W]`` normalized pixels -> ``[H, W, 3]`` uint8: what the tower saw, for overlays."""
+        mean = np.asarray(self.image_processor.image_mean, np.float32)[:, None, None]
+        std = np.asarray(self.image_processor.image_std, np.float32)[:, None, None]
+        rgb = (pixel_values * std + mean) * 255.0
+        return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+    # text -----------------------------------------------------------------------------------
+    def chat_prompt(self, prompt: str) -> str:
+        """A user turn with one image and ``prompt``, through the chat template; a prompt that
+        already holds the image placeholder is taken as the full prompt, unchanged."""
+        if self.image_token in prompt:
+            if prompt.count(self.image_token) != 1:
+                raise InputError(f"prompt holds {prompt.count(self.image_token)} {self.image_token!r} placeholders; "
+                                 "one image per prompt is supported")
+            return prompt
+        if getattr(self.tokenizer, "chat_template", None) or getattr(self.processor, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            if text.count(self.image_token) != 1:
+                raise InputError(f"the chat template gave {text.count(self.image_token)} {self.image_token!r} "
+                                 "placeholders for one image; expected exactly one")
+            return text
+        if not self._warned:
+            warnings.warn(f"the tokenizer has no chat template; prompts use {self.fallback_template!r}", stacklevel=2)
+            self._warned = True
+        return self.fallback_template.format(prompt=prompt)
+
+    def encode(self, prompts: list[str], images: list) -> dict:
+        """The processor's own ``input_ids`` / ``attention_mask`` ``[B, T]`` (left padded, image
+        placeholders expanded) and ``pixel_values``, as torch tensors."""
+        texts = [self.chat_prompt(p) for p in prompts]
+        return dict(self.processor(images=list(images), text=texts, padding=True, padding_side="left",
+                                   return_tensors="pt"))
