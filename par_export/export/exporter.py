@@ -71,10 +71,10 @@ def _finalize(raw: Path, final: Path, metadata: dict, fp16: bool, static_dims: d
     save_onnx(model, final)
 
 
-def _write_runtime_files(folder: Path, llava_dir: Path, family, llava) -> None:
+def _write_runtime_files(folder: Path, inputs, llava) -> None:
     """What a runtime needs beside the graphs: the checkpoint's processor (image processor,
     tokenizer, chat template) as ``save_pretrained`` writes it, and the query tokenizer."""
-    family.inputs(llava_dir).save(folder)
+    inputs.save(folder)
     if llava.query_encoder is not None:
         llava.query_encoder.tokenizer.save_pretrained(folder / "tokenizer")
 
@@ -133,10 +133,18 @@ def export_model(
 
 def _export_into(work: Path, final: Path, model, method, budget, budget_mode, config, clip_path,
                  options: VisionParOnnxConfig, progress: bool, plugin: bool) -> dict:
-    steps = tqdm(total=6, desc="export", disable=not progress, unit="step")
+    # leave=False and a close on any exit: an error line is never drawn over by the bar
+    with tqdm(total=6, desc="export", disable=not progress, unit="step", leave=False) as steps:
+        return _export_steps(steps, work, final, model, method, budget, budget_mode, config, clip_path, options,
+                             plugin)
+
+
+def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_mode, config, clip_path,
+                  options: VisionParOnnxConfig, plugin: bool) -> dict:
     steps.set_postfix_str("load")
     llava_dir, tiny_clip = resolve_model(model, work)
     family = family_for(llava_dir)
+    inputs = family.inputs(llava_dir)  # refuse a folder without its processor before any work
     cfg = family.onnx_config(**vars(options))  # the family's export config with the caller's options
     clip_path = clip_path if clip_path is not None else tiny_clip
     config = (config if config is not None else PARConfig()).replace(budget=budget)
@@ -221,7 +229,7 @@ def _export_into(work: Path, final: Path, model, method, budget, budget_mode, co
                                    **summarize(cases, precision, False), "cases": cases}
     steps.update()
 
-    _write_runtime_files(final, llava_dir, family, reference)
+    _write_runtime_files(final, inputs, reference)
     steps.set_postfix_str("lint")
     lint = {name: [str(w) for w in lint_file(final / f"{name}.onnx")] for name in graphs}
     steps.update()
@@ -231,5 +239,4 @@ def _export_into(work: Path, final: Path, model, method, budget, budget_mode, co
               if cfg.budget_input else []}
     (final / "report.json").write_text(json.dumps(report, indent=2))
     steps.update()
-    steps.close()
     return report
