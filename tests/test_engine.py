@@ -178,3 +178,22 @@ def test_int8_for_tensorrt_without_modelopt_is_a_clear_error(exported, tmp_path)
 
     with pytest.raises(BuildError, match="need NVIDIA ModelOpt"):
         _quantize_for_tensorrt(exported / "vision_par.onnx", tmp_path / "q.onnx", "int8", {}, None, exported / "processor")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_build_of_an_external_data_export_keeps_its_weights(tmp_path, image, monkeypatch, capsys, precision):
+    """A real-size export (weights in vision_par.onnx.data) builds, verifies and runs: the ONNX
+    Runtime build used to copy the .onnx without its data file ("External data path does not exist")."""
+    import par_export.export.onnx_io as onnx_io
+
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_BYTES", 10_000)  # the tiny graphs count as large
+    export_model("tiny", tmp_path / "onnx", budget=16, progress=False)
+    assert (tmp_path / "onnx" / "vision_par.onnx.data").is_file()
+    art = tmp_path / "art"
+    manifest = build(tmp_path / "onnx", art, BuildOptions(precision=precision, backend="onnxruntime"), progress=False)
+    vision = manifest["graphs"]["vision_par"]
+    assert list(vision["data_files"]) == [f"{vision['file']}.data"] and (art / f"{vision['file']}.data").is_file()
+    assert (art / "onnx" / "vision_par.onnx.data").is_file()  # verify's fp32 reference keeps its weights too
+    assert main(["verify", str(art)]) == 0
+    assert "PASSED" in capsys.readouterr().out
+    assert run_image(art, image, "what color is the square ?", budget=8)["num_kept"] == 8
