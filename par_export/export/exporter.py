@@ -144,6 +144,9 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
     steps.set_postfix_str("load")
     llava_dir, tiny_clip = resolve_model(model, work)
     family = family_for(llava_dir)
+    if family.onnx_config is None:
+        raise ExportError(f"{llava_dir}: {family.name} runs with PAR in PyTorch ({family.adapter.__name__}), "
+                          "but its ONNX export is not supported yet")
     inputs = family.inputs(llava_dir)  # refuse a folder without its processor before any work
     cfg = family.onnx_config(**vars(options))  # the family's export config with the caller's options
     clip_path = clip_path if clip_path is not None else tiny_clip

@@ -25,7 +25,8 @@ class ModelFamily:
         adapter: class with ``from_pretrained(path, method, config, clip_path, dtype)`` that runs
             the model with a reducer inside (e.g. :class:`~par_export.models.llava.ReducedLlava`).
         onnx_config: export config class (Optimum-style): ``vision_par`` / ``query_encoder``
-            graph specs, ``dummy_inputs``, ``vision_cases``, ``query_cases``, ``shape_bounds``.
+            graph specs, ``dummy_inputs``, ``vision_cases``, ``query_cases``, ``shape_bounds``;
+            ``None`` for a family that runs in PyTorch only so far (export refuses it).
         image_token: the placeholder string of one image in a prompt.
         fallback_template: ``{prompt}`` template used only when the tokenizer has no chat template.
     """
@@ -35,7 +36,7 @@ class ModelFamily:
     model_types: tuple[str, ...]
     model_class: str
     adapter: type
-    onnx_config: type
+    onnx_config: type | None
     image_token: str
     fallback_template: str
 

@@ -48,3 +48,37 @@ def llava_config(name: str):
         vision_config=clip_l14_336_vision(), text_config=LLAVA_GEOMETRIES[name](), image_token_index=32000,
         vision_feature_layer=-2, vision_feature_select_strategy="default",
     )
+
+
+def save_llava_geometry(folder, name: str = "llava-1.5-7b", text_layers: int = 2, seed: int = 0):
+    """A random-weight LLaVA folder at a published geometry (full vision tower and projector, the
+    LLM cut to ``text_layers`` layers), with a CLIP image processor at the tower's size, a word
+    tokenizer and LLaVA-1.5's chat template: real-size export/build/verify checks without weights.
+
+    Returns ``(llava_folder, clip_folder)``; the CLIP folder holds a CLIP-L text tower (random)
+    whose vision tower is the LLaVA's, as CLIP-L/336 is LLaVA-1.5's.
+    """
+    from pathlib import Path
+
+    import torch
+    from transformers import CLIPConfig, CLIPModel, LlavaForConditionalGeneration
+
+    from par_export.models.tiny import SPECIAL, llava_processor, word_tokenizer
+
+    folder = Path(folder)
+    config = llava_config(name)
+    config.text_config.num_hidden_layers = text_layers
+    config.image_token_id = SPECIAL.index("<image>")
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.save_pretrained(folder / "llava", safe_serialization=True)
+    vision = config.vision_config
+    llava_processor(word_tokenizer(append_eos=False), vision.image_size, vision.patch_size).save_pretrained(
+        folder / "llava")
+    text = clip_l14_text().to_dict()
+    text.update(vocab_size=config.text_config.vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision.to_dict(), projection_dim=768)).eval()
+    clip.vision_model.load_state_dict(model.model.vision_tower.state_dict())
+    clip.save_pretrained(folder / "clip", safe_serialization=True)
+    word_tokenizer(append_eos=True).save_pretrained(folder / "clip")
+    return folder / "llava", folder / "clip"

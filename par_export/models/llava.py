@@ -132,6 +132,9 @@ class ReducedLlava:
             falls back to ``space=llm`` with a warning.
     """
 
+    model_class = "LlavaForConditionalGeneration"  # transformers class that loads the checkpoint
+    model_types = ("llava",)  # config.json model_type values it serves
+
     def __init__(self, model, method: str | TokenReducer = "par", config: PARConfig | None = None,
                  tokenizer=None, clip: ClipQueryEncoder | None = None):
         self.model = model.eval()
@@ -163,11 +166,12 @@ class ReducedLlava:
     @classmethod
     def from_pretrained(cls, path: str | Path, method: str = "par", config: PARConfig | None = None,
                         clip_path: str | Path | None = None, dtype: torch.dtype | None = None) -> ReducedLlava:
-        """Load a local LLaVA folder (and optionally a CLIP folder for ``space=clip``)."""
-        from transformers import AutoTokenizer, LlavaForConditionalGeneration
+        """Load a local checkpoint folder of this family (and optionally a CLIP folder for ``space=clip``)."""
+        import transformers
+        from transformers import AutoTokenizer
 
-        check_model_folder(path, ("llava",))
-        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, **pretrained_kwargs())
+        check_model_folder(path, cls.model_types)
+        model = getattr(transformers, cls.model_class).from_pretrained(path, dtype=dtype, **pretrained_kwargs())
         tokenizer = AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
         config = config if config is not None else PARConfig()
         clip = None
@@ -338,8 +342,8 @@ class LlavaOnnxConfig(VisionParOnnxConfig):
 FAMILY = ModelFamily(
     name="llava",
     description="LLaVA-1.5: LlavaForConditionalGeneration with a CLIP vision tower",
-    model_types=("llava",),
-    model_class="LlavaForConditionalGeneration",
+    model_types=ReducedLlava.model_types,
+    model_class=ReducedLlava.model_class,
     adapter=ReducedLlava,
     onnx_config=LlavaOnnxConfig,
     image_token="<image>",

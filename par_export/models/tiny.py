@@ -106,3 +106,35 @@ def save_tiny_clip(folder: str | Path, llava_folder: str | Path, seed: int = 1) 
     clip.save_pretrained(folder, safe_serialization=True)
     word_tokenizer(append_eos=True).save_pretrained(folder)
     return folder
+
+
+def save_tiny_llava_next(folder: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 8) -> Path:
+    """Write a random-weight tiny LLaVA-NeXT (anyres grids up to 2x2 tiles of ``image_size``) with its
+    ``LlavaNextProcessor`` (CLIP-style resize + crop per tile, LLaVA-1.5's chat template)."""
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessor, LlavaNextProcessor)
+
+    from par_export.models.llava import CHAT_TEMPLATE
+
+    s = image_size
+    pinpoints = [[s, 2 * s], [2 * s, s], [2 * s, 2 * s], [s, 3 * s], [3 * s, s]]
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=s, patch_size=patch_size, projection_dim=16)
+    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=len(SPECIAL) + len(dict.fromkeys(WORDS)),
+                       max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=SPECIAL.index("<image>"),
+                             image_grid_pinpoints=pinpoints, vision_feature_layer=-2,
+                             vision_feature_select_strategy="default")
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    with torch.no_grad():  # a visible newline row (its init is zeros)
+        model.model.image_newline.normal_()
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    image_processor = LlavaNextImageProcessor(size={"shortest_edge": s}, crop_size={"height": s, "width": s},
+                                              image_grid_pinpoints=pinpoints)
+    LlavaNextProcessor(image_processor=image_processor, tokenizer=word_tokenizer(append_eos=False),
+                       patch_size=patch_size, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                       chat_template=CHAT_TEMPLATE).save_pretrained(folder)
+    return folder

@@ -1,0 +1,106 @@
+"""LLaVA-NeXT (anyres): a reducer over each image's packed sequence, newline rows handled explicitly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from par_export.cli import main
+from par_export.models.families import family_for
+from par_export.models.llava_next import NEWLINE, ReducedLlavaNext
+from par_export.reduce import PARConfig
+
+QUESTIONS = ["what color is the circle ?", "how many stars are there ?"]
+
+
+@pytest.fixture(scope="module")
+def next_folder(tmp_path_factory):
+    from par_export.models.tiny import save_tiny_llava_next
+
+    return save_tiny_llava_next(tmp_path_factory.mktemp("next") / "llava-next")
+
+
+@pytest.fixture(scope="module")
+def batch(next_folder):
+    """Two images of different aspect ratios (landscape 2:1, portrait 3:7) through the stock processor."""
+    from transformers import LlavaNextProcessor
+
+    processor = LlavaNextProcessor.from_pretrained(next_folder, local_files_only=True)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in [(80, 40), (30, 70)]]
+    texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                         {"type": "text", "text": q}]}],
+                                           add_generation_prompt=True) for q in QUESTIONS]
+    return processor(images=images, text=texts, return_tensors="pt", padding=True, padding_side="left")
+
+
+@pytest.fixture(scope="module", params=["par", "text_sim", "cls_attn"])
+def model(request, next_folder):
+    return ReducedLlavaNext.from_pretrained(next_folder, request.param, PARConfig(k_max=4096, space="llm"))
+
+
+def test_family_is_picked_from_model_type(next_folder):
+    assert family_for(next_folder).adapter is ReducedLlavaNext
+
+
+def test_budget_n_reproduces_stock_generate_token_for_token(model, batch):
+    features = model.vision_features(batch["pixel_values"], batch["image_sizes"])
+    n = [tokens.shape[0] for tokens, _, _ in features]
+    assert n[0] != n[1]  # the two aspect ratios give different N
+    stock = model.model.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    stock = stock[:, batch["input_ids"].shape[1]:]
+    ours = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], budget=n,
+                          image_sizes=batch["image_sizes"], max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(stock, ours)
+
+
+def test_full_budget_rows_equal_the_stock_packed_features(model, batch):
+    stock = model.model.model.get_image_features(batch["pixel_values"], batch["image_sizes"]).pooler_output
+    features = model.vision_features(batch["pixel_values"], batch["image_sizes"])
+    reduced = model.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                   budget=[t.shape[0] for t, _, _ in features], image_sizes=batch["image_sizes"])
+    for ours, theirs in zip(reduced.image_features, stock):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 8])
+def test_reduced_sequence_keeps_newlines_only_after_rows_with_kept_tokens(model, batch, k):
+    reduced = model.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], budget=k,
+                                   image_sizes=batch["image_sizes"])
+    features = model.vision_features(batch["pixel_values"], batch["image_sizes"])
+    newline = model.model.model.image_newline
+    ids = reduced.model_inputs["input_ids"]
+    for i, ((tokens, _, layout), rows, out) in enumerate(zip(features, reduced.image_features, reduced.reduction)):
+        kept = set(out.keep_index[0, :int(out.num_kept[0])].tolist())
+        assert len(kept) == k
+        expected_newlines, row_has = 0, False
+        position = 0
+        for entry in layout.order.tolist():
+            if entry == NEWLINE:
+                expected_newlines += row_has
+                row_has = False
+            else:
+                row_has = row_has or position in kept
+                position += 1
+        is_newline = (rows == newline).all(dim=-1)
+        assert int(is_newline.sum()) == expected_newlines and rows.shape[0] == k + expected_newlines
+        assert int((ids[i] == model.model.config.image_token_id).sum()) == rows.shape[0]
+        if k == 1:  # one kept token: every other grid row lost its newline
+            assert expected_newlines <= 1 < int((layout.order == NEWLINE).sum())
+
+
+def test_budget_above_one_images_n_names_it(model, batch):
+    features = model.vision_features(batch["pixel_values"], batch["image_sizes"])
+    too_many = max(t.shape[0] for t, _, _ in features)
+    small = int(np.argmin([t.shape[0] for t, _, _ in features]))
+    with pytest.raises(ValueError, match=f"image {small}: budget {too_many} exceeds"):
+        model.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], budget=too_many,
+                             image_sizes=batch["image_sizes"])
+
+
+def test_export_says_llava_next_is_pytorch_only_for_now(next_folder, tmp_path, capsys):
+    assert main(["export", "--model", str(next_folder), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "llava_next" in err and "ONNX export is not supported yet" in err and not (tmp_path / "out").exists()
