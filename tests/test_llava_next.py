@@ -104,3 +104,8 @@ def test_export_says_llava_next_is_pytorch_only_for_now(next_folder, tmp_path, c
     assert main(["export", "--model", str(next_folder), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "llava_next" in err and "ONNX export is not supported yet" in err and not (tmp_path / "out").exists()
+
+
+def test_eval_says_llava_next_is_not_supported_yet(next_folder, tmp_path, capsys):
+    assert main(["eval", "--model", str(next_folder), "--n", "4", "--out", str(tmp_path / "eval")]) == 2
+    assert "eval does not support llava_next yet" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def torch_reference(metadata: dict, workdir: Path):
     """The PyTorch module the graph came from, rebuilt from the metadata, or ``(None, reason)``."""
     from par_export.export.exporter import resolve_model
     from par_export.export.modules import VisionParGraph
-    from par_export.models.llava import ReducedLlava
+    from par_export.models.families import family_for
     from par_export.reduce import PARConfig
 
     model, clip = metadata["model"], metadata.get("clip")
@@ -45,8 +45,8 @@ def torch_reference(metadata: dict, workdir: Path):
         model, clip = resolve_model("tiny", workdir)
     elif not Path(model).is_dir():
         return None, f"model folder {model} is not on this machine"
-    llava = ReducedLlava.from_pretrained(model, metadata["method"], PARConfig.from_dict(metadata["config"]),
-                                         clip_path=clip)
+    adapter = family_for(model).adapter
+    llava = adapter.from_pretrained(model, metadata["method"], PARConfig.from_dict(metadata["config"]), clip_path=clip)
     budget = "input" if metadata["budget_input"] else ("auto" if metadata["budget"] == "auto" else metadata["width"])
     return VisionParGraph(llava, budget), None
 

@@ -1,0 +1,78 @@
+"""Real-size geometry on this CPU (slow): LLaVA-1.5-7B's CLIP-L/336 tower and projector at full size,
+the LLM cut to 2 layers, random weights; LLaVA-NeXT's anyres layout at 336 px tiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from par_export.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_llava_1_5_7b_geometry_exports_builds_verifies_and_runs(tmp_path, capsys):
+    from transformers import LlavaProcessor
+
+    from par_export.models.geometries import save_llava_geometry
+    from par_export.models.llava import ReducedLlava
+    from par_export.reduce import PARConfig
+
+    llava, clip = save_llava_geometry(tmp_path / "model")
+    onnx, art = tmp_path / "onnx", tmp_path / "art"
+    assert main(["export", "--model", str(llava), "--clip", str(clip), "--out", str(onnx), "--budget", "64"]) == 0
+    assert (onnx / "vision_par.onnx.data").stat().st_size > 1e9  # CLIP-L/336 weights outside the protobuf
+    assert main(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    assert "verify (fp32): PASSED" in capsys.readouterr().out
+
+    image = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8)).save(image)
+    prompt = "what color is the circle ?"
+    assert main(["run", str(art), "--image", str(image), "--prompt", prompt, "--budget", "64"]) == 0
+    printed = capsys.readouterr().out
+    processor = LlavaProcessor.from_pretrained(llava, local_files_only=True)
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                      {"type": "text", "text": prompt}]}],
+                                         add_generation_prompt=True)
+    enc = processor(images=[Image.open(image).convert("RGB")], text=[text], return_tensors="pt")
+    reference = ReducedLlava.from_pretrained(llava, "par", PARConfig(), clip_path=clip)
+    batch = reference.prepare_inputs(enc["input_ids"], enc["attention_mask"], enc["pixel_values"], prompts=[prompt],
+                                     budget=64)
+    kept = batch.reduction.keep_index[0, :64].tolist()
+    assert f"kept 64/576 tokens" in printed and f"first kept indices {kept[:12]}" in printed
+
+
+def test_llava_next_7b_geometry_layout_and_reduction():
+    """Anyres at LLaVA-NeXT-7B's geometry (336 px tiles, 2x2 grid): N up to 2880 content rows;
+    budget = N gives the stock packed features, budget 64 keeps 64 plus the newlines of their rows."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor
+
+    from par_export.models.geometries import llava_config
+    from par_export.models.llava_next import NEWLINE, ReducedLlavaNext
+    from par_export.reduce import PARConfig
+
+    base = llava_config("llava-1.5-7b")
+    base.text_config.num_hidden_layers = 1
+    pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    config = LlavaNextConfig(vision_config=base.vision_config, text_config=base.text_config,
+                             image_grid_pinpoints=pinpoints, image_token_index=32000, vision_feature_layer=-2,
+                             vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    processor = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                        image_grid_pinpoints=pinpoints)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 640, 3), dtype=np.uint8))
+    enc = processor(images=[image], return_tensors="pt")
+    reduced = ReducedLlavaNext(model, "par", PARConfig(k_max=4096, space="llm"))
+    features = reduced.vision_features(enc["pixel_values"], enc["image_sizes"])
+    tokens, _, layout = features[0]
+    n = tokens.shape[0]
+    assert 2000 < n <= 2880 and int((layout.order == NEWLINE).sum()) > 0
+    with torch.no_grad():
+        stock = model.model.get_image_features(enc["pixel_values"], enc["image_sizes"]).pooler_output[0]
+    _, rows = reduced.reduce_images(enc["pixel_values"], None, n, features, enc["image_sizes"])
+    torch.testing.assert_close(rows[0], stock, atol=1e-4, rtol=1e-4)
+    outputs, rows = reduced.reduce_images(enc["pixel_values"], None, 64, features, enc["image_sizes"])
+    assert int(outputs[0].num_kept[0]) == 64 and 64 <= rows[0].shape[0] <= 64 + int((layout.order == NEWLINE).sum())
