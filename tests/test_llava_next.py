@@ -109,3 +109,11 @@ def test_export_says_llava_next_is_pytorch_only_for_now(next_folder, tmp_path, c
 def test_eval_says_llava_next_is_not_supported_yet(next_folder, tmp_path, capsys):
     assert main(["eval", "--model", str(next_folder), "--n", "4", "--out", str(tmp_path / "eval")]) == 2
     assert "eval does not support llava_next yet" in capsys.readouterr().err
+
+
+def test_image_token_runs_must_match_each_images_layout(model, batch):
+    ids, mask = batch["input_ids"].clone(), batch["attention_mask"]
+    first = int((ids[0] == model.model.config.image_token_id).nonzero()[0])
+    ids[0, first] = 5  # one image token fewer than the processor wrote
+    with pytest.raises(ValueError, match="image 0: a run of"):
+        model.prepare_inputs(ids, mask, batch["pixel_values"], budget=8, image_sizes=batch["image_sizes"])

@@ -41,7 +41,7 @@ def test_llava_1_5_7b_geometry_exports_builds_verifies_and_runs(tmp_path, capsys
     batch = reference.prepare_inputs(enc["input_ids"], enc["attention_mask"], enc["pixel_values"], prompts=[prompt],
                                      budget=64)
     kept = batch.reduction.keep_index[0, :64].tolist()
-    assert f"kept 64/576 tokens" in printed and f"first kept indices {kept[:12]}" in printed
+    assert "kept 64/576 tokens" in printed and f"first kept indices {kept[:12]}" in printed
 
 
 def test_llava_next_7b_geometry_layout_and_reduction():

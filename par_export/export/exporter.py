@@ -6,7 +6,6 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from tqdm.auto import tqdm

@@ -83,7 +83,7 @@ def resize_image_runs(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     image_token_id: int,
-    tokens_per_image: int,
+    tokens_per_image: int | None,
     kept_per_image: list[int],
     pad_token_id: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,6 +91,8 @@ def resize_image_runs(
 
     Args:
         input_ids, attention_mask: ``[B, T]`` (padding on either side).
+        tokens_per_image: the run length every image must have, or ``None`` when it differs per
+            image (LLaVA-NeXT's anyres).
         kept_per_image: K of each image, in the order images appear (row-major).
     Returns:
         new ``input_ids`` and ``attention_mask`` ``[B, T']``, left padded.
@@ -101,7 +103,7 @@ def resize_image_runs(
         ids = input_ids[b][attention_mask[b].bool()]
         pieces, cursor = [], 0
         for start, length in image_token_runs(ids, image_token_id):
-            if length != tokens_per_image:
+            if tokens_per_image is not None and length != tokens_per_image:
                 raise ValueError(
                     f"sample {b}: a run of {length} image tokens, expected {tokens_per_image} per image "
                     "(expand each <image> placeholder to the vision tower's patch count, as LlavaProcessor does)"
@@ -253,6 +255,12 @@ class ReducedLlava:
             budget: int K, ``"auto"``, or ``None`` for ``config.budget``.
             features: precomputed ``vision_features(pixel_values)``.
         """
+        attention_mask, image_prompts = self._image_prompts(input_ids, attention_mask, pixel_values, prompts)
+        reduction, image_features = self.reduce_images(pixel_values, image_prompts, budget, features)
+        return self._reduced_batch(input_ids, attention_mask, reduction, image_features, image_prompts)
+
+    def _image_prompts(self, input_ids, attention_mask, pixel_values, prompts):
+        """The attention mask (all ones if ``None``) and the prompt of each image, in image order."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if prompts is None:
@@ -265,10 +273,12 @@ class ReducedLlava:
             raise ValueError(
                 f"{pixel_values.shape[0]} images were given but input_ids hold {len(image_rows)} image placeholders"
             )
-        image_prompts = [prompts[b] for b in image_rows]
-        reduction, image_features = self.reduce_images(pixel_values, image_prompts, budget, features)
+        return attention_mask, [prompts[b] for b in image_rows]
+
+    def _reduced_batch(self, input_ids, attention_mask, reduction, image_features, image_prompts) -> ReducedBatch:
+        """Each image's run of image tokens shrunk to its rows, and the ``generate`` inputs."""
         new_ids, new_mask = resize_image_runs(
-            input_ids, attention_mask, self.model.config.image_token_id, self.tokens_per_image,
+            input_ids, attention_mask, self.model.config.image_token_id, self.run_length,
             [f.shape[0] for f in image_features], self._pad_token_id(),
         )
         device = self.model.device
@@ -278,6 +288,11 @@ class ReducedLlava:
             "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=image_features)},
         }
         return ReducedBatch(model_inputs, reduction, image_features, image_prompts)
+
+    @property
+    def run_length(self) -> int | None:
+        """Image tokens per image in the processor's ``input_ids`` (``None``: differs per image)."""
+        return self.tokens_per_image
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pixel_values: torch.Tensor,

@@ -23,11 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from par_export.models.clip_vision import cls_attention, hidden_state_index
 from par_export.models.family import ModelFamily
-from par_export.models.llava import CHAT_TEMPLATE, FALLBACK_TEMPLATE, ReducedBatch, ReducedLlava, left_pad
+from par_export.models.llava import CHAT_TEMPLATE, FALLBACK_TEMPLATE, ReducedBatch, ReducedLlava, image_token_runs
 
 NEWLINE = -1  # layout entry of an image_newline row
 
@@ -162,40 +161,20 @@ class ReducedLlavaNext(ReducedLlava):
             pixel_values: ``[I, P_max, 3, S, S]``; image_sizes: ``[I, 2]`` (height, width).
             budget: int, one int per image, ``"auto"`` or ``None`` (``config.budget``).
         """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if prompts is None:
-            prompts = self.prompts_from_ids(input_ids, attention_mask)
-        image_id = self.model.config.image_token_id
-        rows_of = []
-        for b in range(input_ids.shape[0]):
-            ids = input_ids[b][attention_mask[b].bool()]
-            runs = (torch.diff((ids == image_id).int(), prepend=ids.new_zeros(1)) == 1).sum()
-            rows_of += [b] * int(runs)
-        if len(rows_of) != pixel_values.shape[0]:
-            raise ValueError(f"{pixel_values.shape[0]} images were given but input_ids hold {len(rows_of)} "
-                             "image placeholders")
-        image_prompts = [prompts[b] for b in rows_of]
+        attention_mask, image_prompts = self._image_prompts(input_ids, attention_mask, pixel_values, prompts)
+        features = features if features is not None else self.vision_features(pixel_values, image_sizes)
+        runs = [length for b in range(input_ids.shape[0]) for _, length in
+                image_token_runs(input_ids[b][attention_mask[b].bool()], self.model.config.image_token_id)]
+        for i, (length, (_, _, layout)) in enumerate(zip(runs, features)):
+            if length != len(layout.order):
+                raise ValueError(f"image {i}: a run of {length} image tokens, but its size gives {len(layout.order)} "
+                                 "rows (expand <image> with LlavaNextProcessor and pass its image_sizes)")
         reductions, image_features = self.reduce_images(pixel_values, image_prompts, budget, features, image_sizes)
-        new_rows, image = [], 0
-        for b in range(input_ids.shape[0]):
-            ids = input_ids[b][attention_mask[b].bool()]
-            is_image = ids == image_id
-            pieces, cursor = [], 0
-            edges = torch.diff(is_image.int(), prepend=ids.new_zeros(1), append=ids.new_zeros(1))
-            for start, end in zip((edges == 1).nonzero().flatten().tolist(), (edges == -1).nonzero().flatten().tolist()):
-                pieces += [ids[cursor:start], ids.new_full((image_features[image].shape[0],), image_id)]
-                cursor, image = end, image + 1
-            pieces.append(ids[cursor:])
-            new_rows.append(torch.cat(pieces))
-        new_ids, new_mask = left_pad(new_rows, self._pad_token_id())
-        device = self.model.device
-        model_inputs = {
-            "input_ids": new_ids.to(device),
-            "attention_mask": new_mask.to(device),
-            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=image_features)},
-        }
-        return ReducedBatch(model_inputs, reductions, image_features, image_prompts)
+        return self._reduced_batch(input_ids, attention_mask, reductions, image_features, image_prompts)
+
+    @property
+    def run_length(self) -> None:
+        return None  # each image's run has its own length (base + unpadded tiles + newlines)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, pixel_values, prompts=None, budget=None, image_sizes=None,
