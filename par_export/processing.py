@@ -46,6 +46,67 @@ def open_image(path: str | Path):
         raise InputError(f"{path}: not a readable image ({err})") from None
 
 
+class ComponentProcessor:
+    """A checkpoint's processor put together from its image processor and tokenizer.
+
+    Used only where ``AutoProcessor`` cannot be built (transformers without torchvision cannot
+    construct processors that have a video processor, e.g. ``Qwen2_5_VLProcessor``). It expands
+    each image placeholder with the real processor class's own ``replace_image_token`` (so the
+    count is transformers'), tokenizes with the checkpoint's tokenizer, and gives
+    ``mm_token_type_ids`` (1 on image tokens) as that processor does.
+    """
+
+    def __init__(self, processor_class, image_processor, tokenizer):
+        self.processor_class = processor_class
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.chat_template = getattr(tokenizer, "chat_template", None)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> ComponentProcessor:
+        import json
+
+        import transformers
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        name = None
+        for config in PROCESSOR_FILES:
+            if (folder / config).is_file():
+                name = name or json.loads((folder / config).read_text()).get("processor_class")
+        processor_class = getattr(transformers, name or "", None)
+        if processor_class is None or not hasattr(processor_class, "replace_image_token"):
+            raise InputError(f"{folder}: processor class {name!r} cannot be built here and has no image-token rule")
+        try:
+            image_processor = AutoImageProcessor.from_pretrained(folder, **hub_kwargs())
+            tokenizer = AutoTokenizer.from_pretrained(folder, **hub_kwargs())
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{folder}: the processor does not load ({str(err).splitlines()[0]})") from None
+        return cls(processor_class, image_processor, tokenizer)
+
+    def apply_chat_template(self, messages, **kwargs) -> str:
+        return self.tokenizer.apply_chat_template(messages, **kwargs)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        self.image_processor.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    def __call__(self, images=None, text=None, return_tensors="pt", **tokenizer_kwargs) -> dict:
+        image_inputs = dict(self.image_processor(images=list(images), return_tensors=return_tensors)) if images else {}
+        texts, index = [], 0
+        for item in text:
+            pieces = item.split(self.image_token)
+            expanded = pieces[0]
+            for piece in pieces[1:]:
+                expanded += self.processor_class.replace_image_token(self, image_inputs, index) + piece
+                index += 1
+            texts.append(expanded)
+        encoded = dict(self.tokenizer(texts, return_tensors=return_tensors, **tokenizer_kwargs))
+        image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        encoded["mm_token_type_ids"] = (encoded["input_ids"] == image_id).to(encoded["input_ids"].dtype)
+        return {**encoded, **image_inputs}
+
+
 class ModelInputs:
     """A checkpoint's processor: images -> ``pixel_values``, questions -> chat prompts.
 
@@ -82,6 +143,10 @@ class ModelInputs:
             warnings.filterwarnings("ignore", message=".*requires torchvision.*")  # the PIL backend is exact
             try:
                 processor = AutoProcessor.from_pretrained(folder, **hub_kwargs())
+            except (AttributeError, ImportError):
+                # transformers cannot build a processor with a video slot (Qwen2.5-VL's) when torchvision
+                # is absent: its video-processor registry is a placeholder. Same parts, loaded one by one.
+                processor = ComponentProcessor.from_folder(folder)
             except (OSError, ValueError, KeyError, TypeError) as err:
                 raise InputError(f"{folder}: the processor does not load ({str(err).splitlines()[0]})") from None
         if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:

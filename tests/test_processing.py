@@ -151,9 +151,9 @@ def test_export_of_a_folder_without_processor_or_tokenizer_is_one_line(tiny_fold
 def test_unsupported_model_type_lists_the_supported_ones(tiny_folders, tmp_path, capsys):
     folder = tmp_path / "qwen"
     shutil.copytree(tiny_folders[0], folder)
-    config = (folder / "config.json").read_text().replace('"model_type": "llava"', '"model_type": "qwen2_5_vl"', 1)
+    config = (folder / "config.json").read_text().replace('"model_type": "llava"', '"model_type": "idefics3"', 1)
     (folder / "config.json").write_text(config)
-    with pytest.raises(ValueError, match="model_type is 'qwen2_5_vl'.*supported: llava"):
+    with pytest.raises(ValueError, match="model_type is 'idefics3'.*supported: llava"):
         family_for(folder)
     assert main(["export", "--model", str(folder), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err

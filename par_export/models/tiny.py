@@ -6,6 +6,7 @@ Used by the tests and by ``par-export`` commands until a trained demo model ship
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -137,4 +138,52 @@ def save_tiny_llava_next(folder: str | Path, seed: int = 0, image_size: int = 32
     LlavaNextProcessor(image_processor=image_processor, tokenizer=word_tokenizer(append_eos=False),
                        patch_size=patch_size, vision_feature_select_strategy="default", num_additional_image_tokens=1,
                        chat_template=CHAT_TEMPLATE).save_pretrained(folder)
+    return folder
+
+
+QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                "<|video_pad|>"]
+
+
+def save_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0, patch_size: int = 4) -> Path:
+    """Write a random-weight tiny Qwen2.5-VL (window attention, full-attention blocks 1 and 3, 2x2
+    patch merger, M-RoPE) with a Qwen2-VL image processor (dynamic resolution, multiples of
+    ``2 * patch_size``), a word tokenizer with Qwen's special tokens and a Qwen-style chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from par_export.models.qwen2_5_vl import CHAT_TEMPLATE
+
+    vocab = {t: i for i, t in enumerate(QWEN_SPECIAL + list(dict.fromkeys(WORDS + ["user", "assistant", "system"])))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+        additional_special_tokens=QWEN_SPECIAL[1:],
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = Qwen2_5_VLConfig(
+        vision_config=dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
+                           patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2,
+                           window_size=4 * patch_size, fullatt_block_indexes=[1, 3]),
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(vocab), max_position_embeddings=1024,
+                         rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}, pad_token_id=0,
+                         bos_token_id=vocab["<|endoftext|>"], eos_token_id=vocab["<|im_end|>"]),
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    unit = 2 * patch_size
+    image_processor = Qwen2VLImageProcessorPil(patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+                                               min_pixels=4 * unit * unit, max_pixels=12 * 12 * unit * unit)
+    image_processor.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    preprocessor = folder / "preprocessor_config.json"
+    settings = json.loads(preprocessor.read_text())
+    settings["processor_class"] = "Qwen2_5_VLProcessor"  # as Qwen's checkpoints declare it
+    preprocessor.write_text(json.dumps(settings, indent=2))
     return folder

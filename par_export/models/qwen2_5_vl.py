@@ -1,0 +1,293 @@
+"""The Qwen2.5-VL family (``Qwen2_5_VLForConditionalGeneration``): a reducer over each image's
+merged tokens, with M-RoPE positions kept right.
+
+Tokens. The reducer sees each image's tokens after the patch merger, ``[1, N, D_llm]`` with
+``N = t * h * w / 4`` (differs per image with dynamic resolution), in the merger's output
+order (raster order of the merged grid). They are already in the LLM's embedding space,
+so retrieval is in LLM space (``space="llm"``): the prompt's input embeddings against the
+merged tokens (Qwen has no CLIP text tower).
+
+Prompt-agnostic scores. The tower has no CLS token. ``cls_attn``-style reducers (and PAR's
+no-prompt fallback) get the attention each merged token *receives* in the tower's last
+full-attention block, averaged over heads and over all query patches of its image, summed
+over the 4 patches merged into it: the CLS-free form of "what the encoder attends to".
+
+Positions. Each kept token keeps the (t, h, w) M-RoPE position of its token in the full
+grid (a merged token already has one position: its 2x2 block's). Text after an image
+continues from that image's full-grid start + max(h, w) / 2, exactly as stock
+``get_rope_index`` does, so text positions do not depend on K. The adapter passes
+``position_ids [4, B, T]`` (row 0: text positions for the mask, rows 1-3: M-RoPE) to
+``generate``, which extends every row by one per decoded token, as it does for stock
+text tokens.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from par_export.models.family import ModelFamily
+from par_export.models.llava import image_token_runs, left_pad
+from par_export.models.loading import check_model_folder, pretrained_kwargs
+from par_export.models.query import LlmQueryEncoder
+from par_export.reduce import PARConfig, ReductionOutput, TokenReducer, create_reducer
+
+# Qwen2.5-VL's chat template for one user turn with images and text (as Qwen's checkpoints ship
+# it, without the default system prompt and the video/tool branches).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+FALLBACK_TEMPLATE = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|>\n" \
+                    "<|im_start|>assistant\n"
+
+
+@dataclass
+class ReducedQwenBatch:
+    """Inputs for ``model.generate(**model_inputs)`` and what was kept.
+
+    Attributes:
+        model_inputs: ``input_ids``, ``attention_mask`` ``[B, T']`` (left padded, K_i image tokens
+            per image), ``position_ids [4, B, T']`` and ``mm_encoder_outputs``.
+        reduction: one ``ReductionOutput`` (batch 1) per image.
+        image_features: per image ``[K_i, D_llm]``.
+        prompts: the prompt each image's query came from.
+    """
+
+    model_inputs: dict
+    reduction: list[ReductionOutput]
+    image_features: list[torch.Tensor]
+    prompts: list[str]
+
+
+class ReducedQwen2_5_VL:
+    """A ``Qwen2_5_VLForConditionalGeneration`` whose merged image tokens go through a reducer.
+
+    Args:
+        model: the Qwen2.5-VL model.
+        method: a registered reducer name or a :class:`TokenReducer`.
+        config: reducer options; ``space`` is always ``"llm"`` here (a warning says so if
+            ``"clip"`` was asked).
+        tokenizer: the checkpoint's tokenizer (query tokens, prompts decoded from ids).
+    """
+
+    model_class = "Qwen2_5_VLForConditionalGeneration"
+    model_types = ("qwen2_5_vl",)
+
+    def __init__(self, model, method: str | TokenReducer = "par", config: PARConfig | None = None,
+                 tokenizer=None, clip=None):
+        if clip is not None:
+            raise ValueError("Qwen2.5-VL has no CLIP text tower: PAR retrieves in the LLM's embedding space; "
+                             "leave --clip out")
+        config = config if config is not None else PARConfig(space="llm")
+        if config.space != "llm":
+            warnings.warn("Qwen2.5-VL: space=clip needs a CLIP tower it does not have; using space=llm",
+                          stacklevel=2)
+            config = config.replace(space="llm")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config
+        self.visual = model.model.visual
+        self.query_encoder = None
+        if tokenizer is not None:
+            self.query_encoder = LlmQueryEncoder(
+                model.get_input_embeddings(), nn.Identity(), tokenizer,
+                max_length=model.config.text_config.max_position_embeddings,
+                rewrite=config.rewrite, template=config.template)
+        self.reducer = method if isinstance(method, TokenReducer) else create_reducer(method, config=config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, method: str = "par", config: PARConfig | None = None,
+                        clip_path: str | Path | None = None, dtype: torch.dtype | None = None):
+        import transformers
+        from transformers import AutoTokenizer
+
+        if clip_path is not None:
+            raise ValueError(f"--clip {clip_path}: Qwen2.5-VL retrieves in the LLM's space; it takes no CLIP folder")
+        check_model_folder(path, cls.model_types)
+        model = getattr(transformers, cls.model_class).from_pretrained(path, dtype=dtype, **pretrained_kwargs())
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        config = (config if config is not None else PARConfig()).replace(space="llm")
+        return cls(model, method, config, tokenizer)
+
+    @property
+    def merge(self) -> int:
+        return self.visual.spatial_merge_size
+
+    def tokens_per_image(self, image_grid_thw: torch.Tensor) -> list[int]:
+        """N of each image: ``t * h * w / merge**2``."""
+        return (image_grid_thw.prod(-1) // self.merge ** 2).tolist()
+
+    # vision ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def vision_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor):
+        """Per image: merged tokens ``[N_i, D_llm]`` (raster order) and the attention they receive ``[N_i]``."""
+        captured = {}
+
+        def hook(module, args, kwargs):
+            captured["hidden"] = args[0] if args else kwargs["hidden_states"]
+            captured["cu_seqlens"] = kwargs["cu_seqlens"]
+            captured["rope"] = kwargs["position_embeddings"]
+
+        last_full = self.visual.blocks[max(self.visual.fullatt_block_indexes)]
+        handle = last_full.attn.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            merged = self.visual(pixel_values.to(self.visual.dtype), grid_thw=image_grid_thw).pooler_output
+        finally:
+            handle.remove()
+        received = self._received_attention(last_full.attn, captured, image_grid_thw)
+        sizes = self.tokens_per_image(image_grid_thw)
+        return list(zip(torch.split(merged, sizes), torch.split(received, sizes)))
+
+    def _received_attention(self, attn, captured: dict, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """``[sum N]`` attention received per merged token (raster order), from one full-attention block."""
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+        from transformers.vision_utils import get_vision_window_index
+
+        hidden = captured["hidden"]
+        length = hidden.shape[0]
+        q, k, _ = attn.qkv(hidden).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        cos, sin = captured["rope"]
+        q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+        bounds = captured["cu_seqlens"].tolist()
+        received = torch.zeros(length, dtype=torch.float32)
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            qs, ks = q[start:end].transpose(0, 1).float(), k[start:end].transpose(0, 1).float()  # [H, n, d]
+            weights = torch.softmax(qs @ ks.transpose(-1, -2) * attn.scaling, dim=-1)  # [H, n, n]
+            received[start:end] = weights.mean(dim=(0, 1))
+        unit = self.merge ** 2
+        per_merged = received.view(-1, unit).sum(-1)  # window order, one entry per merged token
+        window_index, _ = get_vision_window_index(image_grid_thw, spatial_merge_size=self.merge,
+                                                  window_size=self.visual.window_size,
+                                                  patch_size=self.visual.patch_size, kwargs={})
+        return per_merged[torch.argsort(window_index)]
+
+    @torch.no_grad()
+    def reduce_images(self, pixel_values, prompts: list[str] | None, budget=None, features=None,
+                      image_grid_thw: torch.Tensor | None = None):
+        """Each image reduced for its prompt: ``ReductionOutput`` (batch 1) and ``[K_i, D_llm]`` rows.
+
+        ``budget``: int (every image; must not exceed any image's N), one int per image, ``"auto"``
+        or ``None`` (``config.budget``).
+        """
+        features = features if features is not None else self.vision_features(pixel_values, image_grid_thw)
+        budgets = list(budget) if isinstance(budget, (list, tuple)) else [budget] * len(features)
+        if len(budgets) != len(features):
+            raise ValueError(f"{len(budgets)} budgets for {len(features)} images")
+        embedding = mask = None
+        if self.reducer.uses_prompt and prompts is not None and self.query_encoder is not None:
+            embedding, mask = self.query_encoder(prompts)
+        outputs, rows = [], []
+        for i, ((tokens, received), k) in enumerate(zip(features, budgets)):
+            n = tokens.shape[0]
+            if isinstance(k, int) and not 1 <= k <= n:
+                raise ValueError(f"image {i}: budget {k} is outside [1, {n}] (its merged tokens)")
+            out = self.reducer(tokens[None], None if embedding is None else embedding[i:i + 1], received[None],
+                               budget=k, prompt_mask=None if mask is None else mask[i:i + 1])
+            outputs.append(out)
+            rows.append(out.tokens[0, :int(out.num_kept[0])])
+        return outputs, rows
+
+    # positions ------------------------------------------------------------------------------
+    def position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor,
+                     keep_index: list[torch.Tensor]) -> torch.Tensor:
+        """``[4, B, T]``: text positions (row 0) and M-RoPE (rows 1-3) of a sequence whose image runs
+        hold only the kept tokens ``keep_index[i]`` (ascending indices into image i's full grid)."""
+        image_id = self.model.config.image_token_id
+        positions = torch.zeros(4, *input_ids.shape, dtype=torch.long)
+        image = 0
+        for b in range(input_ids.shape[0]):
+            valid = attention_mask[b].bool()
+            ids = input_ids[b][valid]
+            pieces, cursor, current = [], 0, 0
+            for start, length in image_token_runs(ids, image_id):
+                text = start - cursor
+                pieces.append(torch.arange(text).expand(3, -1) + current)
+                current += text
+                grid = image_grid_thw[image]
+                full = self.model.model.get_vision_position_ids(current, grid, 1, self.merge)  # [3, N]
+                kept = keep_index[image]
+                if len(kept) != length:
+                    raise ValueError(f"image {image}: {length} image tokens in input_ids for {len(kept)} kept tokens")
+                pieces.append(full[:, kept])
+                current += int(max(grid[1], grid[2])) // self.merge
+                cursor, image = start + length, image + 1
+            pieces.append(torch.arange(len(ids) - cursor).expand(3, -1) + current)
+            positions[1:, b, valid] = torch.cat(pieces, dim=1)
+            positions[0, b, valid] = torch.arange(int(valid.sum()))
+        return positions
+
+    # generation -----------------------------------------------------------------------------
+    def prepare_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                       pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, prompts: list[str] | None = None,
+                       budget=None, features=None) -> ReducedQwenBatch:
+        """Reduce the images, shrink each image run to its K tokens and compute the positions.
+
+        Args:
+            input_ids: ``[B, T]`` as the processor gives them (``<|image_pad|>`` expanded to N per image).
+            pixel_values: ``[sum patches, C * 2 * 14 * 14]``; image_grid_thw: ``[I, 3]``.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        image_id = self.model.config.image_token_id
+        runs = [(b, length) for b in range(input_ids.shape[0])
+                for _, length in image_token_runs(input_ids[b][attention_mask[b].bool()], image_id)]
+        sizes = self.tokens_per_image(image_grid_thw)
+        if [length for _, length in runs] != sizes:
+            raise ValueError(f"image token runs {[length for _, length in runs]} do not match the images' merged "
+                             f"token counts {sizes} (expand <|image_pad|> as the processor does)")
+        if prompts is None:
+            prompts = [self.tokenizer.decode(ids[m.bool() & (ids != image_id)].tolist(), skip_special_tokens=True)
+                       for ids, m in zip(input_ids, attention_mask)]
+        image_prompts = [prompts[b] for b, _ in runs]
+        outputs, rows = self.reduce_images(pixel_values, image_prompts, budget, features, image_grid_thw)
+        keep = [out.keep_index[0, :int(out.num_kept[0])] for out in outputs]
+        new_rows, image = [], 0
+        for b in range(input_ids.shape[0]):
+            ids = input_ids[b][attention_mask[b].bool()]
+            pieces, cursor = [], 0
+            for start, length in image_token_runs(ids, image_id):
+                pieces += [ids[cursor:start], ids.new_full((len(keep[image]),), image_id)]
+                cursor, image = start + length, image + 1
+            pieces.append(ids[cursor:])
+            new_rows.append(torch.cat(pieces))
+        pad = self.tokenizer.pad_token_id if self.tokenizer is not None and self.tokenizer.pad_token_id is not None else 0
+        new_ids, new_mask = left_pad(new_rows, pad)
+        model_inputs = {
+            "input_ids": new_ids,
+            "attention_mask": new_mask,
+            "position_ids": self.position_ids(new_ids, new_mask, image_grid_thw, keep),
+            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=rows)},
+        }
+        return ReducedQwenBatch(model_inputs, outputs, rows, image_prompts)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, pixel_values, image_grid_thw, prompts=None, budget=None,
+                 **generate_kwargs) -> torch.Tensor:
+        """``model.generate`` on the reduced context; the new tokens only ``[B, new]``."""
+        batch = self.prepare_inputs(input_ids, attention_mask, pixel_values, image_grid_thw, prompts, budget)
+        self.model.model.rope_deltas = None  # positions come from position_ids, not a previous call
+        out = self.model.generate(**batch.model_inputs, **generate_kwargs)
+        return out[:, batch.model_inputs["input_ids"].shape[1]:]
+
+
+FAMILY = ModelFamily(
+    name="qwen2_5_vl",
+    description="Qwen2.5-VL: Qwen2_5_VLForConditionalGeneration, dynamic resolution, M-RoPE "
+                "(PyTorch reduction; ONNX export not yet)",
+    model_types=ReducedQwen2_5_VL.model_types,
+    model_class=ReducedQwen2_5_VL.model_class,
+    adapter=ReducedQwen2_5_VL,
+    onnx_config=None,
+    image_token="<|image_pad|>",
+    fallback_template=FALLBACK_TEMPLATE,
+)

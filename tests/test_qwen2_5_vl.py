@@ -1,0 +1,122 @@
+"""Qwen2.5-VL: reducers over each image's merged tokens, M-RoPE positions kept right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from par_export.cli import main
+from par_export.models.families import family_for
+from par_export.models.qwen2_5_vl import ReducedQwen2_5_VL
+from par_export.reduce import PARConfig
+
+QUESTIONS = ["what color is the circle ?", "how many stars are there ?"]
+SIZES = [(80, 40), (30, 70)]  # width x height: two aspect ratios, two N
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from par_export.models.tiny import save_tiny_qwen2_5_vl
+
+    return save_tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen") / "qwen2.5-vl")
+
+
+@pytest.fixture(scope="module")
+def batch(folder):
+    """The checkpoint's image processor + chat template: left-padded batch of two images."""
+    inputs = family_for(folder).inputs(folder)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in SIZES]
+    return inputs.encode(QUESTIONS, images)
+
+
+@pytest.fixture(scope="module", params=["par", "text_sim", "cls_attn"])
+def model(request, folder):
+    return ReducedQwen2_5_VL.from_pretrained(folder, request.param, PARConfig(k_max=4096))
+
+
+def stock_positions(model, batch):
+    positions, _ = model.model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
+                                                    batch["image_grid_thw"], attention_mask=batch["attention_mask"])
+    return positions  # [3, B, T]
+
+
+def test_processor_expands_each_image_to_its_merged_token_count(folder, batch):
+    image_id = ReducedQwen2_5_VL.from_pretrained(folder).model.config.image_token_id
+    counts = (batch["input_ids"] == image_id).sum(1).tolist()
+    assert counts == (batch["image_grid_thw"].prod(-1) // 4).tolist() and counts[0] != counts[1]
+    assert torch.equal(batch["mm_token_type_ids"].bool(), batch["input_ids"] == image_id)
+
+
+def test_budget_n_reproduces_stock_generate_and_positions(model, batch):
+    n = model.tokens_per_image(batch["image_grid_thw"])
+    stock = model.model.generate(**batch, max_new_tokens=8, do_sample=False)[:, batch["input_ids"].shape[1]:]
+    ours = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"],
+                          budget=n, max_new_tokens=8, do_sample=False)
+    assert torch.equal(stock, ours)
+    reduced = model.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                   batch["image_grid_thw"], budget=n)
+    assert torch.equal(reduced.model_inputs["position_ids"][1:], stock_positions(model, batch))
+
+
+def test_kept_tokens_keep_their_stock_positions_and_text_continues_as_stock(model, batch):
+    budgets = [5, 9]  # a different K per image
+    reduced = model.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                   batch["image_grid_thw"], budget=budgets)
+    image_id = model.model.config.image_token_id
+    stock, ours = stock_positions(model, batch), reduced.model_inputs["position_ids"][1:]
+    for b, out in enumerate(reduced.reduction):
+        kept = out.keep_index[0, :int(out.num_kept[0])]
+        assert len(kept) == budgets[b]
+        full_ids, new_ids = batch["input_ids"][b], reduced.model_inputs["input_ids"][b]
+        full_image = (full_ids == image_id).nonzero().flatten()
+        new_image = (new_ids == image_id).nonzero().flatten()
+        assert torch.equal(ours[:, b, new_image], stock[:, b, full_image[kept]])
+        after_full, after_new = full_image[-1] + 1, new_image[-1] + 1  # the text after the image
+        assert torch.equal(ours[:, b, after_new:], stock[:, b, after_full:])
+
+
+def test_decoding_positions_continue_for_a_batch_with_different_k(model, batch):
+    """generate == a no-cache greedy loop that feeds explicit positions (+1 per new token)."""
+    reduced = model.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                   batch["image_grid_thw"], budget=[4, 11])
+    inputs = reduced.model_inputs
+    model.model.model.rope_deltas = None
+    generated = model.model.generate(**inputs, max_new_tokens=5, do_sample=False)[:, inputs["input_ids"].shape[1]:]
+    ids, mask, positions = inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"]
+    with torch.no_grad():
+        for _ in range(5):
+            logits = model.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                 mm_encoder_outputs=inputs["mm_encoder_outputs"], use_cache=False).logits[:, -1]
+            token = logits.argmax(-1, keepdim=True)
+            ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
+            positions = torch.cat([positions, positions[..., -1:] + 1], -1)
+    assert torch.equal(generated, ids[:, inputs["input_ids"].shape[1]:])
+
+
+def test_received_attention_is_a_distribution_per_image(folder, batch):
+    model = ReducedQwen2_5_VL.from_pretrained(folder, "cls_attn")
+    features = model.vision_features(batch["pixel_values"], batch["image_grid_thw"])
+    for (tokens, received), n in zip(features, model.tokens_per_image(batch["image_grid_thw"])):
+        assert tokens.shape[0] == received.shape[0] == n and (received > 0).all()
+        assert abs(float(received.sum()) - 1.0) < 1e-4
+    out, rows = model.reduce_images(batch["pixel_values"], None, 6, features, batch["image_grid_thw"])
+    assert [r.shape[0] for r in rows] == [6, 6]
+
+
+def test_budget_above_one_images_n_names_it(model, batch):
+    n = model.tokens_per_image(batch["image_grid_thw"])
+    small = int(np.argmin(n))
+    with pytest.raises(ValueError, match=f"image {small}: budget {max(n)} is outside"):
+        model.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                             batch["image_grid_thw"], budget=max(n))
+
+
+def test_clip_is_refused_and_export_says_not_yet(folder, tmp_path, capsys):
+    with pytest.raises(ValueError, match="no CLIP"):
+        ReducedQwen2_5_VL.from_pretrained(folder, clip_path=tmp_path)
+    assert main(["export", "--model", str(folder), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "qwen2_5_vl" in err and "ONNX export is not supported yet" in err and not (tmp_path / "out").exists()
