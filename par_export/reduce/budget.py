@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from par_export.reduce.checks import token_bound
+
 
 def adaptive_budget(z: torch.Tensor, alpha: float, k_min: int, k_max: int) -> torch.Tensor:
     """``K = clamp(#{i : z_i > alpha}, k_min, k_max)`` per image.
@@ -13,7 +15,7 @@ def adaptive_budget(z: torch.Tensor, alpha: float, k_min: int, k_max: int) -> to
     Returns:
         ``[B]`` int64, additionally capped at N.
     """
-    n = z.shape[-1]
+    n = token_bound(z, -1)
     count = (z > alpha).sum(dim=-1)
     return count.clamp(min=min(k_min, n), max=min(k_max, n)).to(torch.int64)
 

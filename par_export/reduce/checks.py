@@ -6,6 +6,9 @@ export the graph must not depend on them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -14,6 +17,44 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def is_exporting() -> bool:
     """True while torch traces the model (TorchScript, dynamo, ONNX export)."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+_MIN_TOKENS: int | None = None  # set while exporting a graph whose token axis N is dynamic
+
+
+@contextmanager
+def dynamic_token_axis(min_tokens: int) -> Iterator[None]:
+    """Export with a dynamic token axis: N is only known to be ``>= min_tokens``.
+
+    Inside, :func:`token_bound` answers ``min_tokens`` while tracing, so output widths
+    (``min(k_max, N)``) and neighbour counts (``min(k_nn, N - 1)``) are fixed from it and no
+    size of the traced example is baked into the graph; an image with fewer tokens is the
+    caller's to refuse. Eager calls inside are unaffected.
+    """
+    global _MIN_TOKENS
+    if min_tokens < 1:
+        raise ValueError(f"min_tokens must be >= 1, got {min_tokens}")
+    previous, _MIN_TOKENS = _MIN_TOKENS, int(min_tokens)
+    try:
+        yield
+    finally:
+        _MIN_TOKENS = previous
+
+
+def token_bound(values: torch.Tensor, dim: int = 1) -> int:
+    """The static token count to size outputs by: N itself, or the lower bound of a dynamic token
+    axis while exporting under :func:`dynamic_token_axis`."""
+    if _MIN_TOKENS is not None and is_exporting():
+        return _MIN_TOKENS
+    return int(values.shape[dim])
+
+
+def token_count(values: torch.Tensor, dim: int = 1):
+    """N for ops that need all N tokens (a full sort): a python int (a static TopK K, which
+    TensorRT needs) except under :func:`dynamic_token_axis`, where it is the traced size."""
+    if _MIN_TOKENS is not None and is_exporting():
+        return values.shape[dim]
+    return int(values.shape[dim])
 
 
 def check_float_tensor(name: str, value: object, shape: str, rank: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from par_export.reduce.checks import token_bound
 from par_export.reduce.retrieval import min_max
 
 
@@ -31,7 +32,7 @@ def density_peaks(similarity: torch.Tensor, k_nn: int) -> tuple[torch.Tensor, to
     distance = 1.0 - similarity
     index = torch.arange(n, device=similarity.device)
     self_mask = index.unsqueeze(0) == index.unsqueeze(1)  # not torch.eye: ONNX Runtime has no bool EyeLike
-    k = max(1, min(k_nn, n - 1))
+    k = max(1, min(k_nn, token_bound(similarity, -1) - 1))
     nearest = torch.topk(distance.masked_fill(self_mask, float("inf")), k, dim=-1, largest=False).values
     density = torch.exp(-nearest.mean(dim=-1))  # [B, N]
 

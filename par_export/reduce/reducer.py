@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from par_export.reduce.checks import check_budget_value, check_reducer_inputs, is_exporting
+from par_export.reduce.checks import check_budget_value, check_reducer_inputs, is_exporting, token_bound
 from par_export.reduce.config import PARConfig
 from par_export.reduce.output import ReductionOutput
 
@@ -30,6 +30,9 @@ class TokenReducer(nn.Module):
     supports_auto: ClassVar[bool] = False
     needs_attn: ClassVar[bool] = False  # CLS attention is required
     uses_prompt: ClassVar[bool] = False  # relevance from the prompt, CLS attention as fallback
+    # Exports with a dynamic token axis (checks.dynamic_token_axis): no size of the traced
+    # example is baked into the graph. Families whose N differs per image need it.
+    dynamic_tokens: ClassVar[bool] = True
 
     def __init__(self, config: PARConfig | None = None, query_projection: nn.Module | None = None):
         super().__init__()
@@ -46,7 +49,7 @@ class TokenReducer(nn.Module):
         prompt_mask: torch.Tensor | None = None,
     ) -> ReductionOutput:
         budget = self.config.budget if budget is None else budget
-        num_tokens = int(visual_tokens.shape[1])  # static in an exported graph: fixes TopK's K
+        num_tokens = token_bound(visual_tokens)  # static in an exported graph: fixes TopK's K
         width = budget if isinstance(budget, int) else min(self.config.k_max, num_tokens)
         if not is_exporting():
             check_reducer_inputs(visual_tokens, prompt_embedding, prompt_mask, attn)

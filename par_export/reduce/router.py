@@ -35,12 +35,11 @@ def select_centers(scores: torch.Tensor, num_kept: torch.Tensor, width: int) -> 
         keep_index ``[B, width]`` int64 (ascending, ``-1`` in padded slots) and
         valid ``[B, width]`` bool.
     """
-    n = scores.shape[-1]
     ranked = top_indices(scores, width)
     valid = torch.arange(width, device=scores.device).unsqueeze(0) < num_kept.unsqueeze(-1)
-    # Padded slots get the sentinel N so that an ascending sort moves them last; topk
-    # with a python-int k rather than sort, which exports with K read from the shape.
-    padded = torch.where(valid, ranked, torch.full_like(ranked, n))
+    # Padded slots get a sentinel above every index so that an ascending sort moves them
+    # last; topk with a python-int k rather than sort, which exports with K read from the shape.
+    padded = torch.where(valid, ranked, torch.full_like(ranked, 1 << 30))
     ascending = torch.topk(padded, width, dim=-1, largest=False, sorted=True).values
     keep_index = torch.where(valid, ascending, torch.full_like(ascending, -1))
     return keep_index, valid

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from par_export.reduce.checks import token_bound
 from par_export.reduce.clustering import cosine_similarity_matrix
 from par_export.reduce.router import center_slots, merge_tokens, route_to_centers, select_centers
 
@@ -41,8 +42,8 @@ def topk_cluster(
         int64 (ascending, -1 past K), assignment ``[B, N]`` int64 (slot or -1),
         num_kept ``[B]`` int64.
     """
-    n = int(tokens.shape[1])
-    width = min(int(k_max), n)
+    n = tokens.shape[1]  # traced as a size, so a dynamic token axis stays dynamic
+    width = min(int(k_max), token_bound(tokens))
     kept = num_kept.to(torch.int64).clamp(1, width)
     keep_index, valid = select_centers(scores.float(), kept, width)
     own = center_slots(keep_index, valid, n)

@@ -46,6 +46,7 @@ class PoolReducer(TokenReducer):
 
     name = "pool"
     description = "uniform spatial average pooling to a rows x cols grid (<= K)"
+    dynamic_tokens = False  # needs a square grid whose side is known at trace time
 
     def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width):
         b, n, _ = visual_tokens.shape

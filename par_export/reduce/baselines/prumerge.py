@@ -45,6 +45,7 @@ class PruMergeReducer(TokenReducer):
     needs_attn = True
     supports_auto = True  # the outlier count is adaptive; "auto" caps it at k_max
     spatial_fill = False
+    dynamic_tokens = False  # quartile positions are python arithmetic on N
 
     def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width):
         b, n, _ = visual_tokens.shape

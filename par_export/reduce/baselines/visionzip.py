@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from par_export.reduce.budget import fixed_budget
+from par_export.reduce.checks import token_count
 from par_export.reduce.clustering import cosine_similarity_matrix
 from par_export.reduce.reducer import TokenReducer
 from par_export.reduce.registry import register
@@ -41,7 +42,7 @@ class VisionZipReducer(TokenReducer):
         b, n, _ = visual_tokens.shape
         num_kept = fixed_budget(budget, b, visual_tokens.device)
         num_dominant = dominant_count(num_kept)
-        order = top_indices(attn.float(), int(n))  # python int: a static TopK K in an exported graph
+        order = top_indices(attn.float(), token_count(attn))  # static K unless the token axis is dynamic
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(b, n))
         dominant = rank < num_dominant.unsqueeze(-1)
         target = evenly_spaced(~dominant, num_kept - num_dominant)
