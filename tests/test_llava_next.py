@@ -95,15 +95,45 @@ def test_budget_above_one_images_n_names_it(model, batch):
     features = model.vision_features(batch["pixel_values"], batch["image_sizes"])
     too_many = max(t.shape[0] for t, _, _ in features)
     small = int(np.argmin([t.shape[0] for t, _, _ in features]))
-    with pytest.raises(ValueError, match=f"image {small}: budget {too_many} exceeds"):
+    with pytest.raises(ValueError, match=f"image {small}: budget {too_many} is outside"):
         model.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], budget=too_many,
                              image_sizes=batch["image_sizes"])
 
 
-def test_export_says_llava_next_is_pytorch_only_for_now(next_folder, tmp_path, capsys):
-    assert main(["export", "--model", str(next_folder), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert "llava_next" in err and "ONNX export is not supported yet" in err and not (tmp_path / "out").exists()
+def test_export_build_verify_and_run_equal_the_adapter_fed_by_the_processor(next_folder, batch, tmp_path, capsys):
+    """One graph for every image size: `par-export run` on images of two aspect ratios gives the
+    kept indices and the rows (with their newlines) of ReducedLlavaNext fed by LlavaNextProcessor."""
+    from transformers import LlavaNextProcessor
+
+    from par_export.engine.run import run_image
+
+    onnx, art = tmp_path / "onnx", tmp_path / "art"
+    assert main(["export", "--model", str(next_folder), "--out", str(onnx), "--budget", "8"]) == 0
+    assert "ok" in capsys.readouterr().out
+    assert main(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    assert "verify (fp32): PASSED" in capsys.readouterr().out
+    assert main(["verify", str(art)]) == 0
+
+    processor = LlavaNextProcessor.from_pretrained(next_folder, local_files_only=True)
+    reference = ReducedLlavaNext.from_pretrained(next_folder, "par", PARConfig(k_max=16))
+    rng = np.random.default_rng(1)
+    for w, h in [(80, 40), (30, 70)]:
+        path = tmp_path / f"{w}x{h}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                          {"type": "text", "text": QUESTIONS[0]}]}],
+                                             add_generation_prompt=True)
+        enc = processor(images=[Image.open(path).convert("RGB")], text=[text], return_tensors="pt")
+        expected = reference.prepare_inputs(enc["input_ids"], enc["attention_mask"], enc["pixel_values"],
+                                            prompts=[QUESTIONS[0]], budget=8, image_sizes=enc["image_sizes"])
+        out = expected.reduction[0]
+        result = run_image(art, path, QUESTIONS[0], budget=8)
+        assert result["keep_index"] == out.keep_index[0, :int(out.num_kept[0])].tolist()
+        np.testing.assert_allclose(result["image_embeds"], expected.image_features[0].numpy(), atol=1e-5)
+        assert main(["run", str(art), "--image", str(path), "--prompt", QUESTIONS[0], "--budget", "8",
+                     "--heatmap", str(tmp_path / "kept.png")]) == 0
+        n = reference.vision_features(enc["pixel_values"], enc["image_sizes"])[0][0].shape[0]
+        assert f"kept 8/{n} tokens" in capsys.readouterr().out
 
 
 def test_eval_says_llava_next_is_not_supported_yet(next_folder, tmp_path, capsys):

@@ -113,20 +113,31 @@ def export_source(source: str | Path, workdir: Path, options: BuildOptions, prog
 
 
 def _profiles(metadata: dict, options: BuildOptions, graph: onnx.ModelProto) -> dict:
-    """``{input: (min, opt, max) shape}`` for each input with a dynamic axis."""
+    """``{input: (min, opt, max) shape}`` for each input with a dynamic axis: ``batch`` from the
+    options (or 1..batch_max), ``sequence`` 1/16/max, any other axis (LLaVA-NeXT's crops and
+    tokens) from the export's recorded bounds, optimized for the largest."""
     batch = options.batch or (1, 1, metadata["export"]["batch_max"])
-    sequence = metadata["shape_bounds"].get("input_ids", {}).get("1", [1, 77])[1]
+    bounds = metadata["shape_bounds"]
+    sequence = bounds.get("input_ids", {}).get("1", [1, 77])[1]
     profiles = {}
     for value in graph.graph.input:
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-        if None not in dims:
+        dims = [(d.dim_value, None) if d.HasField("dim_value") else (None, d.dim_param)
+                for d in value.type.tensor_type.shape.dim]
+        if all(size is not None for size, _ in dims):
             continue
         shapes = []
         for step in range(3):
-            shape = list(dims)
-            shape[0] = batch[step]
-            if len(shape) > 1 and shape[1] is None:  # text sequence
-                shape[1] = (1, 16, sequence)[step]
+            shape = []
+            for axis, (size, param) in enumerate(dims):
+                if size is not None:
+                    shape.append(size)
+                elif param == "batch":
+                    shape.append(batch[step])
+                elif param == "sequence":
+                    shape.append((1, min(16, sequence), sequence)[step])
+                else:
+                    low, high = bounds.get(value.name, {}).get(str(axis), [1, 1])
+                    shape.append((low, high, high)[step])
             shapes.append(tuple(shape))
         profiles[value.name] = tuple(shapes)
     return profiles

@@ -54,11 +54,14 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
     """Reduced embeddings for one image: K, the kept indices, timings; optional PNG heatmap."""
     from par_export.plots import save_kept_overlay
 
+    from par_export.models.families import export_config
+
     folder = Path(folder)
     manifest, runners = artifact_runners(folder)
     meta = manifest["metadata"]
+    cfg = export_config(meta)
     inputs = ModelInputs.from_folder(folder / PROCESSOR_DIR)
-    pixels = inputs.pixel_values([open_image(image)])
+    image_feed, layout = cfg.image_feed(meta, inputs.image_features([open_image(image)]))
     timings = {}
     query, rewritten = np.zeros((1, meta["query_dim"]), np.float32), ""
     encoder = query_inputs(folder, manifest)
@@ -66,7 +69,7 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
         with runners["query_encoder"] as runner:
             query, rewritten = encoder.embed(prompt, runner)
             timings["query_encoder_ms"] = runner.last_inference_ms
-    feed = {"pixel_values": pixels, "query_embeds": query}
+    feed = {**image_feed, "query_embeds": query}
     if meta["budget_input"]:
         k = int(budget if budget is not None else meta["budget"])
         if not 1 <= k <= meta["width"]:
@@ -78,12 +81,15 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
         out = runner.infer(cast_feed(feed, manifest["graphs"]["vision_par"]))
         timings["vision_reduce_ms"] = runner.last_inference_ms
     kept = int(out["num_kept"][0])
-    result = {"num_kept": kept, "tokens_per_image": meta["tokens_per_image"], "query": rewritten,
-              "keep_index": out["keep_index"][0, :kept].tolist(), "image_embeds": out["image_embeds"][0, :kept],
-              "pixel_values": pixels,
+    n = len(layout.content) if layout is not None else meta["tokens_per_image"]
+    # image_embeds: the rows the LLM receives (LLaVA-NeXT: with its newline rows)
+    result = {"num_kept": kept, "tokens_per_image": n, "query": rewritten,
+              "keep_index": out["keep_index"][0, :kept].tolist(), "image_embeds": cfg.rows(out, layout),
+              "pixel_values": image_feed["pixel_values"],
               "timings_ms": timings, "backend": manifest["backend"], "precision": manifest["precision"]}
-    if heatmap is not None:
+    if heatmap is not None:  # the first crop (LLaVA-NeXT: the base image, whose tokens come first)
         side = int(round(meta["tokens_per_image"] ** 0.5))
-        save_kept_overlay(heatmap, inputs.display_image(pixels[0]), result["keep_index"], side,
-                          f"{prompt!r}: kept {kept}/{side * side}")
+        base = [i for i in result["keep_index"] if i < side * side]
+        save_kept_overlay(heatmap, inputs.display_image(image_feed["pixel_values"][0]), base, side,
+                          f"{prompt!r}: kept {kept}/{n}" + (f" ({len(base)} in the base image)" if layout else ""))
     return result

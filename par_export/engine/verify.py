@@ -16,28 +16,20 @@ OUTPUTS = ["image_embeds", "num_kept", "keep_index"]
 
 
 def verification_feeds(metadata: dict, count: int, seed: int = 0) -> list[tuple[str, dict]]:
-    """``count`` feeds with batch sizes cycling 1, 2, 4 (capped at the export's batch_max)."""
-    rng = np.random.default_rng(seed)
-    batches = [b for b in (1, 2, 4) if b <= metadata["export"]["batch_max"]]
-    feeds = []
-    for i in range(count):
-        batch = batches[i % len(batches)]
-        size = metadata["image_size"]
-        query = rng.standard_normal((batch, metadata["query_dim"])).astype(np.float32)
-        if batch > 1:
-            query[-1] = 0  # no-prompt fallback
-        feed = {"pixel_values": rng.standard_normal((batch, 3, size, size)).astype(np.float32), "query_embeds": query}
-        if metadata["budget_input"]:
-            feed["budget"] = np.array(min(int(metadata["budget"]), metadata["width"]), dtype=np.int64)
-        feeds.append((f"batch={batch}", feed))
-    return feeds
+    """``count`` feeds from the family's validation cases (LLaVA-1.5: batch sizes 1, 2, 4 capped at
+    the export's batch_max; LLaVA-NeXT: images of several sizes), at the artifact's budget."""
+    from par_export.models.families import export_config
+
+    cfg = export_config(metadata)
+    budget = min(int(metadata["budget"]), metadata["width"]) if metadata["budget_input"] else metadata["budget"]
+    cases = cfg.vision_cases(metadata, metadata["query_dim"], [budget], seed)
+    return [(cases[i % len(cases)].name, cases[i % len(cases)].feed) for i in range(count)]
 
 
 def torch_reference(metadata: dict, workdir: Path):
     """The PyTorch module the graph came from, rebuilt from the metadata, or ``(None, reason)``."""
     from par_export.export.exporter import resolve_model
-    from par_export.export.modules import VisionParGraph
-    from par_export.models.families import family_for
+    from par_export.models.families import export_config, family_for
     from par_export.reduce import PARConfig
 
     model, clip = metadata["model"], metadata.get("clip")
@@ -48,7 +40,7 @@ def torch_reference(metadata: dict, workdir: Path):
     adapter = family_for(model).adapter
     llava = adapter.from_pretrained(model, metadata["method"], PARConfig.from_dict(metadata["config"]), clip_path=clip)
     budget = "input" if metadata["budget_input"] else ("auto" if metadata["budget"] == "auto" else metadata["width"])
-    return VisionParGraph(llava, budget), None
+    return export_config(metadata).vision_module(llava, budget), None
 
 
 def cast_feed(feed: dict, graph: dict) -> dict:
@@ -88,12 +80,13 @@ def verify(folder: str | Path, count: int = 3) -> tuple[list[dict], bool, str]:
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'reference':<10} {'case':<9} {'max abs err':>11} {'mean abs err':>12} {'|ref| max':>9} "
+    width = max([9] + [len(r.get("case", "")) for r in rows])
+    lines = [f"{'reference':<10} {'case':<{width}} {'max abs err':>11} {'mean abs err':>12} {'|ref| max':>9} "
              f"{'kept idx agree':>14} {'K equal':>7}"]
     for r in rows:
         if "skipped" in r:
             lines.append(f"{r['reference']:<10} skipped: {r['skipped']}")
             continue
-        lines.append(f"{r['reference']:<10} {r['case']:<9} {r['max_abs_error']:>11.2e} {r['mean_abs_error']:>12.2e} "
+        lines.append(f"{r['reference']:<10} {r['case']:<{width}} {r['max_abs_error']:>11.2e} {r['mean_abs_error']:>12.2e} "
                      f"{r['reference_max_abs']:>9.2e} {r['index_agreement']:>14.2%} {str(r['num_kept_equal']):>7}")
     return "\n".join(lines)

@@ -114,9 +114,9 @@ def _reduce_with_artifact(pipe, base: ReducedLlava, samples, pixels: torch.Tenso
 def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config: PARConfig):
     """The model with PAR, one adapter per method sharing its weights, and the folder's processor."""
     family = family_for(llava_dir)
-    if family.onnx_config is None:
-        raise ValueError(f"{llava_dir}: eval does not support {family.name} yet (PyTorch adapter "
-                         f"{family.adapter.__name__} only)")
+    if not family.pipeline:
+        raise ValueError(f"{llava_dir}: eval does not support {family.name} yet (its adapter "
+                         f"{family.adapter.__name__} runs in PyTorch; `par-export export/build/run` where it exports)")
     base = family.adapter.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)
     clip = base.query_encoder if base.config.space == "clip" else None
     adapters = {m: family.adapter(base.model, m, base.config, base.tokenizer, clip) for m in methods}

@@ -41,6 +41,7 @@ class VisionParOnnxConfig:
 
     validation_batches = (1, 2, 4)
     validation_budgets = (16, 64, 192)
+    dynamic_tokens = False  # True: N differs per image (the token axis of the reducer is dynamic)
 
     budget_input: bool
     opset: int = DEFAULT_OPSET
@@ -69,8 +70,9 @@ class VisionParOnnxConfig:
             dynamic_axes={"input_ids": text, "attention_mask": text, "query_embeds": {0: "batch"}},
         )
 
-    def shape_bounds(self, max_sequence: int) -> dict[str, dict[str, list[int]]]:
-        """``{input: {axis: [min, max]}}`` for every dynamic input axis (TensorRT profiles)."""
+    def shape_bounds(self, max_sequence: int, geometry: dict | None = None) -> dict[str, dict[str, list[int]]]:
+        """``{input: {axis: [min, max]}}`` for every dynamic input axis (TensorRT profiles);
+        ``geometry``: the export metadata, for families whose bounds depend on the model."""
         batch = {"0": [1, self.batch_max]}
         return {
             "pixel_values": batch,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -18,11 +19,12 @@ from par_export.export.lint import lint_file
 from par_export.export.metadata import set_metadata
 from par_export.export.onnx_io import save_onnx
 from par_export.files import atomic_folder
-from par_export.export.modules import QueryGraph, VisionParGraph
+from par_export.export.modules import QueryGraph
 from par_export.backends.onnxruntime import ort_session
 from par_export.export.validate import check_graph, compare_query, compare_vision, summarize
 from par_export.models.families import family_for
 from par_export.reduce import PARConfig, reducer_class
+from par_export.reduce.checks import dynamic_token_axis
 
 
 
@@ -55,12 +57,19 @@ def _export(module: torch.nn.Module, args: tuple, spec: GraphSpec, opset: int, p
         )
 
 
-def _finalize(raw: Path, final: Path, metadata: dict, fp16: bool, static_dims: dict | None = None) -> None:
+def _finalize(raw: Path, final: Path, metadata: dict, fp16: bool, static_dims: dict | None = None,
+              output_names: tuple[str, ...] = ()) -> None:
     """Add metadata (and convert to fp16), re-save; weights go to ``<name>.onnx.data`` when large.
 
     ``static_dims`` = ``{output: {axis: size}}`` pins output axes the tracer left symbolic.
+    ``output_names``: the declared names; an output the exporter folded into a constant (and
+    renamed) gets its name back through an Identity node.
     """
     model = onnx.load(str(raw))
+    for value, name in zip(model.graph.output, output_names):
+        if value.name != name:
+            model.graph.node.append(onnx.helper.make_node("Identity", [value.name], [name], name=f"/{name}/Identity"))
+            value.name = name
     if fp16:
         model = to_fp16(model)
     for value in model.graph.output:
@@ -152,8 +161,17 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
     config = (config if config is not None else PARConfig()).replace(budget=budget)
     if isinstance(budget, int) and budget > config.k_max:
         config = config.replace(k_max=budget)
+    if cfg.dynamic_tokens and not reducer_class(method).dynamic_tokens:
+        raise ExportError(f"{family.name}: N differs per image, and method {method!r} cannot export with a dynamic "
+                          "token axis")
+    if cfg.dynamic_tokens and plugin:
+        raise ExportError(f"{family.name}: --plugin needs a static token axis; export with standard ops")
     reference = family.adapter.from_pretrained(llava_dir, method, config, clip_path=clip_path)
-    n = reference.tokens_per_image
+    n = cfg.min_tokens(reference)  # N itself, or its lower bound where N differs per image
+    if cfg.dynamic_tokens and reference.config.k_max > n:  # the graph's width is min(k_max, smallest N)
+        clip = reference.query_encoder if reference.config.space == "clip" else None
+        reference = family.adapter(reference.model, method, reference.config.replace(k_max=n),
+                                   reference.tokenizer, clip)
     if isinstance(budget, int) and budget > n:
         raise ExportError(f"budget {budget} exceeds the {n} tokens per image of this model")
     if plugin:
@@ -173,6 +191,7 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
         "budget_input": cfg.budget_input,
         "width": min(reference.config.k_max, n) if not isinstance(budget_mode, int) else budget_mode,
         "tokens_per_image": n,
+        **cfg.extra_metadata(reference),
         "image_size": vision_cfg.image_size,
         "image_token_id": reference.model.config.image_token_id,
         "space": reference.config.space,
@@ -190,15 +209,17 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
     max_sequence = 77 if reference.config.space == "clip" else reference.model.config.text_config.max_position_embeddings
     if reference.query_encoder is not None:
         max_sequence = reference.query_encoder.max_length
-    common["shape_bounds"] = cfg.shape_bounds(max_sequence)
+    common["shape_bounds"] = cfg.shape_bounds(max_sequence, common)
 
     steps.set_postfix_str("trace vision_par")
-    vision_module = VisionParGraph(reference, budget_mode).eval()
+    vision_module = cfg.vision_module(reference, budget_mode).eval()
     dummy = cfg.dummy_inputs(reference, query_dim)
     spec = cfg.vision_par
-    _export(vision_module, dummy, spec, cfg.opset, raw / spec.filename)
+    with dynamic_token_axis(n) if cfg.dynamic_tokens else contextlib.nullcontext():
+        _export(vision_module, dummy, spec, cfg.opset, raw / spec.filename)
     static = {"image_embeds": {1: common["width"], 2: reference.model.config.text_config.hidden_size}}
-    _finalize(raw / spec.filename, final / spec.filename, {**common, "graph": spec.name}, cfg.fp16, static)
+    _finalize(raw / spec.filename, final / spec.filename, {**common, "graph": spec.name}, cfg.fp16, static,
+              spec.outputs)
     steps.update()
 
     query_module = None
@@ -221,8 +242,8 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
     else:
         budgets = [b for b in cfg.validation_budgets if b <= common["width"]] or [common["width"]]
     session = ort_session(final / spec.filename)
-    cases = [compare_vision(vision_module, session, c)
-             for c in cfg.vision_cases(reference, query_dim, budgets)]
+    cases = [compare_vision(vision_module, session, c, spec.inputs)
+             for c in cfg.vision_cases(common, query_dim, budgets)]
     graphs["vision_par"] = {**check_graph(final / spec.filename), **summarize(cases, precision, True), "cases": cases}
     if query_module is not None:
         session = ort_session(final / cfg.query_encoder.filename)

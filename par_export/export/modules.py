@@ -33,6 +33,10 @@ class VisionParGraph(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, query_embeds: torch.Tensor, budget: torch.Tensor | None = None):
         tokens, attn = self.llava.vision_features(pixel_values)
+        return self.reduce_and_project(tokens, attn, query_embeds, budget)
+
+    def reduce_and_project(self, tokens, attn, query_embeds, budget):
+        """``tokens [B, N, Dv]``, ``attn [B, N]`` -> embeddings ``[B, W, D_llm]``, K ``[B]``, indices ``[B, W]``."""
         has_prompt = query_embeds.abs().amax(dim=-1, keepdim=True) > 0  # [B, 1]
         k = budget if self.budget == "input" else self.budget
         out = self.reducer(tokens, query_embeds.unsqueeze(1), attn, budget=k, prompt_mask=has_prompt)

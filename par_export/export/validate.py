@@ -58,14 +58,16 @@ def compare_outputs(reference: dict[str, np.ndarray], outputs: dict[str, np.ndar
     return result
 
 
-def compare_vision(module: torch.nn.Module, session, case: Case) -> dict:
-    """ORT vs torch on one case: max abs error of the embeddings, kept-index agreement."""
+def compare_vision(module: torch.nn.Module, session, case: Case, input_names=("pixel_values", "query_embeds",
+                                                                            "budget")) -> dict:
+    """ORT vs torch on one case: max abs error of the embeddings, kept-index agreement.
+
+    ``input_names``: the graph's inputs in the module's argument order (those in the feed)."""
     # The reference runs in fp32 whatever the graph's precision, so fp16 error is the real error.
-    inputs = [torch.from_numpy(case.feed[name]).float() for name in ("pixel_values", "query_embeds")]
-    if "budget" in case.feed:
-        inputs.append(torch.from_numpy(case.feed["budget"]))
+    inputs = [torch.from_numpy(case.feed[name]) for name in input_names if name in case.feed]
+    inputs = [t.float() if t.is_floating_point() else t for t in inputs]
     with torch.no_grad():
-        reference = dict(zip(("image_embeds", "num_kept", "keep_index"), (t.numpy() for t in module(*inputs))))
+        reference = dict(zip(("image_embeds", "num_kept", "keep_index"), (t.numpy() for t in module(*inputs)[:3])))
     # Prompt-agnostic reducers never read query_embeds, so the exporter drops that input.
     declared = {i.name for i in session.get_inputs()}
     feed = {name: value for name, value in case.feed.items() if name in declared}

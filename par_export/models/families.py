@@ -24,3 +24,22 @@ def family_for(folder: str | Path) -> ModelFamily:
             return family
     raise ModelFolderError(f"{Path(folder) / 'config.json'}: model_type is {model_type!r}, which par-export does "
                            f"not support; supported: {supported()}")
+
+
+def family_named(name: str) -> ModelFamily:
+    """The family an artifact's metadata names (``metadata["family"]``)."""
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise ValueError(f"model family {name!r} is not known to this par-export; known: "
+                     f"{', '.join(f.name for f in FAMILIES)}")
+
+
+def export_config(metadata: dict):
+    """The family's export config with the options an export recorded in its metadata."""
+    family = family_named(metadata.get("family", "llava"))
+    if family.onnx_config is None:
+        raise ValueError(f"{family.name} has no ONNX export")
+    export = metadata["export"]
+    return family.onnx_config(budget_input=metadata["budget_input"], opset=export["opset"],
+                              batch_max=export["batch_max"], fp16=export["fp16"])

@@ -29,6 +29,8 @@ class ModelFamily:
             ``None`` for a family that runs in PyTorch only so far (export refuses it).
         image_token: the placeholder string of one image in a prompt.
         fallback_template: ``{prompt}`` template used only when the tokenizer has no chat template.
+        pipeline: ``chat``, ``eval``, ``emit`` and the LLM pipeline run this family (they splice
+            a fixed-size image run; families with per-image layouts or M-RoPE do not yet).
     """
 
     name: str
@@ -39,6 +41,7 @@ class ModelFamily:
     onnx_config: type | None
     image_token: str
     fallback_template: str
+    pipeline: bool = False
 
     def load_model(self, folder: str | Path, dtype=None):
         """The checkpoint's transformers model (local, safetensors, no remote code), in eval mode."""

@@ -315,6 +315,28 @@ class LlavaOnnxConfig(VisionParOnnxConfig):
     """LLaVA-1.5's export: fixed-size ``pixel_values [B, 3, S, S]`` (S = the tower's ``image_size``),
     a query row per image, and validation feeds for every batch size and budget."""
 
+    def vision_module(self, llava: ReducedLlava, budget) -> torch.nn.Module:
+        """The traced module: tower -> reducer -> projector (:class:`VisionParGraph`)."""
+        from par_export.export.modules import VisionParGraph
+
+        return VisionParGraph(llava, budget)
+
+    def min_tokens(self, llava: ReducedLlava) -> int:
+        """Tokens per image (the same for every image)."""
+        return llava.tokens_per_image
+
+    def extra_metadata(self, llava: ReducedLlava) -> dict:
+        return {}
+
+    def image_feed(self, geometry: dict, image_features: dict) -> tuple[dict, object]:
+        """The vision graph's image inputs from the processor's output for one image, and the
+        layout :meth:`rows` needs (none for LLaVA-1.5)."""
+        return {"pixel_values": image_features["pixel_values"].astype(np.float32)}, None
+
+    def rows(self, outputs: dict, layout) -> np.ndarray:
+        """The rows the LLM receives for the first image of ``outputs``: ``[K, D]``."""
+        return outputs["image_embeds"][0, :int(outputs["num_kept"][0])]
+
     validation_prompts = ("USER: <image>\nWhat color is the circle? Answer the question using a single word or phrase.",
                           "Is there a red square on the left?", "", "how many stars are there")
 
@@ -326,11 +348,14 @@ class LlavaOnnxConfig(VisionParOnnxConfig):
             dummy += (torch.tensor(min(16, llava.tokens_per_image), dtype=torch.int64),)
         return dummy
 
-    def vision_cases(self, llava: ReducedLlava, query_dim: int, budgets: list, seed: int = 0) -> list[Case]:
-        """Parity feeds for every batch size and budget (a zero query row tests the no-prompt fallback)."""
+    def vision_cases(self, geometry: dict, query_dim: int, budgets: list, seed: int = 0) -> list[Case]:
+        """Parity feeds for every batch size and budget (a zero query row tests the no-prompt fallback).
+
+        ``geometry``: the export metadata (``image_size``), so ``verify`` can rebuild the feeds
+        from an artifact alone."""
         rng = np.random.default_rng(seed)
         dtype = np.float16 if self.fp16 else np.float32
-        size = llava.model.config.vision_config.image_size
+        size = geometry["image_size"]
         cases = []
         for batch in [b for b in self.validation_batches if b <= self.batch_max]:
             for budget in budgets:
@@ -363,4 +388,5 @@ FAMILY = ModelFamily(
     onnx_config=LlavaOnnxConfig,
     image_token="<image>",
     fallback_template=FALLBACK_TEMPLATE,
+    pipeline=True,
 )

@@ -24,9 +24,16 @@ from dataclasses import dataclass
 
 import torch
 
-from par_export.models.clip_vision import cls_attention, hidden_state_index
+import numpy as np
+from torch import nn
+
+from par_export.export.modules import VisionParGraph
+from par_export.export.validate import Case
+from par_export.models.per_image import reduce_each
 from par_export.models.family import ModelFamily
-from par_export.models.llava import CHAT_TEMPLATE, FALLBACK_TEMPLATE, ReducedBatch, ReducedLlava, image_token_runs
+from par_export.export.config import GraphSpec
+from par_export.models.llava import (CHAT_TEMPLATE, FALLBACK_TEMPLATE, LlavaOnnxConfig, ReducedBatch, ReducedLlava,
+                                     image_token_runs)
 
 NEWLINE = -1  # layout entry of an image_newline row
 
@@ -46,6 +53,50 @@ class ImageLayout:
     def content(self) -> torch.Tensor:
         """``[N]`` flattened tower indices of the content rows, in packed order."""
         return self.order[self.order != NEWLINE]
+
+
+def crops_per_image(config, image_sizes) -> list[int]:
+    """Crops (base + tiles) of each image of size ``(height, width)``, as transformers counts them."""
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    return [image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
+            for size in image_sizes]
+
+
+def image_layouts(config, image_sizes, crops: list[int]) -> list[ImageLayout]:
+    """The packed order of every image: transformers' own ``pack_image_features`` applied to token
+    indices, so the layout is the model's by construction. It reads only ``self.config``, so it is
+    called with the config alone (an artifact's runtime has no weights)."""
+    from types import SimpleNamespace
+
+    from transformers.models.llava_next.modeling_llava_next import LlavaNextModel
+
+    length = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    indices = [torch.arange(p * length, dtype=torch.float64).view(p, length, 1) for p in crops]
+    packed, _ = LlavaNextModel.pack_image_features(
+        SimpleNamespace(config=config), indices, torch.as_tensor(image_sizes), "default",
+        image_newline=torch.full((1,), float(NEWLINE), dtype=torch.float64))
+    return [ImageLayout(p[:, 0].round().long()) for p in packed]
+
+
+def with_newlines(rows: torch.Tensor, keep_index: torch.Tensor, layout: ImageLayout,
+                  newline: torch.Tensor) -> torch.Tensor:
+    """Kept rows ``[K, D]`` in packed order with a newline row after each grid row that kept a token."""
+    kept = torch.zeros(len(layout.content), dtype=torch.bool)
+    kept[keep_index] = True
+    pieces, cursor, row_has_token, content_pos = [], 0, False, 0
+    for entry in layout.order.tolist():
+        if entry == NEWLINE:
+            if row_has_token:
+                pieces.append(newline[None].to(rows.dtype))
+            row_has_token = False
+            continue
+        if kept[content_pos]:
+            pieces.append(rows[cursor:cursor + 1])
+            cursor += 1
+            row_has_token = True
+        content_pos += 1
+    return torch.cat(pieces)
 
 
 class ReducedLlavaNext(ReducedLlava):
@@ -69,21 +120,14 @@ class ReducedLlavaNext(ReducedLlava):
         return (vision.image_size // vision.patch_size) ** 2
 
     def layouts(self, image_sizes: torch.Tensor, crops: list[int]) -> list[ImageLayout]:
-        """The packed order of every image, from the model's own ``pack_image_features`` applied to
-        token indices (so the layout is transformers' by construction)."""
-        inner = self.model.model
-        length = self.tokens_per_crop
-        indices = [torch.arange(p * length, dtype=torch.float64).view(p, length, 1) for p in crops]
-        packed, _ = inner.pack_image_features(indices, image_sizes, "default",
-                                              image_newline=torch.full((1,), float(NEWLINE), dtype=torch.float64))
-        return [ImageLayout(p[:, 0].round().long()) for p in packed]
+        return image_layouts(self.model.config, image_sizes, crops)
 
     def crops_per_image(self, image_sizes: torch.Tensor) -> list[int]:
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+        return crops_per_image(self.model.config, image_sizes)
 
-        cfg = self.model.config
-        return [image_size_to_num_patches(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
-                for size in image_sizes]
+    def crop_features(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[C, 3, S, S]`` crops -> patch tokens ``[C, L, Dv]`` and CLS attention ``[C, L]`` (per crop)."""
+        return ReducedLlava.vision_features(self, crops)
 
     @torch.no_grad()
     def vision_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None):
@@ -92,12 +136,7 @@ class ReducedLlavaNext(ReducedLlava):
         if image_sizes is None:
             raise ValueError("LLaVA-NeXT needs image_sizes (the processor's output) with pixel_values")
         crops = self.crops_per_image(image_sizes)
-        flat = torch.cat([p[:c] for p, c in zip(pixel_values, crops)])
-        tower = self.vision_tower
-        hidden = tower(flat.to(next(tower.parameters()).dtype), output_hidden_states=True).hidden_states
-        index = hidden_state_index(self.model.config.vision_feature_layer, len(hidden) - 1)
-        attn = cls_attention(tower.encoder.layers[index - 1], hidden[index - 1])  # [sum P, L]
-        tokens = hidden[index][:, 1:]  # [sum P, L, Dv]
+        tokens, attn = self.crop_features(torch.cat([p[:c] for p, c in zip(pixel_values, crops)]))
         out, start = [], 0
         for layout, c in zip(self.layouts(image_sizes, crops), crops):
             t = tokens[start:start + c].flatten(0, 1)
@@ -111,46 +150,14 @@ class ReducedLlavaNext(ReducedLlava):
         """Reduce each image for its prompt: per image the reducer's output and the packed rows
         ``[K_i + newline rows, D_llm]`` the LLM receives."""
         features = features if features is not None else self.vision_features(pixel_values, image_sizes)
-        budgets = budget if isinstance(budget, (list, tuple)) else [budget] * len(features)
-        if len(budgets) != len(features):
-            raise ValueError(f"{len(budgets)} budgets for {len(features)} images")
-        prompt_embedding = prompt_mask = None
-        if self.reducer.uses_prompt and prompts is not None and self.query_encoder is not None:
-            prompt_embedding, prompt_mask = self.query_encoder(prompts)
-        reductions, rows = [], []
+        reductions = reduce_each(self.reducer, self.query_encoder, [(t, a) for t, a, _ in features], prompts, budget)
+        rows = []
         newline = self.model.model.image_newline
-        for i, ((tokens, attn, layout), k) in enumerate(zip(features, budgets)):
-            n = tokens.shape[0]
-            if isinstance(k, int) and k > n:
-                raise ValueError(f"image {i}: budget {k} exceeds its {n} visual tokens")
-            query = None if prompt_embedding is None else (prompt_embedding[i:i + 1], prompt_mask[i:i + 1])
-            out = self.reducer(tokens[None], None if query is None else query[0], attn[None], budget=k,
-                               prompt_mask=None if query is None else query[1])
+        for (_, _, layout), out in zip(features, reductions):
             kept = int(out.num_kept[0])
             projected = self.projector(out.tokens[0, :kept])
-            rows.append(self._with_newlines(projected, out.keep_index[0, :kept], layout, newline))
-            reductions.append(out)
+            rows.append(with_newlines(projected, out.keep_index[0, :kept], layout, newline))
         return reductions, rows
-
-    @staticmethod
-    def _with_newlines(projected: torch.Tensor, keep_index: torch.Tensor, layout: ImageLayout,
-                       newline: torch.Tensor) -> torch.Tensor:
-        """Kept rows in packed order with a newline after each grid row that kept a token."""
-        kept = torch.zeros(len(layout.content), dtype=torch.bool)
-        kept[keep_index] = True
-        pieces, cursor, row_has_token, content_pos = [], 0, False, 0
-        for entry in layout.order.tolist():
-            if entry == NEWLINE:
-                if row_has_token:
-                    pieces.append(newline[None].to(projected.dtype))
-                row_has_token = False
-                continue
-            if kept[content_pos]:
-                pieces.append(projected[cursor:cursor + 1])
-                cursor += 1
-                row_has_token = True
-            content_pos += 1
-        return torch.cat(pieces)
 
     def prepare_inputs(self, input_ids, attention_mask, pixel_values, prompts=None, budget=None, features=None,
                        image_sizes=None) -> ReducedBatch:
@@ -185,14 +192,131 @@ class ReducedLlavaNext(ReducedLlava):
         return out[:, batch.model_inputs["input_ids"].shape[1]:]
 
 
+class LlavaNextVisionParGraph(VisionParGraph):
+    """``vision_par.onnx`` for one LLaVA-NeXT image: its crops through the tower, the content rows
+    gathered in packed order, the reducer, the projector.
+
+    Inputs: ``pixel_values [C, 3, S, S]`` (C crops: base + tiles), ``content_index [N]`` int64
+    (flattened ``[C * L]`` tower row of each content row, packed order: the runtime computes it
+    from the image size with :func:`image_layouts`), ``query_embeds [1, Dq]``, ``budget``.
+    Outputs: ``image_embeds [1, W, D_llm]``, ``num_kept [1]``, ``keep_index [1, W]`` (into the N
+    content rows) and ``image_newline [D_llm]``, which the runtime places after each grid row that
+    keeps a token (:func:`with_newlines`).
+    """
+
+    def __init__(self, llava, budget):
+        super().__init__(llava, budget)
+        self.image_newline = llava.model.model.image_newline  # registered: a graph initializer
+
+    def forward(self, pixel_values, content_index, query_embeds, budget=None):
+        tokens, attn = self.llava.crop_features(pixel_values)
+        tokens = tokens.flatten(0, 1).index_select(0, content_index).unsqueeze(0)  # [1, N, Dv]
+        attn = attn.flatten().index_select(0, content_index).unsqueeze(0)  # [1, N]
+        embeds, num_kept, keep_index = self.reduce_and_project(tokens, attn, query_embeds, budget)
+        return embeds, num_kept, keep_index, self.image_newline * 1.0
+
+
+@dataclass(frozen=True)
+class LlavaNextOnnxConfig(LlavaOnnxConfig):
+    """LLaVA-NeXT's export: one image per call (its N depends on its size), the token axis dynamic.
+
+    ``tokens_per_image`` in the metadata is the smallest N (the whole base crop), which bounds the
+    graph's width ``min(k_max, N)``; validation runs images of several aspect ratios (C and N vary)."""
+
+    dynamic_tokens = True
+    validation_batches = (1,)
+
+    @property
+    def vision_par(self) -> GraphSpec:
+        inputs = ("pixel_values", "content_index", "query_embeds") + (("budget",) if self.budget_input else ())
+        return GraphSpec(name="vision_par", inputs=inputs,
+                         outputs=("image_embeds", "num_kept", "keep_index", "image_newline"),
+                         dynamic_axes={"pixel_values": {0: "crops"}, "content_index": {0: "tokens"}})
+
+    def shape_bounds(self, max_sequence: int, geometry: dict | None = None) -> dict:
+        """Crops from 1 to 1 + the largest grid's tiles; N from the base crop to all crops' tokens."""
+        bounds = super().shape_bounds(max_sequence)
+        del bounds["query_embeds"]  # one image per call
+        size = geometry["image_size"]
+        crops = 1 + max((h // size) * (w // size) for h, w in geometry["image_grid_pinpoints"])
+        bounds["pixel_values"] = {"0": [1, crops]}
+        bounds["content_index"] = {"0": [geometry["tokens_per_crop"], crops * geometry["tokens_per_crop"]]}
+        return bounds
+
+    def vision_module(self, llava, budget) -> nn.Module:
+        return LlavaNextVisionParGraph(llava, budget)
+
+    def min_tokens(self, llava) -> int:
+        return llava.tokens_per_crop  # the base crop is never unpadded
+
+    def extra_metadata(self, llava) -> dict:
+        cfg = llava.model.config
+        return {"tokens_per_crop": llava.tokens_per_crop, "image_grid_pinpoints": cfg.image_grid_pinpoints,
+                "patch_size": cfg.vision_config.patch_size}
+
+    @staticmethod
+    def geometry_config(geometry: dict):
+        """A config carrying what the layout reads, from the export metadata."""
+        from types import SimpleNamespace
+
+        vision = SimpleNamespace(image_size=geometry["image_size"], patch_size=geometry["patch_size"])
+        return SimpleNamespace(vision_config=vision, image_grid_pinpoints=geometry["image_grid_pinpoints"])
+
+    def image_feed(self, geometry: dict, image_features: dict) -> tuple[dict, ImageLayout]:
+        """``pixel_values [C, 3, S, S]`` / ``content_index [N]`` of one image from the processor's
+        ``pixel_values [1, P, 3, S, S]`` and ``image_sizes [1, 2]``, and its layout."""
+        return self.crops_feed(geometry, image_features["pixel_values"][0].astype(np.float32),
+                               tuple(int(v) for v in image_features["image_sizes"][0]))
+
+    def crops_feed(self, geometry: dict, pixel_values: np.ndarray, image_size) -> tuple[dict, ImageLayout]:
+        config = self.geometry_config(geometry)
+        crops = crops_per_image(config, [image_size])[0]
+        layout = image_layouts(config, [image_size], [crops])[0]
+        return {"pixel_values": pixel_values[:crops], "content_index": layout.content.numpy()}, layout
+
+    def rows(self, outputs: dict, layout: ImageLayout) -> np.ndarray:
+        """Kept rows with the newline after each grid row that kept a token: what the LLM receives."""
+        k = int(outputs["num_kept"][0])
+        rows = with_newlines(torch.from_numpy(outputs["image_embeds"][0, :k].astype(np.float32)),
+                             torch.from_numpy(outputs["keep_index"][0, :k]), layout,
+                             torch.from_numpy(outputs["image_newline"].astype(np.float32)))
+        return rows.numpy()
+
+    def dummy_inputs(self, llava, query_dim: int) -> tuple[torch.Tensor, ...]:
+        size = llava.model.config.vision_config.image_size
+        feed, _ = self.crops_feed(self.extra_metadata(llava) | {"image_size": size},
+                                  np.zeros((5, 3, size, size), np.float32), (2 * size, 2 * size))
+        dummy = (torch.randn(feed["pixel_values"].shape), torch.from_numpy(feed["content_index"]),
+                 torch.randn(1, query_dim))
+        if self.budget_input:
+            dummy += (torch.tensor(min(16, llava.tokens_per_crop), dtype=torch.int64),)
+        return dummy
+
+    def vision_cases(self, geometry: dict, query_dim: int, budgets: list, seed: int = 0) -> list[Case]:
+        """One image per case: wide, tall, square and small, so C and N vary; a zero query row too."""
+        rng = np.random.default_rng(seed)
+        dtype = np.float16 if self.fp16 else np.float32
+        s = geometry["image_size"]
+        cases = []
+        for i, (h, w) in enumerate([(s * 5 // 8, 2 * s + 6), (2 * s + 12, s * 3 // 4), (2 * s, 2 * s), (s, s * 3 // 2)]):
+            for budget in budgets:
+                pixels = rng.standard_normal((5, 3, s, s)).astype(dtype)
+                feed, layout = self.crops_feed(geometry, pixels, (h, w))
+                query = rng.standard_normal((1, query_dim)).astype(dtype) * (i != 3)
+                feed["query_embeds"] = query
+                if self.budget_input:
+                    feed["budget"] = np.array(budget, dtype=np.int64)
+                cases.append(Case(f"image={w}x{h} N={len(layout.content)} budget={budget}", feed))
+        return cases
+
+
 FAMILY = ModelFamily(
     name="llava_next",
-    description="LLaVA-NeXT: LlavaNextForConditionalGeneration, anyres tiles + base image, CLIP tower "
-                "(PyTorch reduction; ONNX export not yet)",
+    description="LLaVA-NeXT: LlavaNextForConditionalGeneration, anyres tiles + base image, CLIP tower",
     model_types=ReducedLlavaNext.model_types,
     model_class=ReducedLlavaNext.model_class,
     adapter=ReducedLlavaNext,
-    onnx_config=None,  # anyres packing depends on each image's size: not in the exported graph yet
+    onnx_config=LlavaNextOnnxConfig,
     image_token="<image>",
     fallback_template=FALLBACK_TEMPLATE,
 )

@@ -34,6 +34,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from par_export.models.family import ModelFamily
 from par_export.models.llava import image_token_runs, left_pad
 from par_export.models.loading import check_model_folder, pretrained_kwargs
+from par_export.models.per_image import reduce_each
 from par_export.models.query import LlmQueryEncoder
 from par_export.reduce import PARConfig, ReductionOutput, TokenReducer, create_reducer
 
@@ -180,21 +181,8 @@ class ReducedQwen2_5_VL:
         or ``None`` (``config.budget``).
         """
         features = features if features is not None else self.vision_features(pixel_values, image_grid_thw)
-        budgets = list(budget) if isinstance(budget, (list, tuple)) else [budget] * len(features)
-        if len(budgets) != len(features):
-            raise ValueError(f"{len(budgets)} budgets for {len(features)} images")
-        embedding = mask = None
-        if self.reducer.uses_prompt and prompts is not None and self.query_encoder is not None:
-            embedding, mask = self.query_encoder(prompts)
-        outputs, rows = [], []
-        for i, ((tokens, received), k) in enumerate(zip(features, budgets)):
-            n = tokens.shape[0]
-            if isinstance(k, int) and not 1 <= k <= n:
-                raise ValueError(f"image {i}: budget {k} is outside [1, {n}] (its merged tokens)")
-            out = self.reducer(tokens[None], None if embedding is None else embedding[i:i + 1], received[None],
-                               budget=k, prompt_mask=None if mask is None else mask[i:i + 1])
-            outputs.append(out)
-            rows.append(out.tokens[0, :int(out.num_kept[0])])
+        outputs = reduce_each(self.reducer, self.query_encoder, features, prompts, budget)
+        rows = [out.tokens[0, :int(out.num_kept[0])] for out in outputs]
         return outputs, rows
 
     # positions ------------------------------------------------------------------------------

@@ -43,6 +43,9 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
     with tempfile.TemporaryDirectory() as tmp:
         llava_dir, clip_dir = resolve_model(model_name, Path(tmp))
         family = family_for(llava_dir)
+        if not family.pipeline:
+            raise ValueError(f"{llava_dir}: chat does not support {family.name} yet (its adapter "
+                             f"{family.adapter.__name__} runs in PyTorch)")
         inputs = family.inputs(llava_dir)  # the checkpoint's processor and chat template
         picture = open_image(image)
         text = inputs.chat_prompt(prompt)

@@ -38,8 +38,14 @@ class VisionLanguagePipeline:
     """
 
     def __init__(self, artifact: str | Path, model, tokenizer, llm=None):
+        from par_export.models.families import family_named
+
         self.folder = Path(artifact)
         self.manifest, self.runners = artifact_runners(self.folder)
+        family = family_named(self.manifest["metadata"].get("family", "llava"))
+        if not family.pipeline:
+            raise ValueError(f"{self.folder}: a {family.name} artifact; the LLM pipeline (chat, emit, eval) splices "
+                             "LLaVA-1.5's fixed image runs only so far (`par-export run` serves it)")
         for runner in self.runners.values():
             runner.activate()
         self.inputs = ModelInputs.from_folder(self.folder / PROCESSOR_DIR)  # the checkpoint's processor
