@@ -50,10 +50,16 @@ def llava_config(name: str):
     )
 
 
-def save_llava_geometry(folder, name: str = "llava-1.5-7b", text_layers: int = 2, seed: int = 0):
+# LLaVA-NeXT (LLaVA-1.6) grids at 336 px tiles: 2x1, 1x2, 2x2, 3x1, 1x3 tiles.
+NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
+def save_llava_geometry(folder, name: str = "llava-1.5-7b", text_layers: int = 2, seed: int = 0,
+                        next_pinpoints: list | None = None):
     """A random-weight LLaVA folder at a published geometry (full vision tower and projector, the
     LLM cut to ``text_layers`` layers), with a CLIP image processor at the tower's size, a word
     tokenizer and LLaVA-1.5's chat template: real-size export/build/verify checks without weights.
+    With ``next_pinpoints``, a LLaVA-NeXT (anyres) folder with ``LlavaNextProcessor`` instead.
 
     Returns ``(llava_folder, clip_folder)``; the CLIP folder holds a CLIP-L text tower (random)
     whose vision tower is the LLaVA's, as CLIP-L/336 is LLaVA-1.5's.
@@ -61,20 +67,36 @@ def save_llava_geometry(folder, name: str = "llava-1.5-7b", text_layers: int = 2
     from pathlib import Path
 
     import torch
-    from transformers import CLIPConfig, CLIPModel, LlavaForConditionalGeneration
+    from transformers import (CLIPConfig, CLIPModel, LlavaForConditionalGeneration,
+                              LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
+                              LlavaNextProcessor)
 
+    from par_export.models.llava import CHAT_TEMPLATE
     from par_export.models.tiny import SPECIAL, llava_processor, word_tokenizer
 
     folder = Path(folder)
     config = llava_config(name)
     config.text_config.num_hidden_layers = text_layers
-    config.image_token_id = SPECIAL.index("<image>")
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.save_pretrained(folder / "llava", safe_serialization=True)
     vision = config.vision_config
-    llava_processor(word_tokenizer(append_eos=False), vision.image_size, vision.patch_size).save_pretrained(
-        folder / "llava")
+    tokenizer = word_tokenizer(append_eos=False)
+    torch.manual_seed(seed)
+    if next_pinpoints:
+        config = LlavaNextConfig(vision_config=vision, text_config=config.text_config,
+                                 image_grid_pinpoints=next_pinpoints, image_token_index=SPECIAL.index("<image>"),
+                                 vision_feature_layer=-2, vision_feature_select_strategy="default")
+        model = LlavaNextForConditionalGeneration(config).eval()
+        size = vision.image_size
+        image_processor = LlavaNextImageProcessor(size={"shortest_edge": size}, image_grid_pinpoints=next_pinpoints,
+                                                  crop_size={"height": size, "width": size})
+        processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                       patch_size=vision.patch_size, vision_feature_select_strategy="default",
+                                       num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+    else:
+        config.image_token_id = SPECIAL.index("<image>")
+        model = LlavaForConditionalGeneration(config).eval()
+        processor = llava_processor(tokenizer, vision.image_size, vision.patch_size)
+    model.save_pretrained(folder / "llava", safe_serialization=True)
+    processor.save_pretrained(folder / "llava")
     text = clip_l14_text().to_dict()
     text.update(vocab_size=config.text_config.vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision.to_dict(), projection_dim=768)).eval()
