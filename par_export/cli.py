@@ -203,7 +203,7 @@ def cmd_run(args) -> int:
           f"{[round(float(v), 4) for v in result['image_embeds'][0, :6]]}")
     for name, ms in result["timings_ms"].items():
         print(f"  {name}: {ms:.2f} ms")
-    print(f"wrote {heatmap}")
+    print(f"wrote {heatmap}" if result["heatmap"] else "no heatmap for this model family yet")
     return 0
 
 

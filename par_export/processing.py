@@ -88,8 +88,16 @@ class ComponentProcessor:
         return self.tokenizer.apply_chat_template(messages, **kwargs)
 
     def save_pretrained(self, folder: str | Path) -> None:
+        """The image processor and tokenizer as the checkpoint had them, with the processor class
+        named in ``preprocessor_config.json`` (as Qwen's checkpoints do)."""
+        import json
+
         self.image_processor.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
+        config = Path(folder) / "preprocessor_config.json"
+        settings = json.loads(config.read_text())
+        settings["processor_class"] = self.processor_class.__name__
+        config.write_text(json.dumps(settings, indent=2) + "\n")
 
     def __call__(self, images=None, text=None, return_tensors="pt", **tokenizer_kwargs) -> dict:
         image_inputs = dict(self.image_processor(images=list(images), return_tensors=return_tensors)) if images else {}

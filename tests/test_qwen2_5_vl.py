@@ -114,9 +114,61 @@ def test_budget_above_one_images_n_names_it(model, batch):
                              batch["image_grid_thw"], budget=max(n))
 
 
-def test_clip_is_refused_and_export_says_not_yet(folder, tmp_path, capsys):
+def test_clip_is_refused(folder, tmp_path):
     with pytest.raises(ValueError, match="no CLIP"):
         ReducedQwen2_5_VL.from_pretrained(folder, clip_path=tmp_path)
-    assert main(["export", "--model", str(folder), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_exported_tower_equals_the_stock_tower(folder, batch):
+    """The graph's tower (masked attention from window ids, host-side index inputs) gives the
+    stock merged features and the adapter's received attention, image by image."""
+    from par_export.models.qwen2_5_vl import QwenVisionParGraph, vision_inputs
+
+    model = ReducedQwen2_5_VL.from_pretrained(folder, "par", PARConfig(k_max=16))
+    graph = QwenVisionParGraph(model, "input").eval()
+    features = model.vision_features(batch["pixel_values"], batch["image_grid_thw"])
+    with torch.no_grad():
+        stock = model.model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"]).pooler_output
+    start = 0
+    for i, grid in enumerate(batch["image_grid_thw"]):
+        patches = int(grid.prod())
+        index = vision_inputs(model.visual, grid[None])
+        with torch.no_grad():
+            tokens, received = graph.merged_tokens(batch["pixel_values"][start:start + patches],
+                                                   index["vision_position_ids"], index["window_index"],
+                                                   index["window_ids"])
+        torch.testing.assert_close(tokens, stock[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(received, features[i][1], atol=1e-6, rtol=1e-5)
+        start += patches
+
+
+def test_export_build_verify_and_run_equal_the_adapter_fed_by_the_processor(folder, tmp_path, capsys):
+    from par_export.engine.run import run_image
+
+    onnx, art = tmp_path / "onnx", tmp_path / "art"
+    assert main(["export", "--model", str(folder), "--out", str(onnx), "--budget", "8", "--k-max", "16"]) == 0
+    assert main(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    assert "verify (fp32): PASSED" in capsys.readouterr().out
+
+    reference = ReducedQwen2_5_VL.from_pretrained(folder, "par", PARConfig(k_max=16))
+    inputs = family_for(folder).inputs(folder)
+    rng = np.random.default_rng(3)
+    for w, h in [(80, 40), (36, 72)]:
+        path = tmp_path / f"{w}x{h}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        enc = inputs.encode([QUESTIONS[0]], [Image.open(path).convert("RGB")])
+        expected = reference.prepare_inputs(enc["input_ids"], enc["attention_mask"], enc["pixel_values"],
+                                            enc["image_grid_thw"], prompts=[QUESTIONS[0]], budget=8)
+        out = expected.reduction[0]
+        result = run_image(art, path, QUESTIONS[0], budget=8)
+        assert result["keep_index"] == out.keep_index[0, :8].tolist()
+        np.testing.assert_allclose(result["image_embeds"], expected.image_features[0].numpy(), atol=1e-4)
+        assert main(["run", str(art), "--image", str(path), "--prompt", QUESTIONS[0], "--budget", "8"]) == 0
+        n = reference.tokens_per_image(enc["image_grid_thw"])[0]
+        assert f"kept 8/{n} tokens" in capsys.readouterr().out
+
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(small)
+    assert main(["run", str(art), "--image", str(small), "--prompt", QUESTIONS[0]]) == 2
     err = capsys.readouterr().err
-    assert "qwen2_5_vl" in err and "ONNX export is not supported yet" in err and not (tmp_path / "out").exists()
+    assert "merged tokens, fewer than the 16" in err and len([x for x in err.splitlines() if "error" in x]) == 1

@@ -81,13 +81,14 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
         out = runner.infer(cast_feed(feed, manifest["graphs"]["vision_par"]))
         timings["vision_reduce_ms"] = runner.last_inference_ms
     kept = int(out["num_kept"][0])
-    n = len(layout.content) if layout is not None else meta["tokens_per_image"]
+    n = cfg.num_tokens(meta, layout)
     # image_embeds: the rows the LLM receives (LLaVA-NeXT: with its newline rows)
     result = {"num_kept": kept, "tokens_per_image": n, "query": rewritten,
               "keep_index": out["keep_index"][0, :kept].tolist(), "image_embeds": cfg.rows(out, layout),
               "pixel_values": image_feed["pixel_values"],
-              "timings_ms": timings, "backend": manifest["backend"], "precision": manifest["precision"]}
-    if heatmap is not None:  # the first crop (LLaVA-NeXT: the base image, whose tokens come first)
+              "timings_ms": timings, "backend": manifest["backend"], "precision": manifest["precision"],
+              "heatmap": heatmap if heatmap is not None and cfg.heatmap else None}
+    if result["heatmap"] is not None:  # the first crop (LLaVA-NeXT: the base image, whose tokens come first)
         side = int(round(meta["tokens_per_image"] ** 0.5))
         base = [i for i in result["keep_index"] if i < side * side]
         save_kept_overlay(heatmap, inputs.display_image(image_feed["pixel_values"][0]), base, side,

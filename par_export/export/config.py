@@ -39,8 +39,11 @@ class VisionParOnnxConfig:
         fp16: weights and activations in float16 (the reducer's scores stay fp32).
     """
 
-    validation_batches = (1, 2, 4)
+    validation_batches = (1, 2, 4)  # of images, where the vision graph takes a batch
     validation_budgets = (16, 64, 192)
+    query_batches = (1, 2, 4)  # of prompts, for query_encoder
+    validation_prompts = ("USER: <image>\nWhat color is the circle? Answer the question using a single word or phrase.",
+                          "Is there a red square on the left?", "", "how many stars are there")
     dynamic_tokens = False  # True: N differs per image (the token axis of the reducer is dynamic)
 
     budget_input: bool
@@ -69,6 +72,17 @@ class VisionParOnnxConfig:
             outputs=("query_embeds",),
             dynamic_axes={"input_ids": text, "attention_mask": text, "query_embeds": {0: "batch"}},
         )
+
+    def query_cases(self, adapter, batch_max: int | None = None) -> list:
+        """Tokenized validation prompts for ``query_encoder`` (``adapter.query_encoder``), one case per batch size."""
+        from par_export.export.validate import Case
+
+        encoder, cases = adapter.query_encoder, []
+        for batch in [b for b in self.query_batches if b <= (batch_max or self.batch_max)]:
+            prompts = [self.validation_prompts[i % len(self.validation_prompts)] for i in range(batch)]
+            ids, mask = encoder.tokenize([q or "." for q in encoder.queries(prompts)], encoder.add_special_tokens)
+            cases.append(Case(f"batch={batch}", {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}))
+        return cases
 
     def shape_bounds(self, max_sequence: int, geometry: dict | None = None) -> dict[str, dict[str, list[int]]]:
         """``{input: {axis: [min, max]}}`` for every dynamic input axis (TensorRT profiles);

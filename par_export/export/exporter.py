@@ -192,7 +192,7 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
         "width": min(reference.config.k_max, n) if not isinstance(budget_mode, int) else budget_mode,
         "tokens_per_image": n,
         **cfg.extra_metadata(reference),
-        "image_size": vision_cfg.image_size,
+        "image_size": getattr(vision_cfg, "image_size", None),  # None: dynamic resolution (Qwen2.5-VL)
         "image_token_id": reference.model.config.image_token_id,
         "space": reference.config.space,
         "plugin": {"op": f"{DOMAIN}::{OP_TYPE}", "version": VERSION} if plugin else None,

@@ -333,12 +333,16 @@ class LlavaOnnxConfig(VisionParOnnxConfig):
         layout :meth:`rows` needs (none for LLaVA-1.5)."""
         return {"pixel_values": image_features["pixel_values"].astype(np.float32)}, None
 
+    def num_tokens(self, geometry: dict, layout) -> int:
+        """N of the image :meth:`image_feed` prepared."""
+        return geometry["tokens_per_image"]
+
+    heatmap = True  # `run` draws the kept tokens over the first crop's square grid
+
     def rows(self, outputs: dict, layout) -> np.ndarray:
         """The rows the LLM receives for the first image of ``outputs``: ``[K, D]``."""
         return outputs["image_embeds"][0, :int(outputs["num_kept"][0])]
 
-    validation_prompts = ("USER: <image>\nWhat color is the circle? Answer the question using a single word or phrase.",
-                          "Is there a red square on the left?", "", "how many stars are there")
 
     def dummy_inputs(self, llava: ReducedLlava, query_dim: int) -> tuple[torch.Tensor, ...]:
         """Trace inputs of ``vision_par``: batch 2 (so the batch axis stays symbolic)."""
@@ -367,15 +371,6 @@ class LlavaOnnxConfig(VisionParOnnxConfig):
                 if self.budget_input:
                     feed["budget"] = np.array(budget, dtype=np.int64)
                 cases.append(Case(f"batch={batch} budget={budget}", feed))
-        return cases
-
-    def query_cases(self, llava: ReducedLlava, batch_max: int | None = None) -> list[Case]:
-        """Tokenized validation prompts for ``query_encoder``, one case per batch size."""
-        encoder, cases = llava.query_encoder, []
-        for batch in [b for b in self.validation_batches if b <= (batch_max or self.batch_max)]:
-            prompts = [self.validation_prompts[i % len(self.validation_prompts)] for i in range(batch)]
-            ids, mask = encoder.tokenize([q or "." for q in encoder.queries(prompts)], encoder.add_special_tokens)
-            cases.append(Case(f"batch={batch}", {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}))
         return cases
 
 

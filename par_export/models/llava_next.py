@@ -274,6 +274,9 @@ class LlavaNextOnnxConfig(LlavaOnnxConfig):
         layout = image_layouts(config, [image_size], [crops])[0]
         return {"pixel_values": pixel_values[:crops], "content_index": layout.content.numpy()}, layout
 
+    def num_tokens(self, geometry: dict, layout: ImageLayout) -> int:
+        return len(layout.content)
+
     def rows(self, outputs: dict, layout: ImageLayout) -> np.ndarray:
         """Kept rows with the newline after each grid row that kept a token: what the LLM receives."""
         k = int(outputs["num_kept"][0])

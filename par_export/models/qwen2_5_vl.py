@@ -27,10 +27,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from par_export.export.config import GraphSpec, VisionParOnnxConfig
+from par_export.export.validate import Case
 from par_export.models.family import ModelFamily
 from par_export.models.llava import image_token_runs, left_pad
 from par_export.models.loading import check_model_folder, pretrained_kwargs
@@ -268,14 +271,211 @@ class ReducedQwen2_5_VL:
         return out[:, batch.model_inputs["input_ids"].shape[1]:]
 
 
+def vision_inputs(visual, image_grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Host-side index inputs of the exported tower for one image, from transformers' own helpers
+    (the exported graph has no Python loops over the grid):
+
+    - ``vision_position_ids [S, 2]``: (h, w) of each patch for the 2D rotary embedding;
+    - ``window_index [S / 4]``: merged-token order of windowed attention;
+    - ``window_ids [S]``: the window of each patch in that order (windowed blocks attend within one).
+    """
+    from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+    merge = visual.spatial_merge_size
+    positions = get_vision_position_ids(image_grid_thw, merge)
+    window_index, cu_window = get_vision_window_index(image_grid_thw, spatial_merge_size=merge,
+                                                      window_size=visual.window_size, patch_size=visual.patch_size)
+    patches = int(positions.shape[0])
+    window_ids = torch.bucketize(torch.arange(patches), cu_window[1:].long(), right=True)
+    return {"vision_position_ids": positions.long(), "window_index": window_index.long(), "window_ids": window_ids}
+
+
+def _masked_attention(attn, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One vision attention layer with a boolean ``[S, S]`` mask (``None``: all patches of the image):
+    the output ``[S, C]`` and the attention each patch receives, averaged over heads and queries ``[S]``.
+
+    Written out (not the stock per-window loop over ``cu_seqlens``) so the exported graph takes any
+    grid: the windows come in as ``window_ids`` and become a mask."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    length = hidden.shape[0]
+    q, k, v = attn.qkv(hidden).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # [H, S, d]
+    scores = (q @ k.transpose(-1, -2)) * attn.scaling
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    out = (weights @ v).transpose(0, 1).reshape(length, -1)
+    return attn.proj(out), weights.float().mean(dim=(0, 1))
+
+
+class QwenVisionParGraph(nn.Module):
+    """``vision_par.onnx`` for one Qwen2.5-VL image: tower (windowed and full attention, 2D rotary,
+    patch merger) -> reducer on the merged tokens.
+
+    Inputs: ``pixel_values [S, 3 * 2 * P * P]`` (the processor's flattened patches),
+    ``vision_position_ids [S, 2]``, ``window_index [S / 4]``, ``window_ids [S]`` (from
+    :func:`vision_inputs`), ``query_embeds [1, D]`` (LLM space) and ``budget``. Outputs:
+    ``image_embeds [1, W, D]``, ``num_kept [1]``, ``keep_index [1, W]`` (into the N = S / 4 merged
+    tokens, raster order): the rows take the M-RoPE positions of their indices.
+    """
+
+    def __init__(self, qwen: ReducedQwen2_5_VL, budget):
+        super().__init__()
+        self.qwen = qwen
+        self.visual = qwen.visual
+        self.reducer = qwen.reducer
+        self.budget = budget
+
+    def merged_tokens(self, pixel_values, vision_position_ids, window_index, window_ids):
+        """Merged tokens ``[N, D]`` in raster order and the attention they receive ``[N]``."""
+        visual = self.visual
+        unit = visual.spatial_merge_unit
+        hidden = visual.patch_embed(pixel_values)
+        length, channels = hidden.shape
+        hidden = hidden.reshape(-1, unit, channels).index_select(0, window_index).reshape(length, channels)
+        cos, sin = visual.rotary_pos_emb(hidden, vision_position_ids)
+        cos = cos.reshape(-1, unit, cos.shape[-1]).index_select(0, window_index).reshape(length, -1)
+        sin = sin.reshape(-1, unit, sin.shape[-1]).index_select(0, window_index).reshape(length, -1)
+        window_mask = window_ids.unsqueeze(0) == window_ids.unsqueeze(1)
+        last_full = max(visual.fullatt_block_indexes)
+        received = None
+        for number, block in enumerate(visual.blocks):
+            mask = None if number in visual.fullatt_block_indexes else window_mask
+            out, weights = _masked_attention(block.attn, block.norm1(hidden), cos, sin, mask)
+            if number == last_full:
+                received = weights
+            hidden = hidden + out
+            hidden = hidden + block.mlp(block.norm2(hidden))
+        merged = visual.merger(hidden)
+        # back to raster order: the inverse permutation of window_index, as a scatter (ONNX has no argsort)
+        order = torch.arange(window_index.shape[0], device=window_index.device)
+        reverse = torch.zeros_like(window_index).scatter(0, window_index, order)
+        received = received.reshape(-1, unit).sum(-1)
+        return merged.index_select(0, reverse), received.index_select(0, reverse)
+
+    def forward(self, pixel_values, vision_position_ids, window_index, window_ids, query_embeds, budget=None):
+        tokens, received = self.merged_tokens(pixel_values, vision_position_ids, window_index, window_ids)
+        has_prompt = query_embeds.abs().amax(dim=-1, keepdim=True) > 0  # [1, 1]
+        k = budget if self.budget == "input" else self.budget
+        out = self.reducer(tokens.unsqueeze(0), query_embeds.unsqueeze(1), received.unsqueeze(0), budget=k,
+                           prompt_mask=has_prompt)
+        embeds = out.tokens * out.valid.unsqueeze(-1).to(out.tokens.dtype)
+        return embeds, out.num_kept, out.keep_index
+
+
+@dataclass(frozen=True)
+class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
+    """Qwen2.5-VL's export: one image per call, any size the processor gives (S patches, N = S / 4
+    merged tokens, both dynamic). The graph's width is ``min(k_max, N)`` for the smallest N it
+    serves, recorded as ``tokens_per_image``; ``run`` refuses a smaller image with that bound."""
+
+    dynamic_tokens = True
+    validation_batches = (1,)
+    validation_budgets = (4, 8, 16)
+
+    @property
+    def vision_par(self) -> GraphSpec:
+        inputs = ("pixel_values", "vision_position_ids", "window_index", "window_ids", "query_embeds")
+        inputs += ("budget",) if self.budget_input else ()
+        return GraphSpec(name="vision_par", inputs=inputs, outputs=("image_embeds", "num_kept", "keep_index"),
+                         dynamic_axes={"pixel_values": {0: "patches"}, "vision_position_ids": {0: "patches"},
+                                       "window_index": {0: "tokens"}, "window_ids": {0: "patches"}})
+
+    def vision_module(self, qwen, budget) -> nn.Module:
+        return QwenVisionParGraph(qwen, budget)
+
+    def min_tokens(self, qwen) -> int:
+        """The graph serves images with at least ``k_max`` merged tokens (its full width)."""
+        return qwen.config.k_max
+
+    def extra_metadata(self, qwen) -> dict:
+        visual = qwen.visual
+        return {"patch_size": visual.patch_size, "spatial_merge_size": visual.spatial_merge_size,
+                "window_size": visual.window_size, "temporal_patch_size": qwen.model.config.vision_config.temporal_patch_size}
+
+    def shape_bounds(self, max_sequence: int, geometry: dict | None = None) -> dict:
+        bounds = super().shape_bounds(max_sequence)
+        for name in ("pixel_values", "query_embeds"):
+            del bounds[name]
+        tokens = [geometry["tokens_per_image"], 16384]  # up to the processor's max_pixels (16384 merged tokens)
+        bounds.update({"pixel_values": {"0": [4 * tokens[0], 4 * tokens[1]]},
+                       "vision_position_ids": {"0": [4 * tokens[0], 4 * tokens[1]]},
+                       "window_ids": {"0": [4 * tokens[0], 4 * tokens[1]]}, "window_index": {"0": tokens}})
+        return bounds
+
+    @staticmethod
+    def _visual_like(geometry: dict):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(spatial_merge_size=geometry["spatial_merge_size"], window_size=geometry["window_size"],
+                               patch_size=geometry["patch_size"])
+
+    def image_feed(self, geometry: dict, image_features: dict) -> tuple[dict, int]:
+        """Graph inputs of one image from the processor's ``pixel_values [S, ...]`` and
+        ``image_grid_thw [1, 3]``; the layout is the image's N."""
+        grid = torch.as_tensor(image_features["image_grid_thw"][:1])
+        n = int(grid.prod()) // geometry["spatial_merge_size"] ** 2
+        if n < geometry["tokens_per_image"]:
+            raise ValueError(f"the image gives {n} merged tokens, fewer than the {geometry['tokens_per_image']} "
+                             "this graph was exported for; export with a smaller --k-max or use a larger image")
+        feed = {k: v.numpy() for k, v in vision_inputs(self._visual_like(geometry), grid).items()}
+        feed["pixel_values"] = image_features["pixel_values"][:4 * n].astype(np.float32)
+        return feed, n
+
+    heatmap = False  # the patches are not an image until unflattened; `run` writes none yet
+
+    def num_tokens(self, geometry: dict, layout: int) -> int:
+        return layout
+
+    def rows(self, outputs: dict, layout) -> np.ndarray:
+        return outputs["image_embeds"][0, :int(outputs["num_kept"][0])]
+
+    def _case_feed(self, geometry: dict, grid_hw: tuple[int, int], rng, dtype) -> dict:
+        patch = geometry["patch_size"]
+        width = 3 * geometry["temporal_patch_size"] * patch * patch
+        grid = torch.tensor([[1, grid_hw[0], grid_hw[1]]])
+        feed = {k: v.numpy() for k, v in vision_inputs(self._visual_like(geometry), grid).items()}
+        feed["pixel_values"] = rng.standard_normal((grid_hw[0] * grid_hw[1], width)).astype(dtype)
+        return feed
+
+    def dummy_inputs(self, qwen, query_dim: int) -> tuple[torch.Tensor, ...]:
+        geometry = self.extra_metadata(qwen)
+        feed = self._case_feed(geometry, (12, 16), np.random.default_rng(0), np.float32)
+        dummy = tuple(torch.from_numpy(feed[name]) for name in self.vision_par.inputs[:4])
+        dummy += (torch.randn(1, query_dim),)
+        if self.budget_input:
+            dummy += (torch.tensor(4, dtype=torch.int64),)
+        return dummy
+
+    def vision_cases(self, geometry: dict, query_dim: int, budgets: list, seed: int = 0) -> list[Case]:
+        """One image per case: square, wide, tall and larger grids (patches), a zero query too."""
+        rng = np.random.default_rng(seed)
+        dtype = np.float16 if self.fp16 else np.float32
+        cases = []
+        for i, grid_hw in enumerate([(8, 8), (8, 20), (22, 10), (16, 16)]):
+            for budget in budgets:
+                if grid_hw[0] * grid_hw[1] // 4 < geometry["tokens_per_image"]:
+                    continue
+                feed = self._case_feed(geometry, grid_hw, rng, dtype)
+                feed["query_embeds"] = rng.standard_normal((1, query_dim)).astype(dtype) * (i != 1)
+                if self.budget_input:
+                    feed["budget"] = np.array(budget, dtype=np.int64)
+                cases.append(Case(f"grid={grid_hw[0]}x{grid_hw[1]} N={grid_hw[0] * grid_hw[1] // 4} budget={budget}",
+                                  feed))
+        return cases
+
+
+
 FAMILY = ModelFamily(
     name="qwen2_5_vl",
-    description="Qwen2.5-VL: Qwen2_5_VLForConditionalGeneration, dynamic resolution, M-RoPE "
-                "(PyTorch reduction; ONNX export not yet)",
+    description="Qwen2.5-VL: Qwen2_5_VLForConditionalGeneration, dynamic resolution, M-RoPE",
     model_types=ReducedQwen2_5_VL.model_types,
     model_class=ReducedQwen2_5_VL.model_class,
     adapter=ReducedQwen2_5_VL,
-    onnx_config=None,
+    onnx_config=Qwen2_5_VLOnnxConfig,
     image_token="<|image_pad|>",
     fallback_template=FALLBACK_TEMPLATE,
 )
