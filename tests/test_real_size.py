@@ -1,5 +1,6 @@
-"""Real-size geometry on this CPU (slow): LLaVA-1.5-7B's CLIP-L/336 tower and projector at full size,
-the LLM cut to 2 layers, random weights; LLaVA-NeXT's anyres layout at 336 px tiles."""
+"""Real-size geometry on this CPU (slow), random weights, LLMs cut to 2 layers: LLaVA-1.5-7B and
+LLaVA-NeXT-7B (CLIP-L/336 tower and projector at full size) and Qwen2.5-VL-3B (its vision tower at
+full size) export, build, verify and run."""
 
 from __future__ import annotations
 
@@ -76,3 +77,43 @@ def test_llava_next_7b_geometry_layout_and_reduction():
     torch.testing.assert_close(rows[0], stock, atol=1e-4, rtol=1e-4)
     outputs, rows = reduced.reduce_images(enc["pixel_values"], None, 64, features, enc["image_sizes"])
     assert int(outputs[0].num_kept[0]) == 64 and 64 <= rows[0].shape[0] <= 64 + int((layout.order == NEWLINE).sum())
+
+
+def test_llava_next_7b_geometry_exports_builds_and_verifies(tmp_path, capsys):
+    from par_export.models.geometries import NEXT_PINPOINTS, save_llava_geometry
+
+    llava, clip = save_llava_geometry(tmp_path / "model", next_pinpoints=NEXT_PINPOINTS)
+    onnx, art = tmp_path / "onnx", tmp_path / "art"
+    assert main(["export", "--model", str(llava), "--clip", str(clip), "--out", str(onnx), "--budget", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "vision_par.onnx: 4 cases" in out and "ok" in out
+    assert main(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    assert "N=2880" in capsys.readouterr().out  # verified on a full 2x2 grid too
+
+
+def test_qwen2_5_vl_3b_geometry_exports_and_runs_like_the_adapter(tmp_path, capsys):
+    """448x448 and 1280x720 images through the exported tower + PAR equal ReducedQwen2_5_VL."""
+    from par_export.engine.run import run_image
+    from par_export.models.families import family_for
+    from par_export.models.geometries import save_qwen2_5_vl_geometry
+    from par_export.models.qwen2_5_vl import ReducedQwen2_5_VL
+    from par_export.reduce import PARConfig
+
+    folder = save_qwen2_5_vl_geometry(tmp_path / "model")
+    onnx, art = tmp_path / "onnx", tmp_path / "art"
+    assert main(["export", "--model", str(folder), "--out", str(onnx), "--budget", "64"]) == 0
+    assert main(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    assert "verify (fp32): PASSED" in capsys.readouterr().out
+    reference = ReducedQwen2_5_VL.from_pretrained(folder, "par", PARConfig())
+    inputs = family_for(folder).inputs(folder)
+    prompt = "what color is the circle ?"
+    for w, h, n in [(448, 448, 256), (1280, 720, 1196)]:
+        path = tmp_path / f"{w}x{h}.png"
+        Image.fromarray(np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        enc = inputs.encode([prompt], [Image.open(path).convert("RGB")])
+        assert reference.tokens_per_image(enc["image_grid_thw"]) == [n]
+        expected = reference.prepare_inputs(enc["input_ids"], enc["attention_mask"], enc["pixel_values"],
+                                            enc["image_grid_thw"], prompts=[prompt], budget=64)
+        result = run_image(art, path, prompt, budget=64)
+        assert result["keep_index"] == expected.reduction[0].keep_index[0, :64].tolist()
+        np.testing.assert_allclose(result["image_embeds"], expected.image_features[0].numpy(), atol=1e-3)

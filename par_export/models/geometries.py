@@ -104,3 +104,39 @@ def save_llava_geometry(folder, name: str = "llava-1.5-7b", text_layers: int = 2
     clip.save_pretrained(folder / "clip", safe_serialization=True)
     word_tokenizer(append_eos=True).save_pretrained(folder / "clip")
     return folder / "llava", folder / "clip"
+
+
+def save_qwen2_5_vl_geometry(folder, text_layers: int = 2, seed: int = 0):
+    """A random-weight Qwen2.5-VL-3B folder: the vision tower at full size (32 blocks, width 1280,
+    112 px windows, full attention in blocks 7/15/23/31, merger to 2048), the LLM cut to
+    ``text_layers`` layers (vocabulary and width as published), Qwen's image processor defaults
+    and a word tokenizer with Qwen's special tokens and chat template."""
+    from pathlib import Path
+
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from par_export.models.tiny import qwen_word_tokenizer, save_qwen_image_processor
+
+    folder = Path(folder)
+    tokenizer = qwen_word_tokenizer()
+    vocab = tokenizer.get_vocab()
+    config = Qwen2_5_VLConfig(
+        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[7, 15, 23, 31]),
+        text_config=dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=text_layers,
+                         num_attention_heads=16, num_key_value_heads=2, vocab_size=151936,
+                         max_position_embeddings=128000, tie_word_embeddings=True,
+                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+                         pad_token_id=vocab["<|endoftext|>"], bos_token_id=vocab["<|endoftext|>"],
+                         eos_token_id=vocab["<|im_end|>"]),
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    save_qwen_image_processor(folder, patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=56 * 56,
+                              max_pixels=28 * 28 * 1280)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -296,20 +296,21 @@ class LlavaNextOnnxConfig(LlavaOnnxConfig):
         return dummy
 
     def vision_cases(self, geometry: dict, query_dim: int, budgets: list, seed: int = 0) -> list[Case]:
-        """One image per case: wide, tall, square and small, so C and N vary; a zero query row too."""
+        """One image per case: wide, tall, square and small, so C and N vary, the budgets spread over
+        them (the tower is what the image changes); a zero query row too."""
         rng = np.random.default_rng(seed)
         dtype = np.float16 if self.fp16 else np.float32
         s = geometry["image_size"]
+        sizes = [(s * 5 // 8, 2 * s + 6), (2 * s + 12, s * 3 // 4), (2 * s, 2 * s), (s, s * 3 // 2)]
         cases = []
-        for i, (h, w) in enumerate([(s * 5 // 8, 2 * s + 6), (2 * s + 12, s * 3 // 4), (2 * s, 2 * s), (s, s * 3 // 2)]):
-            for budget in budgets:
-                pixels = rng.standard_normal((5, 3, s, s)).astype(dtype)
-                feed, layout = self.crops_feed(geometry, pixels, (h, w))
-                query = rng.standard_normal((1, query_dim)).astype(dtype) * (i != 3)
-                feed["query_embeds"] = query
-                if self.budget_input:
-                    feed["budget"] = np.array(budget, dtype=np.int64)
-                cases.append(Case(f"image={w}x{h} N={len(layout.content)} budget={budget}", feed))
+        for i in range(max(len(sizes), len(budgets))):
+            (h, w), budget = sizes[i % len(sizes)], budgets[i % len(budgets)]
+            pixels = rng.standard_normal((5, 3, s, s)).astype(dtype)
+            feed, layout = self.crops_feed(geometry, pixels, (h, w))
+            feed["query_embeds"] = rng.standard_normal((1, query_dim)).astype(dtype) * (i != 3)
+            if self.budget_input:
+                feed["budget"] = np.array(budget, dtype=np.int64)
+            cases.append(Case(f"image={w}x{h} N={len(layout.content)} budget={budget}", feed))
         return cases
 
 

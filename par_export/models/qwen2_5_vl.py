@@ -23,6 +23,7 @@ text tokens.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,7 +375,6 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
 
     dynamic_tokens = True
     validation_batches = (1,)
-    validation_budgets = (4, 8, 16)
 
     @property
     def vision_par(self) -> GraphSpec:
@@ -441,9 +441,17 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
         feed["pixel_values"] = rng.standard_normal((grid_hw[0] * grid_hw[1], width)).astype(dtype)
         return feed
 
+    @staticmethod
+    def validation_grids(min_tokens: int) -> list[tuple[int, int]]:
+        """Patch grids (h, w) of several shapes, each with at least ``min_tokens`` merged tokens:
+        square, wide, tall and a larger square."""
+        side = 2 * math.ceil(math.sqrt(min_tokens))  # even: whole 2x2 merge blocks
+        return [(side, side), (side, 2 * side + 4), (2 * side + 6, side), (2 * side, 2 * side)]
+
     def dummy_inputs(self, qwen, query_dim: int) -> tuple[torch.Tensor, ...]:
         geometry = self.extra_metadata(qwen)
-        feed = self._case_feed(geometry, (12, 16), np.random.default_rng(0), np.float32)
+        grid = self.validation_grids(self.min_tokens(qwen))[1]
+        feed = self._case_feed(geometry, grid, np.random.default_rng(0), np.float32)
         dummy = tuple(torch.from_numpy(feed[name]) for name in self.vision_par.inputs[:4])
         dummy += (torch.randn(1, query_dim),)
         if self.budget_input:
@@ -451,22 +459,20 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
         return dummy
 
     def vision_cases(self, geometry: dict, query_dim: int, budgets: list, seed: int = 0) -> list[Case]:
-        """One image per case: square, wide, tall and larger grids (patches), a zero query too."""
+        """One image per case: square, wide, tall and larger grids, the budgets spread over them
+        (the tower is what the grid changes; a 32-block tower at real size is costly), one zero query."""
         rng = np.random.default_rng(seed)
         dtype = np.float16 if self.fp16 else np.float32
+        grids = self.validation_grids(geometry["tokens_per_image"])
         cases = []
-        for i, grid_hw in enumerate([(8, 8), (8, 20), (22, 10), (16, 16)]):
-            for budget in budgets:
-                if grid_hw[0] * grid_hw[1] // 4 < geometry["tokens_per_image"]:
-                    continue
-                feed = self._case_feed(geometry, grid_hw, rng, dtype)
-                feed["query_embeds"] = rng.standard_normal((1, query_dim)).astype(dtype) * (i != 1)
-                if self.budget_input:
-                    feed["budget"] = np.array(budget, dtype=np.int64)
-                cases.append(Case(f"grid={grid_hw[0]}x{grid_hw[1]} N={grid_hw[0] * grid_hw[1] // 4} budget={budget}",
-                                  feed))
+        for i in range(max(len(grids), len(budgets))):
+            grid, budget = grids[i % len(grids)], budgets[i % len(budgets)]
+            feed = self._case_feed(geometry, grid, rng, dtype)
+            feed["query_embeds"] = rng.standard_normal((1, query_dim)).astype(dtype) * (i != 1)
+            if self.budget_input:
+                feed["budget"] = np.array(budget, dtype=np.int64)
+            cases.append(Case(f"grid={grid[0]}x{grid[1]} N={grid[0] * grid[1] // 4} budget={budget}", feed))
         return cases
-
 
 
 FAMILY = ModelFamily(

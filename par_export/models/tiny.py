@@ -145,13 +145,10 @@ QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>
                 "<|video_pad|>"]
 
 
-def save_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0, patch_size: int = 4) -> Path:
-    """Write a random-weight tiny Qwen2.5-VL (window attention, full-attention blocks 1 and 3, 2x2
-    patch merger, M-RoPE) with a Qwen2-VL image processor (dynamic resolution, multiples of
-    ``2 * patch_size``), a word tokenizer with Qwen's special tokens and a Qwen-style chat template."""
+def qwen_word_tokenizer():
+    """A word-level tokenizer with Qwen2.5-VL's special tokens and chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers import PreTrainedTokenizerFast
 
     from par_export.models.qwen2_5_vl import CHAT_TEMPLATE
 
@@ -163,6 +160,28 @@ def save_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0, patch_size: int = 4)
         additional_special_tokens=QWEN_SPECIAL[1:],
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
     tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_qwen_image_processor(folder: Path, **settings) -> None:
+    """A Qwen2-VL image processor (PIL backend) saved with the processor class Qwen's checkpoints name."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    Qwen2VLImageProcessorPil(**settings).save_pretrained(folder)
+    config = Path(folder) / "preprocessor_config.json"
+    values = json.loads(config.read_text())
+    values["processor_class"] = "Qwen2_5_VLProcessor"
+    config.write_text(json.dumps(values, indent=2))
+
+
+def save_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0, patch_size: int = 4) -> Path:
+    """Write a random-weight tiny Qwen2.5-VL (window attention, full-attention blocks 1 and 3, 2x2
+    patch merger, M-RoPE) with a Qwen2-VL image processor (dynamic resolution, multiples of
+    ``2 * patch_size``), a word tokenizer with Qwen's special tokens and a Qwen-style chat template."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = qwen_word_tokenizer()
+    vocab = tokenizer.get_vocab()
     config = Qwen2_5_VLConfig(
         vision_config=dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
                            patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2,
@@ -178,12 +197,7 @@ def save_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0, patch_size: int = 4)
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     unit = 2 * patch_size
-    image_processor = Qwen2VLImageProcessorPil(patch_size=patch_size, merge_size=2, temporal_patch_size=2,
-                                               min_pixels=4 * unit * unit, max_pixels=12 * 12 * unit * unit)
-    image_processor.save_pretrained(folder)
+    save_qwen_image_processor(folder, patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+                              min_pixels=4 * unit * unit, max_pixels=12 * 12 * unit * unit)
     tokenizer.save_pretrained(folder)
-    preprocessor = folder / "preprocessor_config.json"
-    settings = json.loads(preprocessor.read_text())
-    settings["processor_class"] = "Qwen2_5_VLProcessor"  # as Qwen's checkpoints declare it
-    preprocessor.write_text(json.dumps(settings, indent=2))
     return folder
