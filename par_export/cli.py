@@ -105,7 +105,7 @@ def cmd_export(args) -> int:
         agreement = graph.get("min_index_agreement")
         extra = f", kept-index agreement {agreement:.2%}" if agreement is not None else ""
         print(f"  {name}.onnx: {len(graph['cases'])} cases, max abs error {graph['max_abs_error']:.2e} "
-              f"(<= {graph['tolerance']['max_abs_error']:g}; outputs up to {graph['reference_max_abs']:.2e}){extra}: "
+              f"(<= {graph['error_limit']:.2g}; outputs up to {graph['reference_max_abs']:.2e}){extra}: "
               f"{'ok' if graph['passed'] else 'FAILED'}")
     for name, warnings in report["lint"].items():
         for warning in warnings:

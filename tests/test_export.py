@@ -194,3 +194,12 @@ def test_large_graphs_move_weights_to_external_data(model_dirs, tmp_path, monkey
     assert report["passed"]  # validation ran on the external-data files
     assert (tmp_path / "out" / "vision_par.onnx.data").stat().st_size > 10_000
     assert (tmp_path / "out" / "vision_par.onnx").stat().st_size < 100_000
+
+
+def test_cli_export_fp16_reports_its_relative_bound(tmp_path, capsys):
+    """`export --fp16` printed tolerance['max_abs_error'], which fp16 bounds do not have (KeyError)."""
+    from par_export.cli import main
+
+    assert main(["export", "--model", "tiny", "--out", str(tmp_path / "out"), "--budget", "16", "--fp16"]) == 0
+    out = capsys.readouterr().out
+    assert "vision_par.onnx: " in out and "ok" in out and "outputs up to" in out

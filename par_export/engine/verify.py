@@ -10,7 +10,7 @@ import numpy as np
 from par_export.backends.onnxruntime import OnnxRuntimeRunner
 from par_export.backends.torch import TorchRunner
 from par_export.engine.load import artifact_runners
-from par_export.export.validate import TOLERANCES, compare_outputs
+from par_export.export.validate import TOLERANCES, compare_outputs, error_limit
 
 OUTPUTS = ["image_embeds", "num_kept", "keep_index"]
 
@@ -73,7 +73,7 @@ def verify(folder: str | Path, count: int = 3) -> tuple[list[dict], bool, str]:
     bounds = TOLERANCES[precision]
     measured = [r for r in rows if "skipped" not in r]
     scale = max(r["reference_max_abs"] for r in measured)
-    limit = bounds.get("max_abs_error", bounds.get("max_rel_error", 0) * scale)
+    limit = error_limit(precision, scale)
     passed = all(r["max_abs_error"] <= limit and r["index_agreement"] >= bounds["index_agreement"]
                  and r["num_kept_equal"] for r in measured)
     return rows, passed, precision

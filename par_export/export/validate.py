@@ -16,7 +16,9 @@ import torch
 # bf16 keeps 8 mantissa bits (twice fp16's bound); int8 weights quantize per tensor, so
 # its bound is relative to the largest reference output.
 TOLERANCES = {
-    "fp32": {"max_abs_error": 1e-4, "index_agreement": 0.99},
+    # fp32: 1e-4 absolute, or 2e-5 of the largest output for deep towers (Qwen2.5-VL's 32 blocks at
+    # 3136 patches differ by 3.5e-4 between ONNX Runtime and torch from summation order alone).
+    "fp32": {"max_abs_error": 1e-4, "max_rel_error": 2e-5, "index_agreement": 0.99},
     # fp16/bf16 rounding is relative (11 / 8 significant bits), so their bound scales with the
     # largest reference output: the demo's trained projector reaches |x| ~ 60, a random tiny one's 3e-2.
     "fp16": {"max_rel_error": 0.05, "index_agreement": 0.90},
@@ -83,16 +85,20 @@ def compare_query(module: torch.nn.Module, session, case: Case) -> dict:
     return {"case": case.name, **compare_outputs({"query_embeds": ref}, {"query_embeds": out})}
 
 
+def error_limit(precision: str, scale: float) -> float:
+    """The largest max-abs error :data:`TOLERANCES` allows for outputs up to ``scale`` in magnitude."""
+    bounds = TOLERANCES[precision]
+    return max(bounds.get("max_abs_error", 0.0), bounds.get("max_rel_error", 0.0) * scale)
+
+
 def summarize(cases: list[dict], precision: str, needs_indices: bool) -> dict:
     """Worst case figures and the verdict against :data:`TOLERANCES`."""
     bounds = TOLERANCES[precision]
     worst_error = max(c["max_abs_error"] for c in cases)
     scale = max(c["reference_max_abs"] for c in cases)
-    if "max_rel_error" in bounds:
-        passed = worst_error <= bounds["max_rel_error"] * scale
-    else:
-        passed = worst_error <= bounds["max_abs_error"]
-    summary = {"max_abs_error": worst_error, "reference_max_abs": scale, "tolerance": bounds}
+    limit = error_limit(precision, scale)
+    passed = worst_error <= limit
+    summary = {"max_abs_error": worst_error, "reference_max_abs": scale, "tolerance": bounds, "error_limit": limit}
     if needs_indices:
         worst_agreement = min(c["index_agreement"] for c in cases)
         summary["min_index_agreement"] = worst_agreement

@@ -444,9 +444,9 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
     @staticmethod
     def validation_grids(min_tokens: int) -> list[tuple[int, int]]:
         """Patch grids (h, w) of several shapes, each with at least ``min_tokens`` merged tokens:
-        square, wide, tall and a larger square."""
+        square, wide, tall and a slightly larger one (memory grows as patches^2 per head)."""
         side = 2 * math.ceil(math.sqrt(min_tokens))  # even: whole 2x2 merge blocks
-        return [(side, side), (side, 2 * side + 4), (2 * side + 6, side), (2 * side, 2 * side)]
+        return [(side, side), (side, 2 * side + 4), (2 * side + 6, side), (side + 4, side + 8)]
 
     def dummy_inputs(self, qwen, query_dim: int) -> tuple[torch.Tensor, ...]:
         geometry = self.extra_metadata(qwen)
