@@ -96,6 +96,15 @@ def cmd_export(args) -> int:
     from par_export.reduce import PARConfig
 
     config = PARConfig(k_max=args.k_max) if args.k_max else None
+    if args.format == "edge-llm":
+        from par_export.export.edge_llm import export_edge_llm
+
+        report = export_edge_llm(args.model, args.out, args.method, args.budget, config, args.overwrite, args.opset)
+        print(f"visual/model.onnx (TensorRT Edge-LLM 0.11 layout + {args.method}, K={args.budget}): "
+              f"{len(report['cases'])} cases, max abs error {report['max_abs_error']:.2e} "
+              f"(<= {report['error_limit']:.2g}), kept-index agreement {report['min_index_agreement']:.2%}: ok")
+        print(f"wrote {args.out}/ (visual/model.onnx, visual/config.json, processor/, report.json)")
+        return 0
     report = export_model(
         args.model, args.out, method=args.method, budget=args.budget, config=config, clip_path=args.clip,
         opset=args.opset, fp16=args.fp16, batch_max=args.batch_max, overwrite=args.overwrite, plugin=args.plugin,
@@ -336,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--plugin", action="store_true", help="emit PAR's top-k clustering as one par::TopKCluster node "
                    "(TensorRT: libpar_plugins.so; ONNX Runtime: onnxruntime-extensions Python op)")
+    p.add_argument("--format", choices=["onnx", "edge-llm"], default="onnx",
+                   help="onnx (default): vision_par.onnx + query_encoder.onnx; edge-llm: Qwen2.5-VL's "
+                   "visual/model.onnx in TensorRT Edge-LLM 0.11's input layout, PAR inside (fixed --budget)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("build", help="build a TensorRT engine (or the ONNX Runtime form) and verify it")

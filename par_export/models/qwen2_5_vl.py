@@ -333,29 +333,42 @@ class QwenVisionParGraph(nn.Module):
     def merged_tokens(self, pixel_values, vision_position_ids, window_index, window_ids):
         """Merged tokens ``[N, D]`` in raster order and the attention they receive ``[N]``."""
         visual = self.visual
-        unit = visual.spatial_merge_unit
-        hidden = visual.patch_embed(pixel_values)
-        length, channels = hidden.shape
-        hidden = hidden.reshape(-1, unit, channels).index_select(0, window_index).reshape(length, channels)
-        cos, sin = visual.rotary_pos_emb(hidden, vision_position_ids)
-        cos = cos.reshape(-1, unit, cos.shape[-1]).index_select(0, window_index).reshape(length, -1)
-        sin = sin.reshape(-1, unit, sin.shape[-1]).index_select(0, window_index).reshape(length, -1)
+        # the rotary angles of each patch, (h, w) halves side by side, as the stock embedding makes them
+        angles = vision_position_ids.unsqueeze(-1).float() * visual.rotary_pos_emb.inv_freq
+        angles = angles.flatten(1)  # [S, head_dim / 2]
+        order = torch.arange(window_index.shape[0], device=window_index.device)
+        reverse = torch.zeros_like(window_index).scatter(0, window_index, order)  # ONNX has no argsort
         window_mask = window_ids.unsqueeze(0) == window_ids.unsqueeze(1)
+        return self.tower(pixel_values, angles, window_index, reverse, window_mask, None)
+
+    def tower(self, pixel_values, angles, window_index, reverse_index, window_mask, image_mask):
+        """The vision tower on patches ``[S, C * T * P * P]`` with rotary ``angles [S, head_dim / 2]``
+        (both in patch order), windows as ``window_mask [S, S]`` and images as ``image_mask [S, S]``
+        (``None``: one image) in window order; merged tokens ``[N, D]`` back in raster order
+        (``reverse_index``) and the attention each receives in the last full-attention block ``[N]``."""
+        visual = self.visual
+        unit = visual.spatial_merge_unit
+
+        def window_order(values):
+            return values.reshape(-1, unit, values.shape[-1]).index_select(0, window_index).reshape(
+                values.shape[0], values.shape[-1])
+
+        hidden = window_order(visual.patch_embed(pixel_values))
+        angles = window_order(angles)
+        both = torch.cat((angles, angles), dim=-1)
+        cos, sin = both.cos(), both.sin()
         last_full = max(visual.fullatt_block_indexes)
         received = None
         for number, block in enumerate(visual.blocks):
-            mask = None if number in visual.fullatt_block_indexes else window_mask
+            mask = image_mask if number in visual.fullatt_block_indexes else window_mask
             out, weights = _masked_attention(block.attn, block.norm1(hidden), cos, sin, mask)
             if number == last_full:
                 received = weights
             hidden = hidden + out
             hidden = hidden + block.mlp(block.norm2(hidden))
         merged = visual.merger(hidden)
-        # back to raster order: the inverse permutation of window_index, as a scatter (ONNX has no argsort)
-        order = torch.arange(window_index.shape[0], device=window_index.device)
-        reverse = torch.zeros_like(window_index).scatter(0, window_index, order)
         received = received.reshape(-1, unit).sum(-1)
-        return merged.index_select(0, reverse), received.index_select(0, reverse)
+        return merged.index_select(0, reverse_index), received.index_select(0, reverse_index)
 
     def forward(self, pixel_values, vision_position_ids, window_index, window_ids, query_embeds, budget=None):
         tokens, received = self.merged_tokens(pixel_values, vision_position_ids, window_index, window_ids)

@@ -1,0 +1,195 @@
+"""``par-export export --format edge-llm``: Qwen2.5-VL's visual graph in TensorRT Edge-LLM 0.11's
+layout, with PAR inside.
+
+Edge-LLM's exporter (``tensorrt-edgellm-export``) writes ``visual/model.onnx`` with the inputs
+``input [4 * num_groups, 1176]`` fp16 (flattened patches), ``rotary_pos_emb [4 * num_groups,
+head_dim / 2]`` fp32 (per-patch rotary angles, patch order), ``cu_seqlens`` / ``cu_window_seqlens``
+int32 (image and window boundaries, window order), ``window_index`` / ``reverse_window_index`` int64
+``[num_groups]`` and ``max_seqlen_carrier`` int32 (its length carries the longest sequence), and the
+output ``output [num_groups, hidden]`` fp16. Its attention is the ``trt_edgellm::ViTAttentionPlugin``
+op. This graph takes the same inputs (same names, dtypes and ranks) plus ``query_embeds [1, hidden]``
+and ``budget``, computes attention with standard ops (masks from the boundaries, so ONNX Runtime runs
+it), and returns the reduced rows:
+
+- ``output [K, hidden]`` fp16: the kept (merged) tokens, in raster order of the merged grid;
+- ``num_kept [1]`` int64: K;
+- ``keep_index [K]`` int64: index of each row in the image's ``t x h/2 x w/2`` merged grid, from which
+  a runtime takes its M-RoPE position (t, h, w) as it does for the full grid.
+
+One image per call: the reducer works on one image's N tokens (N and K differ per image).
+Weights stay fp32 inside; a TensorRT build with ``--fp16`` lowers them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+EDGE_INPUTS = ("input", "rotary_pos_emb", "cu_seqlens", "cu_window_seqlens", "window_index",
+               "reverse_window_index", "max_seqlen_carrier")
+OUTPUTS = ("output", "num_kept", "keep_index")
+
+
+class EdgeLlmVisualGraph(nn.Module):
+    """Edge-LLM's visual inputs -> the Qwen2.5-VL tower (:meth:`QwenVisionParGraph.tower`) -> reducer."""
+
+    def __init__(self, graph):
+        super().__init__()
+        self.graph = graph
+        self.reducer = graph.reducer
+
+    def forward(self, input, rotary_pos_emb, cu_seqlens, cu_window_seqlens, window_index, reverse_window_index,
+                max_seqlen_carrier, query_embeds, budget):
+        patch = torch.arange(input.shape[0], device=input.device).unsqueeze(1)
+        window_ids = (patch >= cu_window_seqlens[1:].long().unsqueeze(0)).sum(-1)
+        image_ids = (patch >= cu_seqlens[1:].long().unsqueeze(0)).sum(-1)
+        tokens, received = self.graph.tower(input.float(), rotary_pos_emb.float(), window_index, reverse_window_index,
+                                            window_ids.unsqueeze(0) == window_ids.unsqueeze(1),
+                                            image_ids.unsqueeze(0) == image_ids.unsqueeze(1))
+        # Edge-LLM reads the longest sequence from this input's length; the masks need no such
+        # bound, but the input stays so that a runtime feeding Edge-LLM's inputs can feed ours.
+        tokens = tokens + max_seqlen_carrier[:0].sum().to(tokens.dtype)
+        has_prompt = query_embeds.float().abs().amax(dim=-1, keepdim=True) > 0
+        out = self.reducer(tokens.unsqueeze(0), query_embeds.float().unsqueeze(1), received.unsqueeze(0),
+                           budget=budget, prompt_mask=has_prompt)
+        valid = out.valid[0]
+        return out.tokens[0][valid].half(), out.num_kept, out.keep_index[0][valid]
+
+
+def edge_inputs(visual, image_grid_thw: torch.Tensor, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+    """Edge-LLM's visual inputs for one image (its runtime computes the same on the host)."""
+    from par_export.models.qwen2_5_vl import vision_inputs
+    from transformers.vision_utils import get_vision_window_index
+
+    index = vision_inputs(visual, image_grid_thw)
+    inv_freq = 1.0 / (visual.rope_theta ** (torch.arange(0, visual.rotary_dim, 2, dtype=torch.float)
+                                            / visual.rotary_dim))
+    angles = (index["vision_position_ids"].unsqueeze(-1).float() * inv_freq).flatten(1)
+    _, cu_window = get_vision_window_index(image_grid_thw, spatial_merge_size=visual.spatial_merge_size,
+                                           window_size=visual.window_size, patch_size=visual.patch_size)
+    patches = int(angles.shape[0])
+    return {
+        "input": pixel_values[:patches].astype(np.float16),
+        "rotary_pos_emb": angles.numpy().astype(np.float32),
+        "cu_seqlens": np.array([0, patches], np.int32),
+        "cu_window_seqlens": cu_window.numpy().astype(np.int32),
+        "window_index": index["window_index"].numpy(),
+        "reverse_window_index": np.argsort(index["window_index"].numpy()).astype(np.int64),
+        "max_seqlen_carrier": np.zeros(patches, np.int32),
+    }
+
+
+def edge_geometry(qwen):
+    """What :func:`edge_inputs` reads, from the model (rotary base and width included)."""
+    from types import SimpleNamespace
+
+    visual = qwen.visual
+    config = qwen.model.config.vision_config
+    head_dim = config.hidden_size // config.num_heads
+    theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    return SimpleNamespace(spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
+                           patch_size=visual.patch_size, rotary_dim=head_dim // 2, rope_theta=theta)
+
+
+def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", budget: int = 64, config=None,
+                    overwrite: bool = False, opset: int = 17) -> dict:
+    """Write ``out/visual/model.onnx`` + ``out/visual/config.json`` (+ ``out/processor``), validated
+    against PyTorch on images of three shapes; returns the report (also ``out/report.json``)."""
+    from par_export.export.config import DEFAULT_OPSET
+    from par_export.export.exporter import ExportError, _export, resolve_model
+    from par_export.export.metadata import set_metadata
+    from par_export.export.onnx_io import save_onnx
+    from par_export.export.validate import check_graph, compare_outputs, summarize
+    from par_export.files import atomic_folder
+    from par_export.models.families import family_for
+    from par_export.models.qwen2_5_vl import Qwen2_5_VLOnnxConfig, QwenVisionParGraph
+    from par_export.reduce import PARConfig, reducer_class
+    from par_export.reduce.checks import dynamic_token_axis
+    from par_export.backends.onnxruntime import ort_session
+
+    opset = opset or DEFAULT_OPSET
+    if not isinstance(budget, int) or budget < 1:
+        raise ExportError(f"--format edge-llm takes a fixed budget K >= 1 (an input of the graph), got {budget!r}")
+    if not reducer_class(method).dynamic_tokens:
+        raise ExportError(f"method {method!r} cannot export with a per-image token count")
+    out = Path(out)
+    with atomic_folder(out, overwrite, ExportError) as (final, work):
+        folder, _ = resolve_model(model, work)
+        family = family_for(folder)
+        if family.name != "qwen2_5_vl":
+            raise ExportError(f"{folder}: --format edge-llm writes Qwen2.5-VL's visual graph; this is {family.name} "
+                              "(TensorRT Edge-LLM 0.11 runs no LLaVA)")
+        inputs = family.inputs(folder)
+        config = (config or PARConfig()).replace(budget=budget)
+        config = config.replace(k_max=max(config.k_max, budget))
+        qwen = family.adapter.from_pretrained(folder, method, config)
+        module = EdgeLlmVisualGraph(QwenVisionParGraph(qwen, "input")).eval()
+        geometry = edge_geometry(qwen)
+        onnx_config = Qwen2_5_VLOnnxConfig(budget_input=True)
+        hidden = qwen.model.config.text_config.hidden_size
+        grids = onnx_config.validation_grids(config.k_max)[:3]
+        rng = np.random.default_rng(0)
+        width = 3 * qwen.model.config.vision_config.temporal_patch_size * geometry.patch_size ** 2
+
+        def feed_for(grid_hw, query_on=True):
+            grid = torch.tensor([[1, *grid_hw]])
+            feed = edge_inputs(geometry, grid, rng.standard_normal((grid_hw[0] * grid_hw[1], width)))
+            feed["query_embeds"] = (rng.standard_normal((1, hidden)) * query_on).astype(np.float16)
+            feed["budget"] = np.array(budget, np.int64)
+            return feed
+
+        visual_dir = final / "visual"
+        visual_dir.mkdir()
+        raw = work / "model.onnx"
+        names = EDGE_INPUTS + ("query_embeds", "budget")
+        spec_axes = {"input": {0: "4*num_groups"}, "rotary_pos_emb": {0: "4*num_groups"},
+                     "cu_seqlens": {0: "batch_p1"}, "cu_window_seqlens": {0: "num_windows_p1"},
+                     "window_index": {0: "num_groups"}, "reverse_window_index": {0: "num_groups"},
+                     "max_seqlen_carrier": {0: "max_seqlen"}, "output": {0: "kept"}, "keep_index": {0: "kept"}}
+        from types import SimpleNamespace
+
+        dummy = feed_for(grids[1])
+        with dynamic_token_axis(config.k_max), torch.no_grad():
+            _export(module, tuple(torch.from_numpy(dummy[n]) for n in names),
+                    SimpleNamespace(inputs=names, outputs=OUTPUTS, dynamic_axes=spec_axes), opset, raw)
+        graph = onnx.load(str(raw))
+        metadata = {"format": "tensorrt-edgellm-0.11-visual", "model": str(folder), "family": family.name,
+                    "method": method, "budget": budget, "width": config.k_max, "config": config.to_dict(),
+                    "min_tokens": config.k_max}
+        set_metadata(graph, metadata)
+        save_onnx(graph, visual_dir / "model.onnx")
+
+        session = ort_session(visual_dir / "model.onnx")
+        declared = {i.name for i in session.get_inputs()}
+        cases = []
+        for i, grid_hw in enumerate(grids):
+            feed = feed_for(grid_hw, query_on=i != 1)
+            with torch.no_grad():
+                expected = module(*(torch.from_numpy(feed[n]) for n in names))
+            got = session.run(list(OUTPUTS), {k: v for k, v in feed.items() if k in declared})
+            reference = {"image_embeds": expected[0].float().numpy()[None], "num_kept": expected[1].numpy(),
+                         "keep_index": expected[2].numpy()[None]}
+            result = {"image_embeds": got[0].astype(np.float32)[None], "num_kept": got[1], "keep_index": got[2][None]}
+            cases.append({"case": f"grid={grid_hw[0]}x{grid_hw[1]} budget={budget}",
+                          **compare_outputs(reference, result)})
+        report = {**check_graph(visual_dir / "model.onnx"), **summarize(cases, "fp16", True), "cases": cases,
+                  "metadata": metadata}
+        if not report["passed"]:
+            raise ExportError("validation failed; nothing was written:\n" + json.dumps(cases, indent=1))
+        model_config = qwen.model.config.to_dict()
+        model_config["par"] = {"method": method, "budget": budget, "min_tokens": config.k_max,
+                               "outputs": {"output": "[K, hidden] fp16 kept rows, raster order",
+                                           "num_kept": "[1] int64",
+                                           "keep_index": "[K] int64 index in the t x h/2 x w/2 merged grid"},
+                               "extra_inputs": {"query_embeds": "[1, hidden] fp16: mean LLM input embedding of the "
+                                                                "rewritten prompt (zeros: no prompt)",
+                                                "budget": "[] int64 K"}}
+        (visual_dir / "config.json").write_text(json.dumps(model_config, indent=2, default=str))
+        inputs.save(final)
+        (final / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report

@@ -1,0 +1,112 @@
+"""`export --format edge-llm`: Qwen2.5-VL's visual graph in TensorRT Edge-LLM 0.11's input layout,
+PAR inside, run by ONNX Runtime; its inputs compared with Edge-LLM's own exporter's where installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from par_export.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "what color is the circle ?"
+
+
+def edgellm_exporter() -> str | None:
+    """``tensorrt-edgellm-export`` from $EDGELLM_EXPORT or the separate venv .ci/run makes (its pins
+    clash with ours), if present."""
+    candidates = [os.environ.get("EDGELLM_EXPORT"), ROOT / ".venv-edgellm" / "bin" / "tensorrt-edgellm-export"]
+    return next((str(c) for c in candidates if c and Path(c).is_file()), None)
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    from par_export.models.tiny import save_tiny_qwen2_5_vl
+
+    return save_tiny_qwen2_5_vl(tmp_path_factory.mktemp("edge") / "qwen2.5-vl")
+
+
+@pytest.fixture(scope="module")
+def exported(qwen, tmp_path_factory):
+    out = tmp_path_factory.mktemp("edge-out") / "art"
+    assert main(["export", "--model", str(qwen), "--out", str(out), "--format", "edge-llm", "--budget", "8",
+                 "--k-max", "16"]) == 0
+    return out
+
+
+def signature(path: Path) -> dict:
+    model = onnx.load(str(path), load_external_data=False)
+    return {v.name: (str(onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)),
+                     len(v.type.tensor_type.shape.dim)) for v in model.graph.input}
+
+
+def test_inputs_are_edge_llm_layout(exported):
+    ours = signature(exported / "visual" / "model.onnx")
+    assert list(ours)[:7] == ["input", "rotary_pos_emb", "cu_seqlens", "cu_window_seqlens", "window_index",
+                              "reverse_window_index", "max_seqlen_carrier"]
+    assert ours["input"] == ("float16", 2) and ours["rotary_pos_emb"] == ("float32", 2)
+    assert ours["cu_seqlens"] == ("int32", 1) and ours["window_index"] == ("int64", 1)
+    assert {"query_embeds", "budget"} <= set(ours)
+    assert (exported / "visual" / "config.json").is_file() and (exported / "processor").is_dir()
+
+
+def test_rows_equal_the_adapter_fed_by_the_processor(qwen, exported):
+    """Edge-LLM's inputs built for a processed image -> ORT -> the rows ReducedQwen2_5_VL keeps."""
+    import onnxruntime as ort
+
+    from par_export.export.edge_llm import edge_geometry, edge_inputs
+    from par_export.models.families import family_for
+    from par_export.models.qwen2_5_vl import ReducedQwen2_5_VL
+    from par_export.reduce import PARConfig
+
+    reference = ReducedQwen2_5_VL.from_pretrained(qwen, "par", PARConfig(k_max=16))
+    inputs = family_for(qwen).inputs(qwen)
+    session = ort.InferenceSession(str(exported / "visual" / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for w, h in [(80, 40), (36, 72)]:
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        enc = inputs.encode([PROMPT], [image])
+        expected = reference.prepare_inputs(enc["input_ids"], enc["attention_mask"], enc["pixel_values"],
+                                            enc["image_grid_thw"], prompts=[PROMPT], budget=8)
+        query, _ = reference.query_encoder([PROMPT])
+        feed = edge_inputs(edge_geometry(reference), enc["image_grid_thw"], enc["pixel_values"].numpy())
+        feed["query_embeds"] = query.mean(dim=1).numpy().astype(np.float16)
+        feed["budget"] = np.array(8, np.int64)
+        output, num_kept, keep_index = session.run(["output", "num_kept", "keep_index"], feed)
+        out = expected.reduction[0]
+        assert int(num_kept[0]) == 8 and keep_index.tolist() == out.keep_index[0, :8].tolist()
+        np.testing.assert_allclose(output.astype(np.float32), expected.image_features[0].numpy(), atol=2e-2,
+                                   rtol=1e-2)
+
+
+def test_a_llava_folder_is_refused(tiny_folders, tmp_path, capsys):
+    assert main(["export", "--model", str(tiny_folders[0]), "--out", str(tmp_path / "o"), "--format", "edge-llm",
+                 "--budget", "8"]) == 2
+    assert "Edge-LLM 0.11 runs no LLaVA" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(edgellm_exporter() is None, reason="tensorrt-edgellm[export] is not installed in a separate venv "
+                    "(.ci/run makes .venv-edgellm where its wheel installs; or set EDGELLM_EXPORT)")
+def test_same_inputs_as_edge_llms_own_exporter(qwen, exported, tmp_path):
+    """Edge-LLM's exporter on the same checkpoint (saved in bf16: it rejects an fp32 checkpoint's
+    activations in its fp16 linears) writes the inputs our graph takes, by name, dtype and rank."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    bf16 = tmp_path / "qwen-bf16"
+    shutil.copytree(qwen, bf16)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(qwen, local_files_only=True)
+    model.to(torch.bfloat16).save_pretrained(bf16, safe_serialization=True)
+    result = subprocess.run([edgellm_exporter(), str(bf16), str(tmp_path / "edge"), "--skip-llm"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    theirs = signature(tmp_path / "edge" / "visual" / "model.onnx")
+    ours = signature(exported / "visual" / "model.onnx")
+    assert {name: ours[name] for name in theirs} == theirs
