@@ -16,9 +16,10 @@ import torch
 # bf16 keeps 8 mantissa bits (twice fp16's bound); int8 weights quantize per tensor, so
 # its bound is relative to the largest reference output.
 TOLERANCES = {
-    # fp32: 1e-4 absolute, or 2e-5 of the largest output for deep towers (Qwen2.5-VL's 32 blocks at
-    # 3136 patches differ by 3.5e-4 between ONNX Runtime and torch from summation order alone).
-    "fp32": {"max_abs_error": 1e-4, "max_rel_error": 2e-5, "index_agreement": 0.99},
+    # fp32: 1e-4 absolute, or 1e-4 of the largest output: summation order alone moves a deep tower's
+    # outputs, and merged rows (softmax-weighted means) move with their weights (Qwen2.5-VL-3B's
+    # 32 blocks: 3.5e-4 on outputs up to 6.9 between ONNX Runtime and torch, kept sets equal).
+    "fp32": {"max_abs_error": 1e-4, "max_rel_error": 1e-4, "index_agreement": 0.99},
     # fp16/bf16 rounding is relative (11 / 8 significant bits), so their bound scales with the
     # largest reference output: the demo's trained projector reaches |x| ~ 60, a random tiny one's 3e-2.
     "fp16": {"max_rel_error": 0.05, "index_agreement": 0.90},
