@@ -172,3 +172,35 @@ def test_export_build_verify_and_run_equal_the_adapter_fed_by_the_processor(fold
     assert main(["run", str(art), "--image", str(small), "--prompt", QUESTIONS[0]]) == 2
     err = capsys.readouterr().err
     assert "merged tokens, fewer than the 16" in err and len([x for x in err.splitlines() if "error" in x]) == 1
+
+
+def test_eval_on_jsonl_for_a_qwen_folder(folder, tmp_path, capsys):
+    """`par-export eval --data`: answers are the stock model's own, so full scores 1.0; a budget
+    above every image's N keeps all tokens and must score 1.0 too."""
+    import csv
+    import json
+
+    from par_export.eval.jsonl import normalize_answer
+
+    inputs = family_for(folder).inputs(folder)
+    model = ReducedQwen2_5_VL.from_pretrained(folder).model
+    rng = np.random.default_rng(5)
+    lines = []
+    for i, (w, h) in enumerate([(80, 40), (36, 72), (64, 64)]):
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        image.save(tmp_path / f"{i}.png")
+        enc = inputs.encode([QUESTIONS[i % 2]], [image])
+        out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        answer = normalize_answer(inputs.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+        lines.append(json.dumps({"question_id": i, "image": f"{i}.png", "text": QUESTIONS[i % 2],
+                                 "answer": answer.split()[0]}))
+    (tmp_path / "eval.jsonl").write_text("\n".join(lines))
+    assert main(["eval", "--model", str(folder), "--data", str(tmp_path / "eval.jsonl"), "--images", str(tmp_path),
+                 "--methods", "par,cls_attn", "--budgets", "4,100000", "--out", str(tmp_path / "out")]) == 0
+    rows = {(r["method"], r["budget"]): r for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))}
+    full = next(r for (m, _), r in rows.items() if m == "full")
+    assert float(full["accuracy"]) == 1.0 and full["n"] == "3"
+    for method in ("par", "cls_attn"):
+        assert float(rows[(method, "100000")]["accuracy"]) == 1.0
+        assert float(rows[(method, "100000")]["mean_kept"]) == float(full["mean_kept"])
+        assert float(rows[(method, "4")]["mean_kept"]) == 4.0

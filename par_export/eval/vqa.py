@@ -111,10 +111,12 @@ def _reduce_with_artifact(pipe, base: ReducedLlava, samples, pixels: torch.Tenso
     return base.model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1], num_kept.tolist()
 
 
-def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config: PARConfig):
-    """The model with PAR, one adapter per method sharing its weights, and the folder's processor."""
+def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config: PARConfig,
+              pipeline_only: bool = True):
+    """The model with PAR, one adapter per method sharing its weights, and the folder's processor.
+    ``pipeline_only``: refuse families the procedural eval's fixed-run splicing does not serve."""
     family = family_for(llava_dir)
-    if not family.pipeline:
+    if pipeline_only and not family.pipeline:
         raise ValueError(f"{llava_dir}: eval does not support {family.name} yet (its adapter "
                          f"{family.adapter.__name__} runs in PyTorch; `par-export export/build/run` where it exports)")
     base = family.adapter.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)
@@ -177,7 +179,7 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
 def result_rows(results: dict) -> list[dict]:
     base = results["model"]
     text_config = base.model.config.text_config
-    n = base.tokens_per_image
+    n = results.get("full_tokens") or base.tokens_per_image
     full = results["tallies"]["full"]
     full_flops = llm_prefill_flops(text_config, n + results["text_tokens"])
     rows = [{"method": "full", "budget": n, "accuracy": full.accuracy, "relative": 1.0, "mean_kept": n,
@@ -204,7 +206,7 @@ def write_outputs(rows: list[dict], results: dict, out: Path) -> list[Path]:
         writer.writerows(rows)
     with atomic_output(out / "results.json") as tmp:
         tmp.write_text(json.dumps(rows, indent=2))
-    plot_accuracy(rows, out / "accuracy_vs_tokens.png", results["model"].tokens_per_image)
+    plot_accuracy(rows, out / "accuracy_vs_tokens.png", results.get("full_tokens") or results["model"].tokens_per_image)
     written = [out / "results.csv", out / "results.json", out / "accuracy_vs_tokens.png"]
     if results["examples"]:
         plot_examples(results["examples"], out / "kept_heatmaps.png", results["model"].tokens_per_image)
@@ -278,33 +280,61 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
 
     check_methods_and_budgets(methods, budgets)
     records = read_jsonl(records_path)
-    base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config or PARConfig())
+    base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config or PARConfig(), pipeline_only=False)
     kept, pictures, skipped = load_images(records, images)
-    tok, n = inputs.tokenizer, base.tokens_per_image
+    tok = inputs.tokenizer
+    image_id = base.model.config.image_token_id
     tallies: dict = {"full": Tally()}
+    full_tokens, text_tokens = [], []
     for start in tqdm(range(0, len(kept), batch), desc="eval jsonl", disable=not progress):
         chunk = kept[start:start + batch]
         encoded = inputs.encode([r.text for r in chunk], pictures[start:start + batch])
-        ids, mask, images_t = encoded["input_ids"], encoded["attention_mask"], encoded["pixel_values"]
+        ids, mask = encoded["input_ids"], encoded["attention_mask"]
+        # what each family's adapter reads besides the ids: pixel_values, image_sizes, image_grid_thw
+        image_inputs = {k: v for k, v in encoded.items() if k in IMAGE_INPUTS}
         length = ids.shape[1]
         generate = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=int(ids[0, 0]))
-        full = base.model.generate(input_ids=ids, attention_mask=mask, pixel_values=images_t, **generate)
+        full = base.model.generate(**encoded, **generate)
         _score(tallies["full"], tok.batch_decode(full[:, length:], skip_special_tokens=True), chunk, is_correct)
-        features = base.vision_features(images_t)
+        image_tokens = (ids == image_id).sum(dim=1)
+        full_tokens += image_tokens.tolist()
+        text_tokens += (mask.sum(dim=1) - image_tokens).tolist()
+        features = base.vision_features(**image_inputs)
+        sizes = _tokens_per_image(features, base)
         for method, adapter in adapters.items():
             for budget in budgets:
                 if budget == "auto" and not adapter.reducer.supports_auto:
                     continue
-                reduced = adapter.prepare_inputs(ids, mask, images_t, budget=budget if budget == "auto" else
-                                                 min(budget, n), features=features)
+                # a budget above an image's N keeps all of its tokens (N differs per image for some families)
+                k = budget if budget == "auto" else (min(budget, sizes[0]) if sizes[1] is None
+                                                     else [min(budget, n) for n in sizes[1]])
+                reduced = adapter.prepare_inputs(ids, mask, **image_inputs, budget=k, features=features)
                 out = base.model.generate(**reduced.model_inputs, **generate)
                 width = reduced.model_inputs["input_ids"].shape[1]
                 tally = tallies.setdefault((method, budget), Tally())
                 _score(tally, tok.batch_decode(out[:, width:], skip_special_tokens=True), chunk, is_correct)
-                tally.kept += reduced.reduction.num_kept.tolist()
-    text_tokens = int(mask.sum(dim=1).float().mean()) - n if kept else 0
-    return {"tallies": tallies, "examples": [], "model": base, "text_tokens": text_tokens, "skipped": skipped,
+                tally.kept += kept_counts(reduced.reduction)
+    mean_full = round(float(np.mean(full_tokens))) if full_tokens else 0
+    return {"tallies": tallies, "examples": [], "model": base, "full_tokens": mean_full,
+            "text_tokens": round(float(np.mean(text_tokens))) if text_tokens else 0, "skipped": skipped,
             "records": len(records)}
+
+
+IMAGE_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw")
+
+
+def _tokens_per_image(features, base) -> tuple[int, list[int] | None]:
+    """``(N, None)`` for a fixed N per image, else ``(0, [N_i])`` from the per-image features."""
+    if isinstance(features, list):
+        return 0, [int(f[0].shape[0]) for f in features]
+    return base.tokens_per_image, None
+
+
+def kept_counts(reduction) -> list[int]:
+    """K per image from a reduction: one ``ReductionOutput`` for a batch, or one per image."""
+    if isinstance(reduction, list):
+        return [int(out.num_kept[0]) for out in reduction]
+    return reduction.num_kept.tolist()
 
 
 def _score(tally: Tally, predictions: list[str], records, is_correct) -> None:
