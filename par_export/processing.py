@@ -31,9 +31,16 @@ def hub_kwargs() -> dict:
     return {"local_files_only": True, "trust_remote_code": False}
 
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
 def open_image(path: str | Path):
-    """An RGB ``PIL.Image`` from ``path``; a missing, unreadable or oversized file is an :class:`InputError`."""
+    """An RGB ``PIL.Image`` from ``path``; a missing, unreadable or oversized file, or a video, is an
+    :class:`InputError`."""
     from PIL import Image, UnidentifiedImageError
+
+    if Path(path).suffix.lower() in VIDEO_SUFFIXES:
+        raise InputError(f"{path}: video input is not supported yet (one image per prompt)")
 
     try:
         with Image.open(path) as image:

@@ -179,3 +179,13 @@ def test_reduced_llava_rejects_unexpanded_image_tokens(tiny_folders):
     ids = torch.tensor([[1, 5, 4, 6, 7]])
     with pytest.raises(ValueError, match="expected 64 per image"):
         reference.prepare_inputs(ids, None, torch.zeros(1, 3, 32, 32), prompts=["x"], budget=8)
+
+
+def test_a_chat_template_that_drops_the_image_is_refused(tiny_folders, tmp_path):
+    folder = tmp_path / "text-only-template"
+    shutil.copytree(tiny_folders[0], folder)
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}"
+        "{% endif %}{% endfor %}{% endfor %}")
+    with pytest.raises(InputError, match="the chat template gave 0 '<image>' placeholders"):
+        ModelInputs.from_folder(folder).chat_prompt(PROMPT)

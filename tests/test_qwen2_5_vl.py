@@ -204,3 +204,14 @@ def test_eval_on_jsonl_for_a_qwen_folder(folder, tmp_path, capsys):
         assert float(rows[(method, "100000")]["accuracy"]) == 1.0
         assert float(rows[(method, "100000")]["mean_kept"]) == float(full["mean_kept"])
         assert float(rows[(method, "4")]["mean_kept"]) == 4.0
+
+
+def test_video_input_is_not_supported_yet(folder, batch, tmp_path, capsys):
+    model = ReducedQwen2_5_VL.from_pretrained(folder)
+    ids = batch["input_ids"].clone()
+    ids[0, -1] = model.model.config.video_token_id
+    with pytest.raises(ValueError, match="video input is not supported yet"):
+        model.prepare_inputs(ids, batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"], budget=4)
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    assert main(["chat", "--model", "tiny", "--image", str(tmp_path / "clip.mp4"), "--prompt", "what ?"]) == 2
+    assert "video input is not supported yet" in capsys.readouterr().err

@@ -230,6 +230,8 @@ class ReducedQwen2_5_VL:
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if bool((input_ids == self.model.config.video_token_id).any()):
+            raise ValueError("video input is not supported yet: PAR reduces images (no <|video_pad|> tokens)")
         image_id = self.model.config.image_token_id
         runs = [(b, length) for b in range(input_ids.shape[0])
                 for _, length in image_token_runs(input_ids[b][attention_mask[b].bool()], image_id)]
