@@ -147,3 +147,20 @@ def test_image_token_runs_must_match_each_images_layout(model, batch):
     ids[0, first] = 5  # one image token fewer than the processor wrote
     with pytest.raises(ValueError, match="image 0: a run of"):
         model.prepare_inputs(ids, mask, batch["pixel_values"], budget=8, image_sizes=batch["image_sizes"])
+
+
+def test_chat_on_a_llava_next_artifact(next_folder, tmp_path, capsys):
+    """Rows with their newlines from the graph, placed in the prompt; the full run alongside."""
+    onnx, art = tmp_path / "onnx", tmp_path / "art"
+    assert main(["export", "--model", str(next_folder), "--out", str(onnx), "--budget", "8"]) == 0
+    assert main(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    image = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 80, 3), dtype=np.uint8)).save(image)
+    capsys.readouterr()
+    assert main(["chat", "--model", str(next_folder), "--artifact", str(art), "--image", str(image), "--prompt",
+                 QUESTIONS[0], "--budget", "8", "--compare-full", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "reduced (par, K=8)" in out and "full-context answer: " in out
+    reduced = next(x for x in out.splitlines() if x.startswith("reduced"))
+    full = next(x for x in out.splitlines() if x.startswith("full "))
+    assert int(reduced.split()[4]) < int(full.split()[2])  # fewer context tokens than the full prompt

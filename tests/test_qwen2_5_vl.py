@@ -215,3 +215,20 @@ def test_video_input_is_not_supported_yet(folder, batch, tmp_path, capsys):
     (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
     assert main(["chat", "--model", "tiny", "--image", str(tmp_path / "clip.mp4"), "--prompt", "what ?"]) == 2
     assert "video input is not supported yet" in capsys.readouterr().err
+
+
+def test_chat_compare_full_answers_alike_when_k_is_n(folder, tmp_path, capsys):
+    """chat on a Qwen artifact: rows from the graph, M-RoPE positions from their indices; with
+    K = N (a 32x32 image: 16 merged tokens, the graph's width) the reduced answer is the full one."""
+    onnx, art = tmp_path / "onnx", tmp_path / "art"
+    assert main(["export", "--model", str(folder), "--out", str(onnx), "--budget", "16", "--k-max", "16"]) == 0
+    assert main(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    image = tmp_path / "square.png"
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image)
+    capsys.readouterr()
+    assert main(["chat", "--model", str(folder), "--artifact", str(art), "--image", str(image), "--prompt",
+                 QUESTIONS[0], "--budget", "16", "--compare-full", "--max-new-tokens", "6"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    answer = next(x for x in lines if x.startswith("answer: "))[len("answer: "):]
+    full = next(x for x in lines if x.startswith("full-context answer: "))[len("full-context answer: "):]
+    assert answer == full and any(x.startswith("reduced (par, K=16)") for x in lines)

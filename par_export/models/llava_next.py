@@ -179,6 +179,11 @@ class ReducedLlavaNext(ReducedLlava):
         reductions, image_features = self.reduce_images(pixel_values, image_prompts, budget, features, image_sizes)
         return self._reduced_batch(input_ids, attention_mask, reductions, image_features, image_prompts)
 
+    def inputs_from_rows(self, input_ids, attention_mask, image_sizes, rows, keep) -> dict:
+        """``generate`` inputs for rows made elsewhere (an exported graph, newlines placed):
+        each image's run of image tokens shrunk to its rows."""
+        return self._reduced_batch(input_ids, attention_mask, None, list(rows), None).model_inputs
+
     @property
     def run_length(self) -> None:
         return None  # each image's run has its own length (base + unpadded tiles + newlines)

@@ -36,7 +36,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from par_export.export.config import GraphSpec, VisionParOnnxConfig
 from par_export.export.validate import Case
 from par_export.models.family import ModelFamily
-from par_export.models.llava import image_token_runs, left_pad
+from par_export.models.llava import image_token_runs, resize_image_runs
 from par_export.models.loading import check_model_folder, pretrained_kwargs
 from par_export.models.per_image import reduce_each
 from par_export.models.query import LlmQueryEncoder
@@ -245,24 +245,23 @@ class ReducedQwen2_5_VL:
         image_prompts = [prompts[b] for b, _ in runs]
         outputs, rows = self.reduce_images(pixel_values, image_prompts, budget, features, image_grid_thw)
         keep = [out.keep_index[0, :int(out.num_kept[0])] for out in outputs]
-        new_rows, image = [], 0
-        for b in range(input_ids.shape[0]):
-            ids = input_ids[b][attention_mask[b].bool()]
-            pieces, cursor = [], 0
-            for start, length in image_token_runs(ids, image_id):
-                pieces += [ids[cursor:start], ids.new_full((len(keep[image]),), image_id)]
-                cursor, image = start + length, image + 1
-            pieces.append(ids[cursor:])
-            new_rows.append(torch.cat(pieces))
+        model_inputs = self.inputs_from_rows(input_ids, attention_mask, image_grid_thw, rows, keep)
+        return ReducedQwenBatch(model_inputs, outputs, rows, image_prompts)
+
+    def inputs_from_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor,
+                         rows: list[torch.Tensor], keep: list[torch.Tensor]) -> dict:
+        """``generate`` inputs for reduced rows made elsewhere (an exported graph): each image's run of
+        image tokens shrunk to its ``rows[i] [K_i, D]``, positions from ``keep[i] [K_i]`` (merged-grid
+        indices), left padded."""
         pad = self.tokenizer.pad_token_id if self.tokenizer is not None and self.tokenizer.pad_token_id is not None else 0
-        new_ids, new_mask = left_pad(new_rows, pad)
-        model_inputs = {
+        new_ids, new_mask = resize_image_runs(input_ids, attention_mask, self.model.config.image_token_id, None,
+                                              [len(k) for k in keep], pad)
+        return {
             "input_ids": new_ids,
             "attention_mask": new_mask,
-            "position_ids": self.position_ids(new_ids, new_mask, image_grid_thw, keep),
-            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=rows)},
+            "position_ids": self.position_ids(new_ids, new_mask, image_grid_thw, [torch.as_tensor(k) for k in keep]),
+            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=list(rows))},
         }
-        return ReducedQwenBatch(model_inputs, outputs, rows, image_prompts)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, pixel_values, image_grid_thw, prompts=None, budget=None,

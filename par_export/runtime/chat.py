@@ -43,9 +43,8 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
     with tempfile.TemporaryDirectory() as tmp:
         llava_dir, clip_dir = resolve_model(model_name, Path(tmp))
         family = family_for(llava_dir)
-        if not family.pipeline:
-            raise ValueError(f"{llava_dir}: chat does not support {family.name} yet (its adapter "
-                             f"{family.adapter.__name__} runs in PyTorch)")
+        if not family.pipeline and llm != "transformers":
+            raise ValueError(f"--llm {llm}: {family.name} answers with transformers only so far")
         inputs = family.inputs(llava_dir)  # the checkpoint's processor and chat template
         picture = open_image(image)
         text = inputs.chat_prompt(prompt)
@@ -55,6 +54,9 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
             artifact = Path(tmp) / "art"
             build(Path(tmp) / "onnx", artifact, BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
         model = family.load_model(llava_dir)
+        if not family.pipeline:  # one image per graph call (LLaVA-NeXT, Qwen2.5-VL)
+            return _chat_per_image(family, model, inputs, artifact, image, picture, prompt, text, method, budget,
+                                   compare_full, max_new_tokens)
         tokenizer = inputs.tokenizer
         ort_llm = None
         if llm == "onnxruntime":
@@ -105,6 +107,42 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
             rows.append(_row("full", full_vision, ids.shape[1], ttft, total, full.shape[1] - ids.shape[1],
                              model.config.text_config))
     return {"answer": answer, "full_answer": full_answer, "rows": rows}
+
+
+def _chat_per_image(family, model, inputs, artifact, image, picture, prompt: str, text: str, method: str, budget,
+                    compare_full: bool, max_new_tokens: int) -> dict:
+    """Families whose graph takes one image: reduce through the artifact (``run_image``), place the
+    rows (and, for Qwen2.5-VL, their M-RoPE positions) with the family's adapter, answer with
+    transformers; ``compare_full`` answers from the stock inputs too."""
+    from par_export.engine.run import run_image
+    from par_export.reduce import PARConfig
+
+    start = time.perf_counter()
+    result = run_image(artifact, image, prompt, None if budget == "auto" else budget)
+    vision_ms = (time.perf_counter() - start) * 1e3
+    encoded = inputs.encode([text], [picture])
+    adapter = family.adapter(model, method, PARConfig(space="llm"), inputs.tokenizer)  # places rows only
+    rows = [torch.from_numpy(result["image_embeds"].astype("float32")).to(model.dtype)]
+    reduced = adapter.inputs_from_rows(encoded["input_ids"], encoded["attention_mask"],
+                                       encoded.get("image_grid_thw", encoded.get("image_sizes")), rows,
+                                       [torch.tensor(result["keep_index"])])
+    pad = inputs.tokenizer.pad_token_id
+    out, ttft, total = _timed_generate(model, max_new_tokens, **reduced, pad_token_id=pad)
+    length = reduced["input_ids"].shape[1]
+    answer = inputs.tokenizer.decode(out[0, length:], skip_special_tokens=True)
+    rows_table = [_row(f"reduced ({method}, K={result['num_kept']})", vision_ms, int(reduced["attention_mask"].sum()),
+                       ttft, total, out.shape[1] - length, model.config.text_config)]
+    full_answer = None
+    if compare_full:
+        start = time.perf_counter()
+        model.model.get_image_features(**{k: v for k, v in encoded.items()
+                                          if k in ("pixel_values", "image_sizes", "image_grid_thw")})
+        full_vision = (time.perf_counter() - start) * 1e3
+        full, ttft, total = _timed_generate(model, max_new_tokens, **encoded, pad_token_id=pad)
+        full_answer = inputs.tokenizer.decode(full[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+        rows_table.append(_row("full", full_vision, encoded["input_ids"].shape[1], ttft, total,
+                               full.shape[1] - encoded["input_ids"].shape[1], model.config.text_config))
+    return {"answer": answer, "full_answer": full_answer, "rows": rows_table}
 
 
 def format_chat(result: dict) -> str:
