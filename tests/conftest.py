@@ -40,3 +40,14 @@ def tiny_folders(tmp_path_factory):
     llava = save_tiny_llava(root / "llava")
     clip = save_tiny_clip(root / "clip", llava)
     return llava, clip
+
+
+def cli_export_and_build(model, root, *export_flags) -> tuple:
+    """``par-export export`` then ``build --precision fp32 --backend onnxruntime`` through the CLI;
+    returns ``(onnx folder, artifact folder)`` (build verifies and must pass)."""
+    from par_export.cli import main
+
+    onnx, art = root / "onnx", root / "art"
+    assert main(["export", "--model", str(model), "--out", str(onnx), *export_flags]) == 0
+    assert main(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    return onnx, art

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import cli_export_and_build
 from par_export.cli import main
 from par_export.models.families import family_for
 from par_export.models.llava_next import NEWLINE, ReducedLlavaNext
@@ -107,10 +108,7 @@ def test_export_build_verify_and_run_equal_the_adapter_fed_by_the_processor(next
 
     from par_export.engine.run import run_image
 
-    onnx, art = tmp_path / "onnx", tmp_path / "art"
-    assert main(["export", "--model", str(next_folder), "--out", str(onnx), "--budget", "8"]) == 0
-    assert "ok" in capsys.readouterr().out
-    assert main(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    onnx, art = cli_export_and_build(next_folder, tmp_path, "--budget", "8")
     assert "verify (fp32): PASSED" in capsys.readouterr().out
     assert main(["verify", str(art)]) == 0
 
@@ -151,9 +149,7 @@ def test_image_token_runs_must_match_each_images_layout(model, batch):
 
 def test_chat_on_a_llava_next_artifact(next_folder, tmp_path, capsys):
     """Rows with their newlines from the graph, placed in the prompt; the full run alongside."""
-    onnx, art = tmp_path / "onnx", tmp_path / "art"
-    assert main(["export", "--model", str(next_folder), "--out", str(onnx), "--budget", "8"]) == 0
-    assert main(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    onnx, art = cli_export_and_build(next_folder, tmp_path, "--budget", "8")
     image = tmp_path / "wide.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 80, 3), dtype=np.uint8)).save(image)
     capsys.readouterr()

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import cli_export_and_build
 from par_export.cli import main
 from par_export.models.families import family_for
 from par_export.models.qwen2_5_vl import ReducedQwen2_5_VL
@@ -145,9 +146,7 @@ def test_exported_tower_equals_the_stock_tower(folder, batch):
 def test_export_build_verify_and_run_equal_the_adapter_fed_by_the_processor(folder, tmp_path, capsys):
     from par_export.engine.run import run_image
 
-    onnx, art = tmp_path / "onnx", tmp_path / "art"
-    assert main(["export", "--model", str(folder), "--out", str(onnx), "--budget", "8", "--k-max", "16"]) == 0
-    assert main(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    onnx, art = cli_export_and_build(folder, tmp_path, "--budget", "8", "--k-max", "16")
     assert "verify (fp32): PASSED" in capsys.readouterr().out
 
     reference = ReducedQwen2_5_VL.from_pretrained(folder, "par", PARConfig(k_max=16))
@@ -220,9 +219,7 @@ def test_video_input_is_not_supported_yet(folder, batch, tmp_path, capsys):
 def test_chat_compare_full_answers_alike_when_k_is_n(folder, tmp_path, capsys):
     """chat on a Qwen artifact: rows from the graph, M-RoPE positions from their indices; with
     K = N (a 32x32 image: 16 merged tokens, the graph's width) the reduced answer is the full one."""
-    onnx, art = tmp_path / "onnx", tmp_path / "art"
-    assert main(["export", "--model", str(folder), "--out", str(onnx), "--budget", "16", "--k-max", "16"]) == 0
-    assert main(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    onnx, art = cli_export_and_build(folder, tmp_path, "--budget", "16", "--k-max", "16")
     image = tmp_path / "square.png"
     Image.fromarray(np.random.default_rng(7).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image)
     capsys.readouterr()
