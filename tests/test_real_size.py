@@ -4,6 +4,7 @@ full size) export, build, verify and run."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,14 @@ from PIL import Image
 from par_export.cli import main
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def free_disk(tmp_path):
+    """Each test writes 8-17 GB (checkpoint, graphs, artifact): removed when it ends, pass or fail,
+    so the set fits the disk of a CI machine."""
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_llava_1_5_7b_geometry_exports_builds_verifies_and_runs(tmp_path, capsys):
