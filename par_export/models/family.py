@@ -20,10 +20,10 @@ class ModelFamily:
     Attributes:
         name: short name (``llava``), used in messages and docs.
         description: what it covers, for the list of supported families.
-        model_types: ``config.json`` ``model_type`` values served.
-        model_class: the transformers class that loads a checkpoint (by name, imported lazily).
         adapter: class with ``from_pretrained(path, method, config, clip_path, dtype)`` that runs
-            the model with a reducer inside (e.g. :class:`~par_export.models.llava.ReducedLlava`).
+            the model with a reducer inside (e.g. :class:`~par_export.models.llava.ReducedLlava`);
+            its ``model_types`` (``config.json`` values served) and ``model_class`` (the
+            transformers class, by name) are the family's.
         onnx_config: export config class (Optimum-style): ``vision_par`` / ``query_encoder``
             graph specs, ``dummy_inputs``, ``vision_cases``, ``query_cases``, ``shape_bounds``;
             ``None`` for a family that runs in PyTorch only so far (export refuses it).
@@ -35,23 +35,27 @@ class ModelFamily:
 
     name: str
     description: str
-    model_types: tuple[str, ...]
-    model_class: str
     adapter: type
     onnx_config: type | None
     image_token: str
     fallback_template: str
     pipeline: bool = False
 
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        """``config.json`` ``model_type`` values served (declared once, on the adapter)."""
+        return self.adapter.model_types
+
+    @property
+    def model_class(self) -> str:
+        """The transformers class that loads a checkpoint (declared once, on the adapter)."""
+        return self.adapter.model_class
+
     def load_model(self, folder: str | Path, dtype=None):
         """The checkpoint's transformers model (local, safetensors, no remote code), in eval mode."""
-        import transformers
+        from par_export.models.loading import load_pretrained_model
 
-        from par_export.models.loading import check_model_folder, pretrained_kwargs
-
-        check_model_folder(folder, self.model_types)
-        cls = getattr(transformers, self.model_class)
-        return cls.from_pretrained(folder, dtype=dtype, **pretrained_kwargs()).eval()
+        return load_pretrained_model(folder, self.model_types, self.model_class, dtype)
 
     def inputs(self, folder: str | Path):
         """The folder's own processor and chat template (:class:`~par_export.processing.ModelInputs`)."""

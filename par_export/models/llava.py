@@ -25,7 +25,7 @@ from par_export.export.config import VisionParOnnxConfig
 from par_export.export.validate import Case
 from par_export.models.clip_vision import cls_attention, hidden_state_index
 from par_export.models.family import ModelFamily
-from par_export.models.loading import check_model_folder, pretrained_kwargs
+from par_export.models.loading import load_pretrained_model, pretrained_kwargs
 from par_export.models.query import ClipQueryEncoder, LlmQueryEncoder, QueryEncoder
 from par_export.reduce import PARConfig, ReductionOutput, TokenReducer, create_reducer
 
@@ -169,11 +169,9 @@ class ReducedLlava:
     def from_pretrained(cls, path: str | Path, method: str = "par", config: PARConfig | None = None,
                         clip_path: str | Path | None = None, dtype: torch.dtype | None = None) -> ReducedLlava:
         """Load a local checkpoint folder of this family (and optionally a CLIP folder for ``space=clip``)."""
-        import transformers
         from transformers import AutoTokenizer
 
-        check_model_folder(path, cls.model_types)
-        model = getattr(transformers, cls.model_class).from_pretrained(path, dtype=dtype, **pretrained_kwargs())
+        model = load_pretrained_model(path, cls.model_types, cls.model_class, dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
         config = config if config is not None else PARConfig()
         clip = None
@@ -377,8 +375,6 @@ class LlavaOnnxConfig(VisionParOnnxConfig):
 FAMILY = ModelFamily(
     name="llava",
     description="LLaVA-1.5: LlavaForConditionalGeneration with a CLIP vision tower",
-    model_types=ReducedLlava.model_types,
-    model_class=ReducedLlava.model_class,
     adapter=ReducedLlava,
     onnx_config=LlavaOnnxConfig,
     image_token="<image>",

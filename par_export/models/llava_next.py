@@ -322,8 +322,6 @@ class LlavaNextOnnxConfig(LlavaOnnxConfig):
 FAMILY = ModelFamily(
     name="llava_next",
     description="LLaVA-NeXT: LlavaNextForConditionalGeneration, anyres tiles + base image, CLIP tower",
-    model_types=ReducedLlavaNext.model_types,
-    model_class=ReducedLlavaNext.model_class,
     adapter=ReducedLlavaNext,
     onnx_config=LlavaNextOnnxConfig,
     image_token="<image>",

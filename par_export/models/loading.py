@@ -46,6 +46,15 @@ def check_model_folder(path: str | Path, model_types: tuple[str, ...]) -> dict:
     return config
 
 
+def load_pretrained_model(path: str | Path, model_types: tuple[str, ...], model_class: str, dtype=None):
+    """The checkpoint's transformers model (``model_class`` by name), in eval mode, after
+    :func:`check_model_folder`: local, safetensors, no remote code."""
+    import transformers
+
+    check_model_folder(path, model_types)
+    return getattr(transformers, model_class).from_pretrained(path, dtype=dtype, **pretrained_kwargs()).eval()
+
+
 def pretrained_kwargs() -> dict:
     """Keyword arguments for every ``from_pretrained`` call: local, safetensors, no remote code."""
     return {"local_files_only": True, "use_safetensors": True, "trust_remote_code": False}

@@ -37,7 +37,7 @@ from par_export.export.config import GraphSpec, VisionParOnnxConfig
 from par_export.export.validate import Case
 from par_export.models.family import ModelFamily
 from par_export.models.llava import image_token_runs, resize_image_runs
-from par_export.models.loading import check_model_folder, pretrained_kwargs
+from par_export.models.loading import load_pretrained_model, pretrained_kwargs
 from par_export.models.per_image import reduce_each
 from par_export.models.query import LlmQueryEncoder
 from par_export.reduce import PARConfig, ReductionOutput, TokenReducer, create_reducer
@@ -113,14 +113,12 @@ class ReducedQwen2_5_VL:
     @classmethod
     def from_pretrained(cls, path: str | Path, method: str = "par", config: PARConfig | None = None,
                         clip_path: str | Path | None = None, dtype: torch.dtype | None = None):
-        import transformers
         from transformers import AutoTokenizer
 
         if clip_path is not None:
             raise ValueError(f"--clip {clip_path}: Qwen2.5-VL retrieves in the LLM's space; it takes no CLIP folder")
-        check_model_folder(path, cls.model_types)
-        model = getattr(transformers, cls.model_class).from_pretrained(path, dtype=dtype, **pretrained_kwargs())
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        model = load_pretrained_model(path, cls.model_types, cls.model_class, dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
         config = (config if config is not None else PARConfig()).replace(space="llm")
         return cls(model, method, config, tokenizer)
 
@@ -492,8 +490,6 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
 FAMILY = ModelFamily(
     name="qwen2_5_vl",
     description="Qwen2.5-VL: Qwen2_5_VLForConditionalGeneration, dynamic resolution, M-RoPE",
-    model_types=ReducedQwen2_5_VL.model_types,
-    model_class=ReducedQwen2_5_VL.model_class,
     adapter=ReducedQwen2_5_VL,
     onnx_config=Qwen2_5_VLOnnxConfig,
     image_token="<|image_pad|>",
