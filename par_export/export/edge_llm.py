@@ -41,7 +41,6 @@ class EdgeLlmVisualGraph(nn.Module):
     def __init__(self, graph):
         super().__init__()
         self.graph = graph
-        self.reducer = graph.reducer
 
     def forward(self, input, rotary_pos_emb, cu_seqlens, cu_window_seqlens, window_index, reverse_window_index,
                 max_seqlen_carrier, query_embeds, budget):
@@ -54,46 +53,39 @@ class EdgeLlmVisualGraph(nn.Module):
         # Edge-LLM reads the longest sequence from this input's length; the masks need no such
         # bound, but the input stays so that a runtime feeding Edge-LLM's inputs can feed ours.
         tokens = tokens + max_seqlen_carrier[:0].sum().to(tokens.dtype)
-        has_prompt = query_embeds.float().abs().amax(dim=-1, keepdim=True) > 0
-        out = self.reducer(tokens.unsqueeze(0), query_embeds.float().unsqueeze(1), received.unsqueeze(0),
-                           budget=budget, prompt_mask=has_prompt)
-        valid = out.valid[0]
-        return out.tokens[0][valid].half(), out.num_kept, out.keep_index[0][valid]
+        embeds, num_kept, keep_index = self.graph.reduce_and_project(tokens.unsqueeze(0), received.unsqueeze(0),
+                                                                     query_embeds.float(), budget)
+        valid = keep_index[0] >= 0
+        return embeds[0][valid].half(), num_kept, keep_index[0][valid]
 
 
 def edge_inputs(visual, image_grid_thw: torch.Tensor, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
     """Edge-LLM's visual inputs for one image (its runtime computes the same on the host)."""
-    from par_export.models.qwen2_5_vl import vision_inputs
-    from transformers.vision_utils import get_vision_window_index
+    from transformers.vision_utils import get_vision_position_ids
 
-    index = vision_inputs(visual, image_grid_thw)
-    inv_freq = 1.0 / (visual.rope_theta ** (torch.arange(0, visual.rotary_dim, 2, dtype=torch.float)
-                                            / visual.rotary_dim))
-    angles = (index["vision_position_ids"].unsqueeze(-1).float() * inv_freq).flatten(1)
-    _, cu_window = get_vision_window_index(image_grid_thw, spatial_merge_size=visual.spatial_merge_size,
-                                           window_size=visual.window_size, patch_size=visual.patch_size)
+    from par_export.models.qwen2_5_vl import rotary_angles, window_layout
+
+    angles = rotary_angles(get_vision_position_ids(image_grid_thw, visual.spatial_merge_size), visual.inv_freq)
+    window_index, cu_window = window_layout(visual, image_grid_thw)
     patches = int(angles.shape[0])
     return {
         "input": pixel_values[:patches].astype(np.float16),
         "rotary_pos_emb": angles.numpy().astype(np.float32),
         "cu_seqlens": np.array([0, patches], np.int32),
         "cu_window_seqlens": cu_window.numpy().astype(np.int32),
-        "window_index": index["window_index"].numpy(),
-        "reverse_window_index": np.argsort(index["window_index"].numpy()).astype(np.int64),
+        "window_index": window_index.long().numpy(),
+        "reverse_window_index": np.argsort(window_index.numpy()).astype(np.int64),
         "max_seqlen_carrier": np.zeros(patches, np.int32),
     }
 
 
 def edge_geometry(qwen):
-    """What :func:`edge_inputs` reads, from the model (rotary base and width included)."""
+    """What :func:`edge_inputs` reads, from the model (its rotary frequencies included)."""
     from types import SimpleNamespace
 
     visual = qwen.visual
-    config = qwen.model.config.vision_config
-    head_dim = config.hidden_size // config.num_heads
-    theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
     return SimpleNamespace(spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
-                           patch_size=visual.patch_size, rotary_dim=head_dim // 2, rope_theta=theta)
+                           patch_size=visual.patch_size, inv_freq=visual.rotary_pos_emb.inv_freq)
 
 
 def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", budget: int = 64, config=None,

@@ -34,6 +34,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from par_export.export.config import GraphSpec, VisionParOnnxConfig
+from par_export.export.modules import VisionParGraph
 from par_export.export.validate import Case
 from par_export.models.family import ModelFamily
 from par_export.models.llava import image_token_runs, resize_image_runs
@@ -102,6 +103,10 @@ class ReducedQwen2_5_VL:
         self.tokenizer = tokenizer
         self.config = config
         self.visual = model.model.visual
+        # the names the shared export graph (VisionParGraph) reads: the tower, and no projector,
+        # since the merger's tokens are already in the LLM's space
+        self.vision_tower = self.visual
+        self.projector = nn.Identity()
         self.query_encoder = None
         if tokenizer is not None:
             self.query_encoder = LlmQueryEncoder(
@@ -154,7 +159,6 @@ class ReducedQwen2_5_VL:
     def _received_attention(self, attn, captured: dict, image_grid_thw: torch.Tensor) -> torch.Tensor:
         """``[sum N]`` attention received per merged token (raster order), from one full-attention block."""
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
-        from transformers.vision_utils import get_vision_window_index
 
         hidden = captured["hidden"]
         length = hidden.shape[0]
@@ -169,9 +173,7 @@ class ReducedQwen2_5_VL:
             received[start:end] = weights.mean(dim=(0, 1))
         unit = self.merge ** 2
         per_merged = received.view(-1, unit).sum(-1)  # window order, one entry per merged token
-        window_index, _ = get_vision_window_index(image_grid_thw, spatial_merge_size=self.merge,
-                                                  window_size=self.visual.window_size,
-                                                  patch_size=self.visual.patch_size, kwargs={})
+        window_index, _ = window_layout(self.visual, image_grid_thw)
         return per_merged[torch.argsort(window_index)]
 
     @torch.no_grad()
@@ -271,6 +273,22 @@ class ReducedQwen2_5_VL:
         return out[:, batch.model_inputs["input_ids"].shape[1]:]
 
 
+def window_layout(visual, image_grid_thw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``window_index [S / 4]`` (merged-token order of windowed attention) and the window
+    boundaries ``cu_window_seqlens`` (patches, in that order), by transformers' own helper.
+    ``visual``: anything with ``spatial_merge_size``, ``window_size`` and ``patch_size``."""
+    from transformers.vision_utils import get_vision_window_index
+
+    return get_vision_window_index(image_grid_thw, spatial_merge_size=visual.spatial_merge_size,
+                                   window_size=visual.window_size, patch_size=visual.patch_size, kwargs={})
+
+
+def rotary_angles(vision_position_ids: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """``[S, 2]`` (h, w) patch positions -> rotary angles ``[S, head_dim / 2]``, the h and w halves
+    side by side, as the tower's rotary embedding makes them (Edge-LLM's ``rotary_pos_emb``)."""
+    return (vision_position_ids.unsqueeze(-1).float() * inv_freq).flatten(1)
+
+
 def vision_inputs(visual, image_grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
     """Host-side index inputs of the exported tower for one image, from transformers' own helpers
     (the exported graph has no Python loops over the grid):
@@ -279,12 +297,10 @@ def vision_inputs(visual, image_grid_thw: torch.Tensor) -> dict[str, torch.Tenso
     - ``window_index [S / 4]``: merged-token order of windowed attention;
     - ``window_ids [S]``: the window of each patch in that order (windowed blocks attend within one).
     """
-    from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+    from transformers.vision_utils import get_vision_position_ids
 
-    merge = visual.spatial_merge_size
-    positions = get_vision_position_ids(image_grid_thw, merge)
-    window_index, cu_window = get_vision_window_index(image_grid_thw, spatial_merge_size=merge,
-                                                      window_size=visual.window_size, patch_size=visual.patch_size)
+    positions = get_vision_position_ids(image_grid_thw, visual.spatial_merge_size)
+    window_index, cu_window = window_layout(visual, image_grid_thw)
     patches = int(positions.shape[0])
     window_ids = torch.bucketize(torch.arange(patches), cu_window[1:].long(), right=True)
     return {"vision_position_ids": positions.long(), "window_index": window_index.long(), "window_ids": window_ids}
@@ -311,7 +327,7 @@ def _masked_attention(attn, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.
     return attn.proj(out), weights.float().mean(dim=(0, 1))
 
 
-class QwenVisionParGraph(nn.Module):
+class QwenVisionParGraph(VisionParGraph):
     """``vision_par.onnx`` for one Qwen2.5-VL image: tower (windowed and full attention, 2D rotary,
     patch merger) -> reducer on the merged tokens.
 
@@ -322,19 +338,10 @@ class QwenVisionParGraph(nn.Module):
     tokens, raster order): the rows take the M-RoPE positions of their indices.
     """
 
-    def __init__(self, qwen: ReducedQwen2_5_VL, budget):
-        super().__init__()
-        self.qwen = qwen
-        self.visual = qwen.visual
-        self.reducer = qwen.reducer
-        self.budget = budget
-
     def merged_tokens(self, pixel_values, vision_position_ids, window_index, window_ids):
         """Merged tokens ``[N, D]`` in raster order and the attention they receive ``[N]``."""
-        visual = self.visual
-        # the rotary angles of each patch, (h, w) halves side by side, as the stock embedding makes them
-        angles = vision_position_ids.unsqueeze(-1).float() * visual.rotary_pos_emb.inv_freq
-        angles = angles.flatten(1)  # [S, head_dim / 2]
+        visual = self.vision_tower
+        angles = rotary_angles(vision_position_ids, visual.rotary_pos_emb.inv_freq)
         order = torch.arange(window_index.shape[0], device=window_index.device)
         reverse = torch.zeros_like(window_index).scatter(0, window_index, order)  # ONNX has no argsort
         window_mask = window_ids.unsqueeze(0) == window_ids.unsqueeze(1)
@@ -345,7 +352,7 @@ class QwenVisionParGraph(nn.Module):
         (both in patch order), windows as ``window_mask [S, S]`` and images as ``image_mask [S, S]``
         (``None``: one image) in window order; merged tokens ``[N, D]`` back in raster order
         (``reverse_index``) and the attention each receives in the last full-attention block ``[N]``."""
-        visual = self.visual
+        visual = self.vision_tower
         unit = visual.spatial_merge_unit
 
         def window_order(values):
@@ -371,12 +378,7 @@ class QwenVisionParGraph(nn.Module):
 
     def forward(self, pixel_values, vision_position_ids, window_index, window_ids, query_embeds, budget=None):
         tokens, received = self.merged_tokens(pixel_values, vision_position_ids, window_index, window_ids)
-        has_prompt = query_embeds.abs().amax(dim=-1, keepdim=True) > 0  # [1, 1]
-        k = budget if self.budget == "input" else self.budget
-        out = self.reducer(tokens.unsqueeze(0), query_embeds.unsqueeze(1), received.unsqueeze(0), budget=k,
-                           prompt_mask=has_prompt)
-        embeds = out.tokens * out.valid.unsqueeze(-1).to(out.tokens.dtype)
-        return embeds, out.num_kept, out.keep_index
+        return self.reduce_and_project(tokens.unsqueeze(0), received.unsqueeze(0), query_embeds, budget)
 
 
 @dataclass(frozen=True)
