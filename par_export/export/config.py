@@ -73,6 +73,16 @@ class VisionParOnnxConfig:
             dynamic_axes={"input_ids": text, "attention_mask": text, "query_embeds": {0: "batch"}},
         )
 
+    def case(self, name: str, feed: dict, budget):
+        """A validation case: ``feed`` plus the ``budget`` input where the graph takes one."""
+        import numpy as np
+
+        from par_export.export.validate import Case
+
+        if self.budget_input:
+            feed["budget"] = np.array(budget, dtype=np.int64)
+        return Case(f"{name} budget={budget}", feed)
+
     def query_cases(self, adapter, batch_max: int | None = None) -> list:
         """Tokenized validation prompts for ``query_encoder`` (``adapter.query_encoder``), one case per batch size."""
         from par_export.export.validate import Case

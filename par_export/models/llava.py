@@ -366,9 +366,7 @@ class LlavaOnnxConfig(VisionParOnnxConfig):
                 if batch > 1:
                     query[-1] = 0
                 feed = {"pixel_values": pixels, "query_embeds": query}
-                if self.budget_input:
-                    feed["budget"] = np.array(budget, dtype=np.int64)
-                cases.append(Case(f"batch={batch} budget={budget}", feed))
+                cases.append(self.case(f"batch={batch}", feed, budget))
         return cases
 
 

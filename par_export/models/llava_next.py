@@ -313,9 +313,7 @@ class LlavaNextOnnxConfig(LlavaOnnxConfig):
             pixels = rng.standard_normal((5, 3, s, s)).astype(dtype)
             feed, layout = self.crops_feed(geometry, pixels, (h, w))
             feed["query_embeds"] = rng.standard_normal((1, query_dim)).astype(dtype) * (i != 3)
-            if self.budget_input:
-                feed["budget"] = np.array(budget, dtype=np.int64)
-            cases.append(Case(f"image={w}x{h} N={len(layout.content)} budget={budget}", feed))
+            cases.append(self.case(f"image={w}x{h} N={len(layout.content)}", feed, budget))
         return cases
 
 

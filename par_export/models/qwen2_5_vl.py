@@ -483,9 +483,7 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
             grid, budget = grids[i % len(grids)], budgets[i % len(budgets)]
             feed = self._case_feed(geometry, grid, rng, dtype)
             feed["query_embeds"] = rng.standard_normal((1, query_dim)).astype(dtype) * (i != 1)
-            if self.budget_input:
-                feed["budget"] = np.array(budget, dtype=np.int64)
-            cases.append(Case(f"grid={grid[0]}x{grid[1]} N={grid[0] * grid[1] // 4} budget={budget}", feed))
+            cases.append(self.case(f"grid={grid[0]}x{grid[1]} N={grid[0] * grid[1] // 4}", feed, budget))
         return cases
 
 
