@@ -116,3 +116,23 @@ def check_budget_value(budget: object, num_tokens: int, max_width: int, supports
         raise ValueError(f"budget must be a positive int, 'auto' or a 0-d int tensor, got {budget!r}")
     if not 1 <= budget <= num_tokens:
         raise ValueError(f"budget must be in [1, N={num_tokens}], got {budget}")
+
+
+def check_token_mask(token_mask: object, visual_tokens: torch.Tensor, budget: object) -> torch.Tensor:
+    """Validate ``token_mask [B, N]`` (bool or 0/1 ints) and return it as bool: every image needs at
+    least 2 real tokens, and an int budget must not exceed any image's real token count."""
+    b, n = visual_tokens.shape[:2]
+    if not isinstance(token_mask, torch.Tensor) or tuple(token_mask.shape) != (b, n):
+        got = tuple(token_mask.shape) if isinstance(token_mask, torch.Tensor) else type(token_mask).__name__
+        raise ValueError(f"token_mask must be a [B, N] = {(b, n)} tensor, got {got}")
+    if token_mask.dtype != torch.bool:
+        if token_mask.dtype.is_floating_point or not bool(((token_mask == 0) | (token_mask == 1)).all()):
+            raise ValueError(f"token_mask must be bool (or 0/1 integers), got {token_mask.dtype}")
+        token_mask = token_mask.bool()
+    counts = token_mask.sum(dim=1).tolist()
+    for image, count in enumerate(counts):
+        if count < 2:
+            raise ValueError(f"token_mask: image {image} has {count} real token(s); reducers need at least 2")
+        if isinstance(budget, int) and not isinstance(budget, bool) and budget > count:
+            raise ValueError(f"budget {budget} exceeds image {image}'s {count} tokens (token_mask)")
+    return token_mask

@@ -7,7 +7,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from par_export.reduce.checks import check_budget_value, check_reducer_inputs, is_exporting, token_bound
+from par_export.reduce.checks import (
+    check_budget_value,
+    check_reducer_inputs,
+    check_token_mask,
+    is_exporting,
+    token_bound,
+)
 from par_export.reduce.config import PARConfig
 from par_export.reduce.output import ReductionOutput
 
@@ -16,7 +22,13 @@ class TokenReducer(nn.Module):
     """Base of PAR and the baselines.
 
     Call: ``reducer(visual_tokens [B, N, D], prompt_embedding [B, P, Dq] | None,
-    attn [B, N] | None, budget=None, prompt_mask [B, P] | None) -> ReductionOutput``.
+    attn [B, N] | None, budget=None, prompt_mask [B, P] | None,
+    token_mask [B, N] | None) -> ReductionOutput``.
+
+    ``token_mask`` (bool, ``True`` = real token) lets one call reduce images with different
+    token counts, padded to a common N: each image is reduced as if it were alone (same K,
+    kept indices and rows), its K capped at its real token count; padded tokens are never
+    kept and merge into nothing. ``None`` = every token is real.
 
     ``budget`` is a python int K (output width K), ``"auto"`` (adaptive K, output
     width ``min(k_max, N)``) or a 0-d int tensor (dynamic K, as in an exported
@@ -33,6 +45,8 @@ class TokenReducer(nn.Module):
     # Exports with a dynamic token axis (checks.dynamic_token_axis): no size of the traced
     # example is baked into the graph. Families whose N differs per image need it.
     dynamic_tokens: ClassVar[bool] = True
+    # Reduces a padded batch of images with different N (token_mask); False: one image per call.
+    takes_token_mask: ClassVar[bool] = True
 
     def __init__(self, config: PARConfig | None = None, query_projection: nn.Module | None = None):
         super().__init__()
@@ -47,6 +61,7 @@ class TokenReducer(nn.Module):
         attn: torch.Tensor | None = None,
         budget: int | str | torch.Tensor | None = None,
         prompt_mask: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
     ) -> ReductionOutput:
         budget = self.config.budget if budget is None else budget
         num_tokens = token_bound(visual_tokens)  # static in an exported graph: fixes TopK's K
@@ -55,7 +70,11 @@ class TokenReducer(nn.Module):
             check_reducer_inputs(visual_tokens, prompt_embedding, prompt_mask, attn)
             check_budget_value(budget, num_tokens, width, self.supports_auto, self.name)
             self._check_sources(prompt_embedding, prompt_mask, attn)
-        return self.reduce(visual_tokens, prompt_embedding, prompt_mask, attn, budget, width)
+            if token_mask is not None:
+                if not self.takes_token_mask:
+                    raise ValueError(f"method {self.name!r} reduces one image per call: it takes no token_mask")
+                token_mask = check_token_mask(token_mask, visual_tokens, budget)
+        return self.reduce(visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask)
 
     def reduce(
         self,
@@ -65,6 +84,7 @@ class TokenReducer(nn.Module):
         attn: torch.Tensor | None,
         budget: int | str | torch.Tensor,
         width: int,
+        token_mask: torch.Tensor | None,
     ) -> ReductionOutput:
         raise NotImplementedError
 

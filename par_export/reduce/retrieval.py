@@ -32,17 +32,33 @@ def cosine_relevance(query: torch.Tensor, tokens: torch.Tensor, eps: float = 1e-
     return torch.einsum("bd,bnd->bn", q, v)
 
 
-def standardize(relevance: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """``z_i = (r_i - mean(r)) / std(r)`` per image: ``[B, N]`` -> ``[B, N]``."""
-    mean = relevance.mean(dim=-1, keepdim=True)
-    std = relevance.std(dim=-1, keepdim=True, unbiased=False)
-    return (relevance - mean) / std.clamp_min(eps)
+def standardize(relevance: torch.Tensor, eps: float = 1e-6, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``z_i = (r_i - mean(r)) / std(r)`` per image: ``[B, N]`` -> ``[B, N]``.
+
+    ``token_mask [B, N]`` (``True`` = real token): mean and std over the real tokens only,
+    padded tokens get 0.
+    """
+    if token_mask is None:
+        mean = relevance.mean(dim=-1, keepdim=True)
+        std = relevance.std(dim=-1, keepdim=True, unbiased=False)
+        return (relevance - mean) / std.clamp_min(eps)
+    weight = token_mask.to(relevance.dtype)
+    count = weight.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    mean = (relevance * weight).sum(dim=-1, keepdim=True) / count
+    centered = (relevance - mean) * weight
+    std = torch.sqrt((centered * centered).sum(dim=-1, keepdim=True) / count)
+    return centered / std.clamp_min(eps)
 
 
-def min_max(values: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Rescale each row of ``[B, N]`` to ``[0, 1]`` (a constant row maps to 0)."""
-    low = values.amin(dim=-1, keepdim=True)
-    high = values.amax(dim=-1, keepdim=True)
+def min_max(values: torch.Tensor, eps: float = 1e-6, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Rescale each row of ``[B, N]`` to ``[0, 1]`` (a constant row maps to 0); with ``token_mask``
+    ``[B, N]`` the range is that of the real tokens (padded ones may fall outside ``[0, 1]``)."""
+    if token_mask is None:
+        low = values.amin(dim=-1, keepdim=True)
+        high = values.amax(dim=-1, keepdim=True)
+    else:
+        low = values.masked_fill(~token_mask, float("inf")).amin(dim=-1, keepdim=True)
+        high = values.masked_fill(~token_mask, float("-inf")).amax(dim=-1, keepdim=True)
     return (values - low) / (high - low).clamp_min(eps)
 
 
@@ -52,20 +68,22 @@ def standardized_relevance(
     prompt_mask: torch.Tensor | None,
     attn: torch.Tensor | None,
     eps: float = 1e-6,
+    token_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Standardized relevance ``z`` ``[B, N]`` of each token to the prompt.
 
     With a prompt: cosine of the pooled prompt ``[B, Dq]`` against ``query_tokens``
     ``[B, N, Dq]`` (the visual tokens in the retrieval space). Images whose prompt
     is empty (all-zero ``prompt_mask``), or a call without a prompt, fall back to
-    the CLS attention ``attn`` ``[B, N]`` (PAR_SPEC step 7).
+    the CLS attention ``attn`` ``[B, N]`` (PAR_SPEC step 7). ``token_mask [B, N]``: statistics over
+    the real tokens only; padded tokens get ``z = 0``.
     """
     if prompt_embedding is None:
         if attn is None:
             raise ValueError("relevance needs prompt_embedding or attn (CLS attention fallback)")
-        return standardize(attn.float(), eps)
+        return standardize(attn.float(), eps, token_mask)
     query, has_prompt = pool_prompt(prompt_embedding, prompt_mask)
     relevance = cosine_relevance(query, query_tokens, eps)
     if attn is not None:
         relevance = torch.where(has_prompt.unsqueeze(-1), relevance, attn.float())
-    return standardize(relevance, eps)
+    return standardize(relevance, eps, token_mask)

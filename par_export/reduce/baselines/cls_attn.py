@@ -14,6 +14,6 @@ class ClsAttentionReducer(TokenReducer):
     description = "top-K by CLS attention, prompt-agnostic (FasterVLM)"
     needs_attn = True
 
-    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width):
+    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask):
         num_kept = fixed_budget(budget, visual_tokens.shape[0], visual_tokens.device)
-        return keep_top_scoring(visual_tokens, attn.float(), num_kept, width)
+        return keep_top_scoring(visual_tokens, attn.float(), num_kept, width, token_mask)

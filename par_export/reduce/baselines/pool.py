@@ -47,8 +47,9 @@ class PoolReducer(TokenReducer):
     name = "pool"
     description = "uniform spatial average pooling to a rows x cols grid (<= K)"
     dynamic_tokens = False  # needs a square grid whose side is known at trace time
+    takes_token_mask = False  # the grid is the whole token axis
 
-    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width):
+    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask):
         b, n, _ = visual_tokens.shape
         side = math.isqrt(n)
         if side * side != n:

@@ -46,8 +46,9 @@ class PruMergeReducer(TokenReducer):
     supports_auto = True  # the outlier count is adaptive; "auto" caps it at k_max
     spatial_fill = False
     dynamic_tokens = False  # quartile positions are python arithmetic on N
+    takes_token_mask = False  # ... of one image's N
 
-    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width):
+    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask):
         b, n, _ = visual_tokens.shape
         weights = attn.float()
         cap = fixed_budget(width if isinstance(budget, str) else budget, b, visual_tokens.device)

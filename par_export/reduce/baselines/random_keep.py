@@ -27,9 +27,9 @@ class RandomReducer(TokenReducer):
         super().__init__(config, query_projection)
         self.seed = int(seed)
 
-    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width):
+    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask):
         b, n, _ = visual_tokens.shape
         index = torch.arange(n, device=visual_tokens.device, dtype=torch.int64)
         scores = ((index + 1 + self.seed * 7919) * _KNUTH) % (1 << 32)
         num_kept = fixed_budget(budget, b, visual_tokens.device)
-        return keep_top_scoring(visual_tokens, scores.unsqueeze(0).expand(b, n), num_kept, width)
+        return keep_top_scoring(visual_tokens, scores.unsqueeze(0).expand(b, n), num_kept, width, token_mask)

@@ -16,7 +16,8 @@ class TextSimilarityReducer(TokenReducer):
     supports_auto = True
     uses_prompt = True
 
-    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width):
+    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask):
         query_tokens = None if prompt_embedding is None else self.query_projection(visual_tokens)
-        z = standardized_relevance(query_tokens, prompt_embedding, prompt_mask, attn, self.config.eps)
-        return keep_top_scoring(visual_tokens, z, resolve_num_kept(budget, z, self.config), width)
+        z = standardized_relevance(query_tokens, prompt_embedding, prompt_mask, attn, self.config.eps, token_mask)
+        num_kept = resolve_num_kept(budget, z, self.config, token_mask)
+        return keep_top_scoring(visual_tokens, z, num_kept, width, token_mask)

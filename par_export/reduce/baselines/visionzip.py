@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from par_export.reduce.budget import fixed_budget
+from par_export.reduce.budget import cap_to_tokens, fixed_budget
 from par_export.reduce.checks import token_count
 from par_export.reduce.clustering import cosine_similarity_matrix
 from par_export.reduce.reducer import TokenReducer
 from par_export.reduce.registry import register
 from par_export.reduce.router import (
     center_slots,
+    drop_padded,
     evenly_spaced,
+    mask_scores,
     merged_output,
     route_to_centers,
     select_centers,
@@ -38,14 +40,16 @@ class VisionZipReducer(TokenReducer):
     description = "dominant tokens by CLS attention + merged contextual tokens (VisionZip)"
     needs_attn = True
 
-    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width):
+    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask):
         b, n, _ = visual_tokens.shape
-        num_kept = fixed_budget(budget, b, visual_tokens.device)
+        num_kept = cap_to_tokens(fixed_budget(budget, b, visual_tokens.device), token_mask)
         num_dominant = dominant_count(num_kept)
-        order = top_indices(attn.float(), token_count(attn))  # static K unless the token axis is dynamic
+        # static K unless the token axis is dynamic; padded tokens rank last
+        order = top_indices(mask_scores(attn.float(), token_mask), token_count(attn))
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(b, n))
         dominant = rank < num_dominant.unsqueeze(-1)
-        target = evenly_spaced(~dominant, num_kept - num_dominant)
+        remaining = ~dominant if token_mask is None else ~dominant & token_mask
+        target = evenly_spaced(remaining, num_kept - num_dominant)
 
         keep_index, valid = select_centers((dominant | target).float(), num_kept, width)
         own_slots = center_slots(keep_index, valid, n)
@@ -54,5 +58,6 @@ class VisionZipReducer(TokenReducer):
         routed = route_to_centers(similarity, keep_index, is_target, own_slots)
         has_targets = is_target.any(dim=-1, keepdim=True)
         assignment = torch.where((own_slots >= 0) | has_targets, routed, torch.full_like(routed, -1))
+        assignment = drop_padded(assignment, token_mask)
         uniform = torch.zeros(b, n, device=visual_tokens.device)
         return merged_output(visual_tokens, assignment, uniform, keep_index, valid, num_kept, attn)
