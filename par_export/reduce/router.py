@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from par_export.reduce.budget import cap_to_tokens
 from par_export.reduce.checks import is_exporting
 from par_export.reduce.output import ReductionOutput
 
@@ -23,6 +24,23 @@ def top_indices(scores: torch.Tensor, width: int) -> torch.Tensor:
     if is_exporting():
         return torch.topk(scores, width, dim=-1, largest=True, sorted=True).indices
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :width]
+
+
+def mask_scores(scores: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    """``scores [B, N]`` with padded tokens (``token_mask`` False) at ``-inf`` (integer scores: their
+    dtype's minimum): ranked after every real token, so they are never kept while K is at most the
+    image's real token count."""
+    if token_mask is None:
+        return scores
+    lowest = float("-inf") if scores.is_floating_point() else torch.iinfo(scores.dtype).min
+    return scores.masked_fill(~token_mask, lowest)
+
+
+def drop_padded(assignment: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    """``assignment [B, N]`` with padded tokens dropped (``-1``): they merge into nothing."""
+    if token_mask is None:
+        return assignment
+    return torch.where(token_mask, assignment, torch.full_like(assignment, -1))
 
 
 def select_centers(scores: torch.Tensor, num_kept: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,12 +140,19 @@ def merged_output(
 
 
 def keep_top_scoring(
-    visual_tokens: torch.Tensor, scores: torch.Tensor, num_kept: torch.Tensor, width: int
+    visual_tokens: torch.Tensor,
+    scores: torch.Tensor,
+    num_kept: torch.Tensor,
+    width: int,
+    token_mask: torch.Tensor | None = None,
 ) -> ReductionOutput:
-    """Keep the top-``num_kept`` tokens by ``scores`` unchanged and drop the rest.
+    """Keep the top-``num_kept`` tokens by ``scores`` unchanged and drop the rest; padded tokens
+    (``token_mask [B, N]`` False) are never kept, K is capped at each image's real tokens.
 
     Pruning-only reducers (random, CLS attention, text similarity) are this call.
     """
+    scores = mask_scores(scores, token_mask)
+    num_kept = cap_to_tokens(num_kept, token_mask)
     keep_index, valid = select_centers(scores, num_kept, width)
     assignment = center_slots(keep_index, valid, visual_tokens.shape[1])
     gathered = torch.gather(
