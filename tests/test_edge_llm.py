@@ -59,7 +59,8 @@ def test_inputs_are_edge_llm_layout(exported):
 
 
 def test_rows_equal_the_adapter_fed_by_the_processor(qwen, exported):
-    """Edge-LLM's inputs built for a processed image -> ORT -> the rows ReducedQwen2_5_VL keeps."""
+    """Edge-LLM's inputs built for processed images -> ORT -> the rows ReducedQwen2_5_VL keeps, for
+    each image alone and for both in one call."""
     import onnxruntime as ort
 
     from par_export.export.edge_llm import edge_geometry, edge_inputs
@@ -71,6 +72,7 @@ def test_rows_equal_the_adapter_fed_by_the_processor(qwen, exported):
     inputs = family_for(qwen).inputs(qwen)
     session = ort.InferenceSession(str(exported / "visual" / "model.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
+    singles = []
     for w, h in [(80, 40), (36, 72)]:
         image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         enc = inputs.encode([PROMPT], [image])
@@ -85,6 +87,17 @@ def test_rows_equal_the_adapter_fed_by_the_processor(qwen, exported):
         assert int(num_kept[0]) == 8 and keep_index.tolist() == out.keep_index[0, :8].tolist()
         np.testing.assert_allclose(output.astype(np.float32), expected.image_features[0].numpy(), atol=2e-2,
                                    rtol=1e-2)
+        singles.append((image, out.keep_index[0, :8].tolist(), output))
+
+    # both images in one call: rows image after image, K and grid indices per image
+    enc = inputs.encode([PROMPT, PROMPT], [image for image, _, _ in singles])
+    feed = edge_inputs(edge_geometry(reference), enc["image_grid_thw"], enc["pixel_values"].numpy())
+    feed["query_embeds"] = np.repeat(query.mean(dim=1).numpy().astype(np.float16), 2, axis=0)
+    feed["budget"] = np.array(8, np.int64)
+    output, num_kept, keep_index = session.run(["output", "num_kept", "keep_index"], feed)
+    assert num_kept.tolist() == [8, 8] and output.shape[0] == 16
+    assert keep_index.tolist() == singles[0][1] + singles[1][1]
+    np.testing.assert_allclose(output.astype(np.float32), np.concatenate([singles[0][2], singles[1][2]]), atol=2e-3)
 
 
 def test_a_llava_folder_is_refused(tiny_folders, tmp_path, capsys):

@@ -121,8 +121,9 @@ def test_clip_is_refused(folder, tmp_path):
 
 
 def test_exported_tower_equals_the_stock_tower(folder, batch):
-    """The graph's tower (masked attention from window ids, host-side index inputs) gives the
-    stock merged features and the adapter's received attention, image by image."""
+    """The graph's tower (masked attention from window ids and image bounds, host-side index inputs)
+    gives the stock merged features and the adapter's received attention, for each image alone and
+    for both images in one call."""
     from par_export.models.qwen2_5_vl import QwenVisionParGraph, vision_inputs
 
     model = ReducedQwen2_5_VL.from_pretrained(folder, "par", PARConfig(k_max=16))
@@ -130,17 +131,41 @@ def test_exported_tower_equals_the_stock_tower(folder, batch):
     features = model.vision_features(batch["pixel_values"], batch["image_grid_thw"])
     with torch.no_grad():
         stock = model.model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"]).pooler_output
+    grids = batch["image_grid_thw"]
     start = 0
-    for i, grid in enumerate(batch["image_grid_thw"]):
+    for i, grid in enumerate(grids):
         patches = int(grid.prod())
         index = vision_inputs(model.visual, grid[None])
         with torch.no_grad():
-            tokens, received = graph.merged_tokens(batch["pixel_values"][start:start + patches],
-                                                   index["vision_position_ids"], index["window_index"],
-                                                   index["window_ids"])
+            tokens, received = graph.merged_tokens(batch["pixel_values"][start:start + patches], **index)
         torch.testing.assert_close(tokens, stock[i], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(received, features[i][1], atol=1e-6, rtol=1e-5)
         start += patches
+    with torch.no_grad():
+        tokens, received = graph.merged_tokens(batch["pixel_values"], **vision_inputs(model.visual, grids))
+    torch.testing.assert_close(tokens, torch.cat(stock), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(received, torch.cat([f[1] for f in features]), atol=1e-6, rtol=1e-5)
+
+
+def test_several_images_in_one_graph_call_equal_each_image_reduced_alone(folder, batch):
+    """One call of the vision graph with both images (different N, one without a prompt) gives each
+    image's K, kept indices and rows of the adapter's per-image reduction."""
+    from par_export.models.qwen2_5_vl import QwenVisionParGraph, vision_inputs
+    from par_export.reduce.retrieval import pool_prompt
+
+    for method in ("par", "visionzip", "random"):
+        model = ReducedQwen2_5_VL.from_pretrained(folder, method, PARConfig(k_max=16))
+        graph = QwenVisionParGraph(model, "input").eval()
+        grids = batch["image_grid_thw"]
+        query = pool_prompt(*model.query_encoder([QUESTIONS[0], ""]))[0]  # [2, D]; zeros for the second image
+        with torch.no_grad():
+            embeds, num_kept, keep_index = graph(batch["pixel_values"], **vision_inputs(model.visual, grids),
+                                                 query_embeds=query, budget=torch.tensor(7))
+        outputs, rows = model.reduce_images(batch["pixel_values"], [QUESTIONS[0], ""], 7, image_grid_thw=grids)
+        for i, (out, row) in enumerate(zip(outputs, rows)):
+            assert int(num_kept[i]) == int(out.num_kept[0]) == 7, method
+            assert keep_index[i, :7].tolist() == out.keep_index[0].tolist(), method
+            torch.testing.assert_close(embeds[i, :7], row, atol=1e-5, rtol=1e-5)
 
 
 def test_export_build_verify_and_run_equal_the_adapter_fed_by_the_processor(folder, tmp_path, capsys):

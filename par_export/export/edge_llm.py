@@ -7,16 +7,17 @@ head_dim / 2]`` fp32 (per-patch rotary angles, patch order), ``cu_seqlens`` / ``
 int32 (image and window boundaries, window order), ``window_index`` / ``reverse_window_index`` int64
 ``[num_groups]`` and ``max_seqlen_carrier`` int32 (its length carries the longest sequence), and the
 output ``output [num_groups, hidden]`` fp16. Its attention is the ``trt_edgellm::ViTAttentionPlugin``
-op. This graph takes the same inputs (same names, dtypes and ranks) plus ``query_embeds [1, hidden]``
-and ``budget``, computes attention with standard ops (masks from the boundaries, so ONNX Runtime runs
-it), and returns the reduced rows:
+op. This graph takes the same inputs (same names, dtypes and ranks) plus ``query_embeds [I, hidden]``
+(one per image) and ``budget``, computes attention with standard ops (masks from the boundaries, so
+ONNX Runtime runs it), and returns the reduced rows of the I images of the call (``cu_seqlens``
+bounds them; N and K differ per image):
 
-- ``output [K, hidden]`` fp16: the kept (merged) tokens, in raster order of the merged grid;
-- ``num_kept [1]`` int64: K;
-- ``keep_index [K]`` int64: index of each row in the image's ``t x h/2 x w/2`` merged grid, from which
-  a runtime takes its M-RoPE position (t, h, w) as it does for the full grid.
+- ``output [sum K, hidden]`` fp16: each image's kept (merged) tokens in raster order of its merged
+  grid, image after image;
+- ``num_kept [I]`` int64: K per image;
+- ``keep_index [sum K]`` int64: index of each row in its image's ``t x h/2 x w/2`` merged grid, from
+  which a runtime takes its M-RoPE position (t, h, w) as it does for the full grid.
 
-One image per call: the reducer works on one image's N tokens (N and K differ per image).
 Weights stay fp32 inside; a TensorRT build with ``--fp16`` lowers them.
 """
 
@@ -29,6 +30,8 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+
+from par_export.models.qwen2_5_vl import segment_ids
 
 EDGE_INPUTS = ("input", "rotary_pos_emb", "cu_seqlens", "cu_window_seqlens", "window_index",
                "reverse_window_index", "max_seqlen_carrier")
@@ -44,26 +47,40 @@ class EdgeLlmVisualGraph(nn.Module):
 
     def forward(self, input, rotary_pos_emb, cu_seqlens, cu_window_seqlens, window_index, reverse_window_index,
                 max_seqlen_carrier, query_embeds, budget):
-        patch = torch.arange(input.shape[0], device=input.device).unsqueeze(1)
-        window_ids = (patch >= cu_window_seqlens[1:].long().unsqueeze(0)).sum(-1)
-        image_ids = (patch >= cu_seqlens[1:].long().unsqueeze(0)).sum(-1)
+        window_ids = segment_ids(input.shape[0], cu_window_seqlens)
+        image_ids = segment_ids(input.shape[0], cu_seqlens)
         tokens, received = self.graph.tower(input.float(), rotary_pos_emb.float(), window_index, reverse_window_index,
                                             window_ids.unsqueeze(0) == window_ids.unsqueeze(1),
                                             image_ids.unsqueeze(0) == image_ids.unsqueeze(1))
         # Edge-LLM reads the longest sequence from this input's length; the masks need no such
         # bound, but the input stays so that a runtime feeding Edge-LLM's inputs can feed ours.
         tokens = tokens + max_seqlen_carrier[:0].sum().to(tokens.dtype)
-        embeds, num_kept, keep_index = self.graph.reduce_and_project(tokens.unsqueeze(0), received.unsqueeze(0),
-                                                                     query_embeds.float(), budget)
-        valid = keep_index[0] >= 0
-        return embeds[0][valid].half(), num_kept, keep_index[0][valid]
+        embeds, num_kept, keep_index = self.graph.reduce_images(tokens, received, cu_seqlens, query_embeds.float(),
+                                                                budget)
+        valid = keep_index >= 0  # [I, W]: the rows of image 0, then image 1, ...
+        return embeds[valid].half(), num_kept, keep_index[valid]
+
+
+def padded_outputs(rows: np.ndarray, num_kept: np.ndarray, keep_index: np.ndarray) -> dict[str, np.ndarray]:
+    """The graph's flat outputs (``rows [sum K, D]``, ``num_kept [I]``, ``keep_index [sum K]``) as the
+    padded per-image outputs of a ``vision_par`` graph: ``image_embeds [I, max K, D]`` (zeros) and
+    ``keep_index [I, max K]`` (-1) past each image's K."""
+    images, width = len(num_kept), int(num_kept.max())
+    embeds = np.zeros((images, width, rows.shape[-1]), rows.dtype)
+    index = np.full((images, width), -1, keep_index.dtype)
+    starts = np.concatenate([[0], np.cumsum(num_kept)])
+    for i, k in enumerate(num_kept.tolist()):
+        embeds[i, :k] = rows[starts[i]:starts[i] + k]
+        index[i, :k] = keep_index[starts[i]:starts[i] + k]
+    return {"image_embeds": embeds, "num_kept": num_kept, "keep_index": index}
 
 
 def edge_inputs(visual, image_grid_thw: torch.Tensor, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
-    """Edge-LLM's visual inputs for one image (its runtime computes the same on the host)."""
+    """Edge-LLM's visual inputs for the images of ``image_grid_thw [I, 3]`` (its runtime computes the
+    same on the host)."""
     from transformers.vision_utils import get_vision_position_ids
 
-    from par_export.models.qwen2_5_vl import rotary_angles, window_layout
+    from par_export.models.qwen2_5_vl import image_bounds, rotary_angles, window_layout
 
     angles = rotary_angles(get_vision_position_ids(image_grid_thw, visual.spatial_merge_size), visual.inv_freq)
     window_index, cu_window = window_layout(visual, image_grid_thw)
@@ -71,7 +88,7 @@ def edge_inputs(visual, image_grid_thw: torch.Tensor, pixel_values: np.ndarray) 
     return {
         "input": pixel_values[:patches].astype(np.float16),
         "rotary_pos_emb": angles.numpy().astype(np.float32),
-        "cu_seqlens": np.array([0, patches], np.int32),
+        "cu_seqlens": image_bounds(image_grid_thw).numpy().astype(np.int32),
         "cu_window_seqlens": cu_window.numpy().astype(np.int32),
         "window_index": window_index.long().numpy(),
         "reverse_window_index": np.argsort(window_index.numpy()).astype(np.int64),
@@ -91,7 +108,8 @@ def edge_geometry(qwen):
 def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", budget: int = 64, config=None,
                     overwrite: bool = False, opset: int = 17) -> dict:
     """Write ``out/visual/model.onnx`` + ``out/visual/config.json`` (+ ``out/processor``), validated
-    against PyTorch on images of three shapes; returns the report (also ``out/report.json``)."""
+    against PyTorch on images of three shapes, one per call and two in one call; returns the report
+    (also ``out/report.json``)."""
     from par_export.export.config import DEFAULT_OPSET
     from par_export.export.exporter import ExportError, _export, resolve_model
     from par_export.export.metadata import set_metadata
@@ -128,10 +146,12 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
         rng = np.random.default_rng(0)
         width = 3 * qwen.model.config.vision_config.temporal_patch_size * geometry.patch_size ** 2
 
-        def feed_for(grid_hw, query_on=True):
-            grid = torch.tensor([[1, *grid_hw]])
-            feed = edge_inputs(geometry, grid, rng.standard_normal((grid_hw[0] * grid_hw[1], width)))
-            feed["query_embeds"] = (rng.standard_normal((1, hidden)) * query_on).astype(np.float16)
+        def feed_for(grids_hw, query_on=True):
+            grid = torch.tensor([[1, h, w] for h, w in grids_hw])
+            feed = edge_inputs(geometry, grid, rng.standard_normal((int(grid.prod(-1).sum()), width)))
+            query = rng.standard_normal((len(grids_hw), hidden))
+            query[-1] *= query_on  # the last image without a prompt: attention fallback
+            feed["query_embeds"] = query.astype(np.float16)
             feed["budget"] = np.array(budget, np.int64)
             return feed
 
@@ -142,10 +162,11 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
         spec_axes = {"input": {0: "4*num_groups"}, "rotary_pos_emb": {0: "4*num_groups"},
                      "cu_seqlens": {0: "batch_p1"}, "cu_window_seqlens": {0: "num_windows_p1"},
                      "window_index": {0: "num_groups"}, "reverse_window_index": {0: "num_groups"},
-                     "max_seqlen_carrier": {0: "max_seqlen"}, "output": {0: "kept"}, "keep_index": {0: "kept"}}
+                     "max_seqlen_carrier": {0: "max_seqlen"}, "query_embeds": {0: "images"},
+                     "output": {0: "kept"}, "num_kept": {0: "images"}, "keep_index": {0: "kept"}}
         from types import SimpleNamespace
 
-        dummy = feed_for(grids[1])
+        dummy = feed_for([grids[1], grids[0]])  # two images: no size of either is traced as a constant
         with dynamic_token_axis(config.k_max), torch.no_grad():
             _export(module, tuple(torch.from_numpy(dummy[n]) for n in names),
                     SimpleNamespace(inputs=names, outputs=OUTPUTS, dynamic_axes=spec_axes), opset, raw)
@@ -159,15 +180,14 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
         session = ort_session(visual_dir / "model.onnx")
         declared = {i.name for i in session.get_inputs()}
         cases = []
-        for i, grid_hw in enumerate(grids):
-            feed = feed_for(grid_hw, query_on=i != 1)
+        for i, call in enumerate([[grid] for grid in grids] + [[grids[2], grids[0]]]):
+            feed = feed_for(call, query_on=i not in (1, 3))
             with torch.no_grad():
                 expected = module(*(torch.from_numpy(feed[n]) for n in names))
             got = session.run(list(OUTPUTS), {k: v for k, v in feed.items() if k in declared})
-            reference = {"image_embeds": expected[0].float().numpy()[None], "num_kept": expected[1].numpy(),
-                         "keep_index": expected[2].numpy()[None]}
-            result = {"image_embeds": got[0].astype(np.float32)[None], "num_kept": got[1], "keep_index": got[2][None]}
-            cases.append({"case": f"grid={grid_hw[0]}x{grid_hw[1]} budget={budget}",
+            reference = padded_outputs(expected[0].float().numpy(), expected[1].numpy(), expected[2].numpy())
+            result = padded_outputs(got[0].astype(np.float32), got[1], got[2])
+            cases.append({"case": " + ".join(f"grid={h}x{w}" for h, w in call) + f" budget={budget}",
                           **compare_outputs(reference, result)})
         report = {**check_graph(visual_dir / "model.onnx"), **summarize(cases, "fp16", True), "cases": cases,
                   "metadata": metadata}
@@ -175,11 +195,12 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
             raise ExportError("validation failed; nothing was written:\n" + json.dumps(cases, indent=1))
         model_config = qwen.model.config.to_dict()
         model_config["par"] = {"method": method, "budget": budget, "min_tokens": config.k_max,
-                               "outputs": {"output": "[K, hidden] fp16 kept rows, raster order",
-                                           "num_kept": "[1] int64",
-                                           "keep_index": "[K] int64 index in the t x h/2 x w/2 merged grid"},
-                               "extra_inputs": {"query_embeds": "[1, hidden] fp16: mean LLM input embedding of the "
-                                                                "rewritten prompt (zeros: no prompt)",
+                               "outputs": {"output": "[sum K, hidden] fp16 kept rows, raster order, image after image",
+                                           "num_kept": "[images] int64 K per image",
+                                           "keep_index": "[sum K] int64 index in its image's t x h/2 x w/2 "
+                                                         "merged grid"},
+                               "extra_inputs": {"query_embeds": "[images, hidden] fp16: mean LLM input embedding of "
+                                                                "each image's rewritten prompt (zeros: no prompt)",
                                                 "budget": "[] int64 K"}}
         (visual_dir / "config.json").write_text(json.dumps(model_config, indent=2, default=str))
         inputs.save(final)

@@ -240,7 +240,9 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
     elif isinstance(budget_mode, int):
         budgets = [budget_mode]
     else:
-        budgets = [b for b in cfg.validation_budgets if b <= common["width"]] or [common["width"]]
+        budgets = [b for b in cfg.validation_budgets if b <= common["width"]]
+        if len(budgets) < 2:  # a narrow graph: still a K below the width (merging) and the width itself
+            budgets = sorted({max(1, common["width"] // 2), *budgets, common["width"]})
     session = ort_session(final / spec.filename)
     cases = [compare_vision(vision_module, session, c, spec.inputs)
              for c in cfg.vision_cases(common, query_dim, budgets)]

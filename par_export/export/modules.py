@@ -35,11 +35,13 @@ class VisionParGraph(nn.Module):
         tokens, attn = self.llava.vision_features(pixel_values)
         return self.reduce_and_project(tokens, attn, query_embeds, budget)
 
-    def reduce_and_project(self, tokens, attn, query_embeds, budget):
-        """``tokens [B, N, Dv]``, ``attn [B, N]`` -> embeddings ``[B, W, D_llm]``, K ``[B]``, indices ``[B, W]``."""
+    def reduce_and_project(self, tokens, attn, query_embeds, budget, token_mask=None):
+        """``tokens [B, N, Dv]``, ``attn [B, N]`` -> embeddings ``[B, W, D_llm]``, K ``[B]``, indices ``[B, W]``;
+        ``token_mask [B, N]``: images with fewer than N tokens, padded (see ``TokenReducer``)."""
         has_prompt = query_embeds.abs().amax(dim=-1, keepdim=True) > 0  # [B, 1]
         k = budget if self.budget == "input" else self.budget
-        out = self.reducer(tokens, query_embeds.unsqueeze(1), attn, budget=k, prompt_mask=has_prompt)
+        out = self.reducer(tokens, query_embeds.unsqueeze(1), attn, budget=k, prompt_mask=has_prompt,
+                           token_mask=token_mask)
         embeds = self.projector(out.tokens) * out.valid.unsqueeze(-1).to(out.tokens.dtype)
         return embeds, out.num_kept, out.keep_index
 

@@ -290,12 +290,15 @@ def rotary_angles(vision_position_ids: torch.Tensor, inv_freq: torch.Tensor) -> 
 
 
 def vision_inputs(visual, image_grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Host-side index inputs of the exported tower for one image, from transformers' own helpers
-    (the exported graph has no Python loops over the grid):
+    """Host-side index inputs of the exported tower for the images of ``image_grid_thw [I, 3]``, from
+    transformers' own helpers (the exported graph has no Python loops over the grids); S counts the
+    patches of all images:
 
     - ``vision_position_ids [S, 2]``: (h, w) of each patch for the 2D rotary embedding;
     - ``window_index [S / 4]``: merged-token order of windowed attention;
-    - ``window_ids [S]``: the window of each patch in that order (windowed blocks attend within one).
+    - ``window_ids [S]``: the window of each patch in that order (windowed blocks attend within one);
+    - ``cu_seqlens [I + 1]``: the images' patch boundaries (full-attention blocks attend within one
+      image; image i's merged tokens are ``cu_seqlens[i] / 4 .. cu_seqlens[i + 1] / 4``).
     """
     from transformers.vision_utils import get_vision_position_ids
 
@@ -303,13 +306,40 @@ def vision_inputs(visual, image_grid_thw: torch.Tensor) -> dict[str, torch.Tenso
     window_index, cu_window = window_layout(visual, image_grid_thw)
     patches = int(positions.shape[0])
     window_ids = torch.bucketize(torch.arange(patches), cu_window[1:].long(), right=True)
-    return {"vision_position_ids": positions.long(), "window_index": window_index.long(), "window_ids": window_ids}
+    return {"vision_position_ids": positions.long(), "window_index": window_index.long(), "window_ids": window_ids,
+            "cu_seqlens": image_bounds(image_grid_thw)}
+
+
+def image_bounds(image_grid_thw: torch.Tensor) -> torch.Tensor:
+    """``cu_seqlens [I + 1]`` int64: the patch boundaries of the images of ``image_grid_thw [I, 3]``."""
+    return torch.nn.functional.pad(image_grid_thw.long().prod(-1).cumsum(0), (1, 0))
+
+
+def segment_ids(length: int | torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """``[length]`` int64: which segment each position is in, for boundaries ``bounds [G + 1]``
+    (``0, ..., length``, as ``cu_seqlens``)."""
+    position = torch.arange(length, device=bounds.device).unsqueeze(1)
+    return (position >= bounds[1:].long().unsqueeze(0)).sum(-1)
+
+
+def per_image(tokens: torch.Tensor, received: torch.Tensor, token_bounds: torch.Tensor):
+    """The merged tokens of all images ``[T, D]`` (and ``received [T]``) as a padded batch, one image
+    per row: ``[I, M, D]``, ``[I, M]`` and the ``token_mask [I, M]``, M the most tokens of an image.
+    ``token_bounds [I + 1]``: the images' merged-token boundaries. Padded rows repeat the image's
+    first token (the reducers ignore them)."""
+    starts = token_bounds[:-1].long()
+    counts = token_bounds[1:].long() - starts
+    slots = torch.arange(counts.max(), device=tokens.device)  # [M]; ONNX Range with a computed limit
+    mask = slots.unsqueeze(0) < counts.unsqueeze(1)  # [I, M]
+    index = starts.unsqueeze(1) + torch.where(mask, slots.unsqueeze(0), torch.zeros_like(slots).unsqueeze(0))
+    return tokens[index], received[index], mask
 
 
 def _masked_attention(attn, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                      mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One vision attention layer with a boolean ``[S, S]`` mask (``None``: all patches of the image):
-    the output ``[S, C]`` and the attention each patch receives, averaged over heads and queries ``[S]``.
+                      mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One vision attention layer with a boolean ``[S, S]`` mask (query, key): the output ``[S, C]``
+    and the attention each patch receives, averaged over heads and over the queries that may attend
+    to it ``[S]`` (for an image mask: the queries of its image, as if the image were alone).
 
     Written out (not the stock per-window loop over ``cu_seqlens``) so the exported graph takes any
     grid: the windows come in as ``window_ids`` and become a mask."""
@@ -320,37 +350,48 @@ def _masked_attention(attn, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.
     q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
     q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # [H, S, d]
     scores = (q @ k.transpose(-1, -2)) * attn.scaling
-    if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
     out = (weights @ v).transpose(0, 1).reshape(length, -1)
-    return attn.proj(out), weights.float().mean(dim=(0, 1))
+    queries = mask.sum(dim=0).to(torch.float32)  # [S]: how many queries see each key
+    return attn.proj(out), weights.float().mean(dim=0).sum(dim=0) / queries
 
 
 class QwenVisionParGraph(VisionParGraph):
-    """``vision_par.onnx`` for one Qwen2.5-VL image: tower (windowed and full attention, 2D rotary,
-    patch merger) -> reducer on the merged tokens.
+    """``vision_par.onnx`` for Qwen2.5-VL images, one or several per call (each its own size): tower
+    (windowed and full attention, 2D rotary, patch merger) -> reducer on each image's merged tokens.
 
-    Inputs: ``pixel_values [S, 3 * 2 * P * P]`` (the processor's flattened patches),
-    ``vision_position_ids [S, 2]``, ``window_index [S / 4]``, ``window_ids [S]`` (from
-    :func:`vision_inputs`), ``query_embeds [1, D]`` (LLM space) and ``budget``. Outputs:
-    ``image_embeds [1, W, D]``, ``num_kept [1]``, ``keep_index [1, W]`` (into the N = S / 4 merged
-    tokens, raster order): the rows take the M-RoPE positions of their indices.
+    Inputs: ``pixel_values [S, 3 * 2 * P * P]`` (the processor's flattened patches of all images),
+    ``vision_position_ids [S, 2]``, ``window_index [S / 4]``, ``window_ids [S]``, ``cu_seqlens [I + 1]``
+    (from :func:`vision_inputs`), ``query_embeds [I, D]`` (LLM space, one per image) and ``budget``.
+    Outputs: ``image_embeds [I, W, D]``, ``num_kept [I]``, ``keep_index [I, W]`` (into image i's
+    N_i = S_i / 4 merged tokens, raster order): the rows take the M-RoPE positions of their indices.
+
+    Attention is computed with masks over all S patches (``[heads, S, S]``), so memory grows with
+    the square of the patches in one call, not per image as in the stock per-window loop.
     """
 
-    def merged_tokens(self, pixel_values, vision_position_ids, window_index, window_ids):
-        """Merged tokens ``[N, D]`` in raster order and the attention they receive ``[N]``."""
+    def merged_tokens(self, pixel_values, vision_position_ids, window_index, window_ids, cu_seqlens):
+        """Merged tokens ``[sum N, D]`` in raster order (image after image) and the attention they
+        receive ``[sum N]``."""
         visual = self.vision_tower
         angles = rotary_angles(vision_position_ids, visual.rotary_pos_emb.inv_freq)
         order = torch.arange(window_index.shape[0], device=window_index.device)
         reverse = torch.zeros_like(window_index).scatter(0, window_index, order)  # ONNX has no argsort
         window_mask = window_ids.unsqueeze(0) == window_ids.unsqueeze(1)
-        return self.tower(pixel_values, angles, window_index, reverse, window_mask, None)
+        image_ids = segment_ids(pixel_values.shape[0], cu_seqlens)  # window order keeps images apart
+        return self.tower(pixel_values, angles, window_index, reverse, window_mask,
+                          image_ids.unsqueeze(0) == image_ids.unsqueeze(1))
+
+    def reduce_images(self, tokens, received, cu_seqlens, query_embeds, budget):
+        """Each image's merged tokens (``cu_seqlens`` bounds its patches) reduced for its query."""
+        padded, attn, mask = per_image(tokens, received, cu_seqlens // self.vision_tower.spatial_merge_unit)
+        return self.reduce_and_project(padded, attn, query_embeds, budget, mask)
 
     def tower(self, pixel_values, angles, window_index, reverse_index, window_mask, image_mask):
         """The vision tower on patches ``[S, C * T * P * P]`` with rotary ``angles [S, head_dim / 2]``
         (both in patch order), windows as ``window_mask [S, S]`` and images as ``image_mask [S, S]``
-        (``None``: one image) in window order; merged tokens ``[N, D]`` back in raster order
+        in window order; merged tokens ``[N, D]`` back in raster order
         (``reverse_index``) and the attention each receives in the last full-attention block ``[N]``."""
         visual = self.vision_tower
         unit = visual.spatial_merge_unit
@@ -376,27 +417,32 @@ class QwenVisionParGraph(VisionParGraph):
         received = received.reshape(-1, unit).sum(-1)
         return merged.index_select(0, reverse_index), received.index_select(0, reverse_index)
 
-    def forward(self, pixel_values, vision_position_ids, window_index, window_ids, query_embeds, budget=None):
-        tokens, received = self.merged_tokens(pixel_values, vision_position_ids, window_index, window_ids)
-        return self.reduce_and_project(tokens.unsqueeze(0), received.unsqueeze(0), query_embeds, budget)
+    def forward(self, pixel_values, vision_position_ids, window_index, window_ids, cu_seqlens, query_embeds,
+                budget=None):
+        tokens, received = self.merged_tokens(pixel_values, vision_position_ids, window_index, window_ids, cu_seqlens)
+        return self.reduce_images(tokens, received, cu_seqlens, query_embeds, budget)
 
 
 @dataclass(frozen=True)
 class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
-    """Qwen2.5-VL's export: one image per call, any size the processor gives (S patches, N = S / 4
-    merged tokens, both dynamic). The graph's width is ``min(k_max, N)`` for the smallest N it
-    serves, recorded as ``tokens_per_image``; ``run`` refuses a smaller image with that bound."""
+    """Qwen2.5-VL's export: one or several images per call, each any size the processor gives (S
+    patches in all, N_i = S_i / 4 merged tokens per image, all dynamic). The graph's width is
+    ``min(k_max, N)`` for the smallest N it serves, recorded as ``tokens_per_image``; ``run``
+    refuses a smaller image with that bound."""
 
     dynamic_tokens = True
-    validation_batches = (1,)
+    validation_batches = (1, 2)  # images per call; the cases spread the grids over both
 
     @property
     def vision_par(self) -> GraphSpec:
-        inputs = ("pixel_values", "vision_position_ids", "window_index", "window_ids", "query_embeds")
+        inputs = ("pixel_values", "vision_position_ids", "window_index", "window_ids", "cu_seqlens", "query_embeds")
         inputs += ("budget",) if self.budget_input else ()
+        images = {0: "images"}
         return GraphSpec(name="vision_par", inputs=inputs, outputs=("image_embeds", "num_kept", "keep_index"),
                          dynamic_axes={"pixel_values": {0: "patches"}, "vision_position_ids": {0: "patches"},
-                                       "window_index": {0: "tokens"}, "window_ids": {0: "patches"}})
+                                       "window_index": {0: "tokens"}, "window_ids": {0: "patches"},
+                                       "cu_seqlens": {0: "images_p1"}, "query_embeds": images,
+                                       "image_embeds": images, "num_kept": images, "keep_index": images})
 
     def vision_module(self, qwen, budget) -> nn.Module:
         return QwenVisionParGraph(qwen, budget)
@@ -411,13 +457,14 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
                 "window_size": visual.window_size, "temporal_patch_size": qwen.model.config.vision_config.temporal_patch_size}
 
     def shape_bounds(self, max_sequence: int, geometry: dict | None = None) -> dict:
+        """TensorRT profile bounds: patches from one smallest image to the processor's ``max_pixels``
+        (16384 merged tokens) in all, up to ``batch_max`` images per call."""
         bounds = super().shape_bounds(max_sequence)
-        for name in ("pixel_values", "query_embeds"):
-            del bounds[name]
-        tokens = [geometry["tokens_per_image"], 16384]  # up to the processor's max_pixels (16384 merged tokens)
-        bounds.update({"pixel_values": {"0": [4 * tokens[0], 4 * tokens[1]]},
-                       "vision_position_ids": {"0": [4 * tokens[0], 4 * tokens[1]]},
-                       "window_ids": {"0": [4 * tokens[0], 4 * tokens[1]]}, "window_index": {"0": tokens}})
+        del bounds["pixel_values"]
+        tokens = [geometry["tokens_per_image"], 16384]
+        patches = {"0": [4 * tokens[0], 4 * tokens[1]]}
+        bounds.update({"pixel_values": patches, "vision_position_ids": patches, "window_ids": patches,
+                       "window_index": {"0": tokens}, "cu_seqlens": {"0": [2, self.batch_max + 1]}})
         return bounds
 
     @staticmethod
@@ -427,32 +474,37 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
         return SimpleNamespace(spatial_merge_size=geometry["spatial_merge_size"], window_size=geometry["window_size"],
                                patch_size=geometry["patch_size"])
 
-    def image_feed(self, geometry: dict, image_features: dict) -> tuple[dict, int]:
-        """Graph inputs of one image from the processor's ``pixel_values [S, ...]`` and
-        ``image_grid_thw [1, 3]``; the layout is the image's N."""
-        grid = torch.as_tensor(image_features["image_grid_thw"][:1])
-        n = int(grid.prod()) // geometry["spatial_merge_size"] ** 2
-        if n < geometry["tokens_per_image"]:
-            raise ValueError(f"the image gives {n} merged tokens, fewer than the {geometry['tokens_per_image']} "
-                             "this graph was exported for; export with a smaller --k-max or use a larger image")
+    def image_feed(self, geometry: dict, image_features: dict) -> tuple[dict, list[int]]:
+        """Graph inputs of the processor's images (``pixel_values [S, ...]``, ``image_grid_thw [I, 3]``)
+        in one call; the layout is each image's N."""
+        grid = torch.as_tensor(image_features["image_grid_thw"])
+        sizes = (grid.prod(-1) // geometry["spatial_merge_size"] ** 2).tolist()
+        for i, n in enumerate(sizes):
+            if n < geometry["tokens_per_image"]:
+                which = f"image {i} gives" if len(sizes) > 1 else "the image gives"
+                raise ValueError(f"{which} {n} merged tokens, fewer than the {geometry['tokens_per_image']} this "
+                                 "graph was exported for; export with a smaller --k-max or use a larger image")
         feed = {k: v.numpy() for k, v in vision_inputs(self._visual_like(geometry), grid).items()}
-        feed["pixel_values"] = image_features["pixel_values"][:4 * n].astype(np.float32)
-        return feed, n
+        feed["pixel_values"] = image_features["pixel_values"][:4 * sum(sizes)].astype(np.float32)
+        return feed, sizes
 
     heatmap = False  # the patches are not an image until unflattened; `run` writes none yet
 
-    def num_tokens(self, geometry: dict, layout: int) -> int:
-        return layout
+    def num_tokens(self, geometry: dict, layout: list[int]) -> int:
+        """N of the first image (``run`` feeds one)."""
+        return layout[0]
 
-    def rows(self, outputs: dict, layout) -> np.ndarray:
-        return outputs["image_embeds"][0, :int(outputs["num_kept"][0])]
+    def rows(self, outputs: dict, layout, image: int = 0) -> np.ndarray:
+        """Image ``image``'s kept rows ``[K_i, D]``."""
+        return outputs["image_embeds"][image, :int(outputs["num_kept"][image])]
 
-    def _case_feed(self, geometry: dict, grid_hw: tuple[int, int], rng, dtype) -> dict:
+    def _case_feed(self, geometry: dict, grids_hw: list[tuple[int, int]], rng, dtype) -> dict:
+        """Random patches for images of the patch grids ``grids_hw`` in one call."""
         patch = geometry["patch_size"]
         width = 3 * geometry["temporal_patch_size"] * patch * patch
-        grid = torch.tensor([[1, grid_hw[0], grid_hw[1]]])
+        grid = torch.tensor([[1, h, w] for h, w in grids_hw])
         feed = {k: v.numpy() for k, v in vision_inputs(self._visual_like(geometry), grid).items()}
-        feed["pixel_values"] = rng.standard_normal((grid_hw[0] * grid_hw[1], width)).astype(dtype)
+        feed["pixel_values"] = rng.standard_normal((int(grid.prod(-1).sum()), width)).astype(dtype)
         return feed
 
     @staticmethod
@@ -463,27 +515,33 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
         return [(side, side), (side, 2 * side + 4), (2 * side + 6, side), (side + 4, side + 8)]
 
     def dummy_inputs(self, qwen, query_dim: int) -> tuple[torch.Tensor, ...]:
+        """Two images of different shapes, so that no size of either is traced as a constant."""
         geometry = self.extra_metadata(qwen)
-        grid = self.validation_grids(self.min_tokens(qwen))[1]
-        feed = self._case_feed(geometry, grid, np.random.default_rng(0), np.float32)
-        dummy = tuple(torch.from_numpy(feed[name]) for name in self.vision_par.inputs[:4])
-        dummy += (torch.randn(1, query_dim),)
+        grids = self.validation_grids(self.min_tokens(qwen))
+        feed = self._case_feed(geometry, [grids[1], grids[0]], np.random.default_rng(0), np.float32)
+        dummy = tuple(torch.from_numpy(feed[name]) for name in self.vision_par.inputs[:5])
+        dummy += (torch.randn(2, query_dim),)
         if self.budget_input:
             dummy += (torch.tensor(4, dtype=torch.int64),)
         return dummy
 
     def vision_cases(self, geometry: dict, query_dim: int, budgets: list, seed: int = 0) -> list[Case]:
-        """One image per case: square, wide, tall and larger grids, the budgets spread over them
-        (the tower is what the grid changes; a 32-block tower at real size is costly), one zero query."""
+        """Square, wide, tall and larger grids one per call, then two images of different shapes in
+        one call, the budgets spread over them (the tower is what the grid changes; a 32-block tower
+        at real size is costly); one image without a query (attention fallback)."""
         rng = np.random.default_rng(seed)
         dtype = np.float16 if self.fp16 else np.float32
         grids = self.validation_grids(geometry["tokens_per_image"])
+        calls = [[grid] for grid in grids] + [[grids[2], grids[0]]]
         cases = []
-        for i in range(max(len(grids), len(budgets))):
-            grid, budget = grids[i % len(grids)], budgets[i % len(budgets)]
-            feed = self._case_feed(geometry, grid, rng, dtype)
-            feed["query_embeds"] = rng.standard_normal((1, query_dim)).astype(dtype) * (i != 1)
-            cases.append(self.case(f"grid={grid[0]}x{grid[1]} N={grid[0] * grid[1] // 4}", feed, budget))
+        for i in range(max(len(calls), len(budgets))):
+            call, budget = calls[i % len(calls)], budgets[i % len(budgets)]
+            feed = self._case_feed(geometry, call, rng, dtype)
+            query = rng.standard_normal((len(call), query_dim)).astype(dtype)
+            query[-1] *= i not in (1, len(calls) - 1)  # no prompt: a wide image alone, the last of a pair
+            feed["query_embeds"] = query
+            name = " + ".join(f"grid={h}x{w} N={h * w // 4}" for h, w in call)
+            cases.append(self.case(name, feed, budget))
         return cases
 
 
