@@ -191,6 +191,28 @@ def test_export_build_verify_and_run_equal_the_adapter_fed_by_the_processor(fold
         n = reference.tokens_per_image(enc["image_grid_thw"])[0]
         assert f"kept 8/{n} tokens" in capsys.readouterr().out
 
+    # both images in one call of the built graph: each gets its single-image result
+    from par_export.engine.load import artifact_runners
+    from par_export.engine.run import query_inputs
+    from par_export.engine.verify import cast_feed
+    from par_export.models.families import export_config
+
+    manifest, runners = artifact_runners(art)
+    meta = manifest["metadata"]
+    pictures = [Image.open(tmp_path / f"{w}x{h}.png").convert("RGB") for w, h in [(80, 40), (36, 72)]]
+    feed, sizes = export_config(meta).image_feed(meta, family_for(folder).inputs(folder).image_features(pictures))
+    encoder = query_inputs(art, manifest)
+    with runners["query_encoder"] as runner:
+        feed["query_embeds"] = np.concatenate([encoder.embed(q, runner)[0] for q in (QUESTIONS[0], "")])
+    feed["budget"] = np.array(8, np.int64)
+    with runners["vision_par"] as runner:
+        out = runner.infer(cast_feed(feed, manifest["graphs"]["vision_par"]))
+    for i, (w, h) in enumerate([(80, 40), (36, 72)]):
+        alone = run_image(art, tmp_path / f"{w}x{h}.png", [QUESTIONS[0], ""][i], budget=8)
+        assert sizes[i] == alone["tokens_per_image"] and int(out["num_kept"][i]) == 8
+        assert out["keep_index"][i, :8].tolist() == alone["keep_index"]
+        np.testing.assert_allclose(out["image_embeds"][i, :8], alone["image_embeds"], atol=1e-5)
+
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(small)
     assert main(["run", str(art), "--image", str(small), "--prompt", QUESTIONS[0]]) == 2
