@@ -290,7 +290,7 @@ def cmd_emit(args) -> int:
     arrays, meta = emit(pipe, pixels, args.prompt, args.runtime, budget)
     print(f"{args.runtime}: K = {meta['num_kept']} visual rows of {meta['hidden_size']}, "
           f"{len(arrays['input_ids'])} prompt ids")
-    for path in write_emitted(args.out, arrays, meta, args.overwrite):
+    for path in write_emitted(args.out, arrays, meta, args.overwrite, inputs=[args.artifact, args.image]):
         print(f"wrote {path}")
     return 0
 

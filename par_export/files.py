@@ -1,13 +1,90 @@
-"""Writing outputs so that a failure never leaves a half-written file."""
+"""Writing outputs so that a failure never leaves a half-written file and nothing outside the
+output folder is ever touched.
+
+An output folder is written in a scratch folder beside it (``.NAME.tmp-*``) and renamed into
+place at the end; a lock file beside it (``.NAME.lock``, ``flock``) keeps two writers apart
+while it is written. Neither stays: a killed run's are removed by the next run.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+# Written into every output folder: ``--overwrite`` replaces only folders that hold it (or are empty).
+MARKER = ".par-export"
+# Files that mark folders older par-export versions wrote (before the marker existed).
+_LEGACY_MARKERS = ("manifest.json", "report.json", "results.json")
+
+
+def check_out(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """``path`` resolved, or :class:`ValueError` when it may not be an output folder: ``/``, the home
+    folder, the current folder or one above it, a folder holding (or equal to) one of ``inputs``,
+    or an existing file."""
+    raw = Path(path).expanduser()
+    resolved = raw.resolve()
+    # the last component unresolved: a symlink at --out is refused below, never followed
+    target = raw.absolute().parent.resolve() / raw.name if raw.name not in ("", ".", "..") else resolved
+    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+        raise ValueError(f"--out {path}: refusing to write over {resolved}; name a new folder for the output")
+    if target == Path(target.anchor) or target == Path.home().resolve():
+        raise ValueError(f"--out {path}: refusing to write over {target}; name a new folder for the output")
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ValueError(f"--out {path}: is the current folder or holds it; name a new folder for the output")
+    for item in inputs:
+        source = Path(item).expanduser().resolve()
+        if source == resolved or resolved in source.parents:
+            raise ValueError(f"--out {path}: holds the input {item}; name a folder outside it")
+    if target.is_symlink():
+        raise ValueError(f"--out {path}: is a symbolic link; name a real folder")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--out {path}: is a file; name a folder")
+    return target
+
+
+def is_ours(folder: Path) -> bool:
+    """True for an empty folder or one par-export wrote (``--overwrite`` may replace only these)."""
+    entries = list(folder.iterdir())
+    return not entries or (folder / MARKER).is_file() or any((folder / name).is_file() for name in _LEGACY_MARKERS)
+
+
+@contextlib.contextmanager
+def output_lock(target: Path, error: type[Exception]) -> Iterator[None]:
+    """Hold ``.NAME.lock`` beside ``target`` while writing it (``flock``: released if the process
+    dies); a second writer fails at once with a clear message. The file is removed at the end;
+    a writer that locked a removed file sees its inode gone and fails too (the usual pattern)."""
+    lock_path = target.parent / f".{target.name}.lock"
+    busy = f"{target}: another par-export process is writing it; wait for it to finish"
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise error(busy) from None
+        try:
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        if current is None or current.st_ino != os.fstat(lock.fileno()).st_ino:
+            raise error(busy)
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)  # before unlocking: see the docstring
+
+
+def remove_stale_scratch(target: Path) -> None:
+    """Remove ``.NAME.tmp-*`` folders beside ``target`` that a killed run left (call under the lock:
+    no live writer owns them then)."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -26,23 +103,50 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | Path, overwrite: bool, error: type[Exception] = FileExistsError):
-    """Yield ``(final, scratch)`` folders beside ``path``; on success ``final`` replaces ``path``.
+def atomic_folder(path: str | Path, overwrite: bool, error: type[Exception] = FileExistsError,
+                  inputs: Iterable[str | Path] = ()):
+    """Yield ``(final, scratch)`` folders beside ``path``; on success ``final`` becomes ``path``.
 
-    ``path`` must not exist unless ``overwrite``; on any failure neither ``path`` nor the
-    temporary folders remain.
+    ``path`` is checked with :func:`check_out` against ``inputs``. It must not exist unless
+    ``overwrite``, and then only an empty folder or one par-export wrote is replaced. Writers
+    to one ``path`` exclude each other (:func:`output_lock`). The final rename never deletes a
+    folder that appeared meanwhile: it fails instead. On any failure neither a new ``path`` nor
+    the scratch folders remain; the old ``path`` is kept.
     """
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise error(f"{target} exists; pass --overwrite to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        final = work / "final"
-        final.mkdir()
-        yield final, work
-        if target.exists():
-            shutil.rmtree(target)
-        final.rename(target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        target = check_out(path, inputs)
+    except ValueError as err:
+        raise error(str(err)) from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(target, error):
+        remove_stale_scratch(target)
+        _check_replaceable(target, overwrite, error)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            final = work / "final"
+            final.mkdir()
+            (final / MARKER).write_text(json.dumps({"written_by": "par-export"}) + "\n")
+            yield final, work
+            _check_replaceable(target, overwrite, error)  # again: something may have appeared meanwhile
+            if target.exists():
+                target.rename(work / "old")  # out of the way first: a failed rename below keeps it
+            try:
+                final.rename(target)  # fails (ENOTEMPTY/EEXIST) if a folder appeared at target meanwhile
+            except OSError as err:
+                if (work / "old").exists() and not target.exists():
+                    (work / "old").rename(target)
+                raise error(f"{target}: could not be put in place ({err.strerror}); nothing was replaced") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_replaceable(target: Path, overwrite: bool, error: type[Exception]) -> None:
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise error(f"{target}: exists and is not a folder; name a new folder for the output")
+    if not overwrite:
+        raise error(f"{target} exists; pass --overwrite to replace it")
+    if not is_ours(target):
+        raise error(f"{target}: --overwrite replaces only a folder par-export wrote (with {MARKER}) or an empty "
+                    "one; this one holds other files")

@@ -157,7 +157,7 @@ def test_emit_cli_writes_both_files_and_refuses_bad_prompts(setup, tiny_folders,
     args = ["emit", str(pipe.folder), "--model", str(tiny_folders[0]), "--image", str(tmp_path / "img.png"),
             "--runtime", "edge-llm"]
     assert main(args + ["--prompt", PROMPTS[1], "--out", str(tmp_path / "e")]) == 0
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["inputs.json", "inputs.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [".par-export", "inputs.json", "inputs.safetensors"]
     assert main(args + ["--prompt", "no image", "--out", str(tmp_path / "bad")]) == 2
     assert "0 '<image>' placeholders" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

@@ -250,7 +250,7 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
     if backend == "onnxruntime" and options.backend == "auto":
         print("TensorRT not found: building the ONNX Runtime form (CPU provider). Install TensorRT for engines.")
 
-    with atomic_folder(out, overwrite, BuildError) as (final, work):
+    with atomic_folder(out, overwrite, BuildError, inputs=[source]) as (final, work):
         steps = tqdm(total=len(GRAPHS) + 2, desc=f"build {backend} {options.precision}", disable=not progress)
         src = export_source(source, work, options, progress)
         steps.update()

@@ -128,7 +128,7 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
     if not reducer_class(method).dynamic_tokens:
         raise ExportError(f"method {method!r} cannot export with a per-image token count")
     out = Path(out)
-    with atomic_folder(out, overwrite, ExportError) as (final, work):
+    with atomic_folder(out, overwrite, ExportError, inputs=[model]) as (final, work):
         folder, _ = resolve_model(model, work)
         family = family_for(folder)
         if family.name != "qwen2_5_vl":
@@ -166,7 +166,8 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
                      "output": {0: "kept"}, "num_kept": {0: "images"}, "keep_index": {0: "kept"}}
         from types import SimpleNamespace
 
-        dummy = feed_for([grids[1], grids[0]])  # two images: no size of either is traced as a constant
+        pair = onnx_config.pair_grids(config.k_max)
+        dummy = feed_for(pair)  # two images: no size of either is traced as a constant
         with dynamic_token_axis(config.k_max), torch.no_grad():
             _export(module, tuple(torch.from_numpy(dummy[n]) for n in names),
                     SimpleNamespace(inputs=names, outputs=OUTPUTS, dynamic_axes=spec_axes), opset, raw)
@@ -180,7 +181,7 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
         session = ort_session(visual_dir / "model.onnx")
         declared = {i.name for i in session.get_inputs()}
         cases = []
-        for i, call in enumerate([[grid] for grid in grids] + [[grids[2], grids[0]]]):
+        for i, call in enumerate([[grid] for grid in grids] + [pair]):
             feed = feed_for(call, query_on=i not in (1, 3))
             with torch.no_grad():
                 expected = module(*(torch.from_numpy(feed[n]) for n in names))

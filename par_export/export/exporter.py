@@ -131,7 +131,7 @@ def export_model(
     else:
         budget_mode = "input"
     cfg = VisionParOnnxConfig(budget_input=budget_mode == "input", opset=opset, batch_max=batch_max, fp16=fp16)
-    with atomic_folder(out, overwrite, ExportError) as (final, work):
+    with atomic_folder(out, overwrite, ExportError, inputs=[p for p in (model, clip_path) if p]) as (final, work):
         report = _export_into(work, final, model, method, budget, budget_mode, config, clip_path, cfg, progress,
                               plugin)
         if not report["passed"]:

@@ -514,11 +514,17 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
         side = 2 * math.ceil(math.sqrt(min_tokens))  # even: whole 2x2 merge blocks
         return [(side, side), (side, 2 * side + 4), (2 * side + 6, side), (side + 4, side + 8)]
 
+    @staticmethod
+    def pair_grids(min_tokens: int) -> list[tuple[int, int]]:
+        """Two images of different shapes for one call (tall, then square), small: attention memory
+        grows with the square of the patches of the whole call."""
+        side = 2 * math.ceil(math.sqrt(min_tokens))
+        return [(side + 2, side), (side, side)]
+
     def dummy_inputs(self, qwen, query_dim: int) -> tuple[torch.Tensor, ...]:
         """Two images of different shapes, so that no size of either is traced as a constant."""
         geometry = self.extra_metadata(qwen)
-        grids = self.validation_grids(self.min_tokens(qwen))
-        feed = self._case_feed(geometry, [grids[1], grids[0]], np.random.default_rng(0), np.float32)
+        feed = self._case_feed(geometry, self.pair_grids(self.min_tokens(qwen)), np.random.default_rng(0), np.float32)
         dummy = tuple(torch.from_numpy(feed[name]) for name in self.vision_par.inputs[:5])
         dummy += (torch.randn(2, query_dim),)
         if self.budget_input:
@@ -532,7 +538,7 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
         rng = np.random.default_rng(seed)
         dtype = np.float16 if self.fp16 else np.float32
         grids = self.validation_grids(geometry["tokens_per_image"])
-        calls = [[grid] for grid in grids] + [[grids[2], grids[0]]]
+        calls = [[grid] for grid in grids] + [self.pair_grids(geometry["tokens_per_image"])]
         cases = []
         for i in range(max(len(calls), len(budgets))):
             call, budget = calls[i % len(calls)], budgets[i % len(budgets)]

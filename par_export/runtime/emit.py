@@ -96,8 +96,9 @@ def emit(pipe, pixel_values: np.ndarray, prompt: str, runtime: str, budget: int 
     return arrays, meta
 
 
-def write_emitted(folder, arrays: dict, meta: dict, overwrite: bool = False) -> list:
-    """``inputs.safetensors`` + ``inputs.json`` in ``folder``, written whole or not at all."""
+def write_emitted(folder, arrays: dict, meta: dict, overwrite: bool = False, inputs=()) -> list:
+    """``inputs.safetensors`` + ``inputs.json`` in ``folder``, written whole or not at all; ``inputs``:
+    the paths read (the output may not hold them)."""
     import json
     from pathlib import Path
 
@@ -105,7 +106,7 @@ def write_emitted(folder, arrays: dict, meta: dict, overwrite: bool = False) -> 
 
     from par_export.files import atomic_folder
 
-    with atomic_folder(folder, overwrite) as (final, _):
+    with atomic_folder(folder, overwrite, ValueError, inputs=inputs) as (final, _):
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(final / "inputs.safetensors"))
         (final / "inputs.json").write_text(json.dumps(meta, indent=2) + "\n")
     return [Path(folder) / "inputs.safetensors", Path(folder) / "inputs.json"]
