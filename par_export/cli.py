@@ -19,6 +19,24 @@ def _budget(text: str):
     return value
 
 
+def _at_least(low: int):
+    """argparse type: an int >= ``low`` (one rule for every count, size and index flag)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _at_least(1), _at_least(0)
+
+
 def cmd_methods(args) -> int:
     from par_export.reduce import available_methods, reducer_class
 
@@ -161,7 +179,7 @@ def _triple(text: str) -> tuple[int, int, int]:
 
 def cmd_build(args) -> int:
     from par_export.engine.build import BuildOptions, apply_preset, build, export_source, trtexec_command
-    from par_export.engine.verify import format_rows, verify
+    from par_export.engine.verify import format_rows
     from par_export.export.metadata import read_metadata
 
     batch = None
@@ -185,26 +203,30 @@ def cmd_build(args) -> int:
     out = args.out or f"out/{Path(str(source)).name}-{args.precision}"
     manifest = build(source, out, options, overwrite=args.overwrite)
     print(f"built {manifest['backend']} {manifest['precision']} artifact in {out}/ (manifest.json)")
-    rows, passed, precision = verify(out, count=3)
-    print(format_rows(rows))
-    print(f"verify ({precision}): {'PASSED' if passed else 'FAILED'}")
-    return 0 if passed else 1
+    result = manifest["verification"]
+    print(format_rows(result["rows"]))
+    print(f"verify ({result['precision']}): {'PASSED' if result['passed'] else 'FAILED'}")
+    if not result["passed"]:
+        print(f"the artifact is marked unverified in its manifest: run/chat/emit/eval refuse it without "
+              "--allow-unverified", file=sys.stderr)
+    return 0 if result["passed"] else 1
 
 
 def cmd_verify(args) -> int:
-    from par_export.engine.verify import format_rows, verify
+    from par_export.engine.verify import format_rows, record_verification, verification_record, verify
 
     rows, passed, precision = verify(args.artifact, count=args.n)
+    record_verification(args.artifact, verification_record(rows, passed, precision))
     print(format_rows(rows))
-    print(f"verify ({precision}): {'PASSED' if passed else 'FAILED'}")
+    print(f"verify ({precision}): {'PASSED' if passed else 'FAILED'} (recorded in {Path(args.artifact) / 'manifest.json'})")
     return 0 if passed else 1
 
 
 def cmd_run(args) -> int:
     from par_export.engine.run import run_image
 
-    heatmap = args.heatmap or str(Path(args.artifact) / "kept_tokens.png")
-    result = run_image(args.artifact, args.image, args.prompt, args.budget, heatmap)
+    heatmap = args.heatmap or "kept_tokens.png"  # never inside the sealed artifact
+    result = run_image(args.artifact, args.image, args.prompt, args.budget, heatmap, args.allow_unverified)
     print(f"query: {result['query']!r}")
     print(f"kept {result['num_kept']}/{result['tokens_per_image']} tokens "
           f"({result['backend']} {result['precision']}); first kept indices {result['keep_index'][:12]}")
@@ -252,7 +274,8 @@ def cmd_eval(args) -> int:
                 method, artifacts = artifact_budgets(Path(args.backend), budgets)
                 methods, budgets = [method], [budget for _, budget in artifacts]
             results = evaluate(llava_dir, args.clip or clip_dir, methods, budgets, split=args.split, n=args.n,
-                               batch=args.batch, config=config, artifacts=artifacts)
+                               batch=args.batch, config=config, artifacts=artifacts,
+                               allow_unverified=args.allow_unverified)
     rows = result_rows(results)
     print(format_rows(rows))
     for path in write_outputs(rows, results, Path(args.out)):
@@ -264,7 +287,7 @@ def cmd_chat(args) -> int:
     from par_export.runtime.chat import chat, format_chat
 
     result = chat(args.model, args.image, args.prompt, args.method, args.budget, args.artifact, args.compare_full,
-                  args.max_new_tokens, args.llm)
+                  args.max_new_tokens, args.llm, args.allow_unverified)
     print(format_chat(result))
     print("(times measured on this machine's CPU with ONNX Runtime and transformers; KV cache in fp32)")
     return 0
@@ -284,7 +307,7 @@ def cmd_emit(args) -> int:
         llava_dir, _ = resolve_model(args.model, Path(tmp))
         family = family_for(llava_dir)
         model, tokenizer = family.load_model(llava_dir), family.inputs(llava_dir).tokenizer
-    pipe = VisionLanguagePipeline(args.artifact, model, tokenizer)
+    pipe = VisionLanguagePipeline(args.artifact, model, tokenizer, allow_unverified=args.allow_unverified)
     pixels = pipe.inputs.pixel_values([picture])
     budget = None if args.budget == "auto" else args.budget
     arrays, meta = emit(pipe, pixels, args.prompt, args.runtime, budget)
@@ -303,12 +326,20 @@ def cmd_triton_repo(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage block is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from par_export import __version__
     from par_export.models.geometries import LLAVA_GEOMETRIES
 
-    parser = argparse.ArgumentParser(prog="par-export", description=__doc__)
+    parser = _Parser(prog="par-export", description=__doc__)
     parser.add_argument("--version", action="version", version=f"par-export {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("methods", help="list the registered token reducers")
@@ -316,17 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flops", help="prefill FLOPs of a published LLaVA geometry at several budgets")
     p.add_argument("--model-config", default="llava-1.5-7b", choices=sorted(LLAVA_GEOMETRIES))
-    p.add_argument("--budget", type=int, default=64, help="K to summarize against the paper's figure")
-    p.add_argument("--auto-k", type=int, default=64, help="mean K of PAR's adaptive budget for the 'auto' row")
+    p.add_argument("--budget", type=POSITIVE, default=64, help="K to summarize against the paper's figure")
+    p.add_argument("--auto-k", type=POSITIVE, default=64, help="mean K of PAR's adaptive budget for the 'auto' row")
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("reduce", help="reduce synthetic LLaVA-geometry tokens with planted objects; print what was kept")
     p.add_argument("--model-config", default="llava-1.5-7b", choices=sorted(LLAVA_GEOMETRIES))
     p.add_argument("--method", default="par")
     p.add_argument("--budget", type=_budget, default="auto")
-    p.add_argument("--k-max", type=int, default=192, help="adaptive K upper bound (PARConfig.k_max)")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k-max", type=POSITIVE, default=192, help="adaptive K upper bound (PARConfig.k_max)")
+    p.add_argument("--batch", type=POSITIVE, default=2)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--out", default="out", help="folder for kept_tokens.png")
     p.add_argument("--show-grid", action="store_true", help="print each image's kept map (# kept, + merged, . dropped)")
     p.set_defaults(func=cmd_reduce)
@@ -337,11 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="par")
     p.add_argument("--budget", type=_budget, default="auto", help="'auto' (adaptive K, no budget input) or an int "
                    "K: the graph then takes K as a 0-d int64 input up to --k-max")
-    p.add_argument("--k-max", type=int, default=None, help="largest K and the padded output width (default 192)")
+    p.add_argument("--k-max", type=POSITIVE, default=None, help="largest K and the padded output width (default 192)")
     p.add_argument("--clip", default=None, help="local CLIP folder for space=clip (default: llm space)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=_at_least(13), default=17, help="ONNX opset (default 17)")
     p.add_argument("--fp16", action="store_true", help="fp16 graph; reducer, norms and softmax stay fp32")
-    p.add_argument("--batch-max", type=int, default=8)
+    p.add_argument("--batch-max", type=POSITIVE, default=8, help="largest batch the graphs are validated "
+                   "and bounded for (default 8)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--plugin", action="store_true", help="emit PAR's top-k clustering as one par::TopKCluster node "
                    "(TensorRT: libpar_plugins.so; ONNX Runtime: onnxruntime-extensions Python op)")
@@ -358,14 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16", "int8", "fp8"])
     p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"])
     p.add_argument("--target", help="preset from engines/presets (jetson-orin-nano, h100, ...)")
-    p.add_argument("--min-batch", type=int)
-    p.add_argument("--opt-batch", type=int)
-    p.add_argument("--max-batch", type=int)
+    p.add_argument("--min-batch", type=POSITIVE)
+    p.add_argument("--opt-batch", type=POSITIVE)
+    p.add_argument("--max-batch", type=POSITIVE)
     p.add_argument("--budget-range", type=_triple, help="MIN:MAX or MIN:OPT:MAX kept tokens")
-    p.add_argument("--workspace", type=int, help="TensorRT workspace in MiB")
+    p.add_argument("--workspace", type=POSITIVE, help="TensorRT workspace in MiB")
     p.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
     p.add_argument("--version-compatible", action="store_true")
-    p.add_argument("--dla-core", type=int)
+    p.add_argument("--dla-core", type=NON_NEGATIVE)
     p.add_argument("--plugin", action="store_true", help="export with the par::TopKCluster custom op")
     p.add_argument("--calib-images", help="folder of images (or 'demo': the procedural VQA scenes) for TensorRT int8/fp8 "
                    "calibration (ModelOpt Q/DQ)")
@@ -375,15 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="compare a built artifact with PyTorch and the fp32 ONNX graph")
     p.add_argument("artifact")
-    p.add_argument("-n", type=int, default=3, help="number of inputs (batch sizes cycle 1, 2, 4)")
+    p.add_argument("-n", type=POSITIVE, default=3, help="number of inputs (batch sizes cycle 1, 2, 4)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("run", help="one image + prompt through a built artifact; kept tokens as a PNG")
     p.add_argument("artifact")
     p.add_argument("--image", required=True)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--budget", type=int)
-    p.add_argument("--heatmap", help="PNG path (default ARTIFACT/kept_tokens.png)")
+    p.add_argument("--budget", type=POSITIVE, help="K (default: the artifact's)")
+    p.add_argument("--heatmap", help="PNG path (default ./kept_tokens.png; never inside the sealed artifact)")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="use an artifact whose verification failed or never ran (refused by default)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="accuracy vs kept tokens per method on the demo VQA (CSV, JSON, PNG)")
@@ -395,13 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "and built for ONNX Runtime ('onnxruntime'), or with one `par-export build` folder (its method "
                    "and the budgets it serves); the LLM answers in PyTorch")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--n", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--n", type=POSITIVE, default=2000)
+    p.add_argument("--batch", type=POSITIVE, default=50)
     p.add_argument("--data", help="LLaVA-style JSONL (question_id, image, text, answer) instead of the demo VQA")
     p.add_argument("--images", help="folder of the JSONL's images")
     p.add_argument("--par", action="append", default=[], metavar="NAME=VALUE",
                    help="PAR option to override (repeatable), e.g. --par alpha=0.5 --par k_max=64")
     p.add_argument("--out", default="out/eval")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="use an artifact whose verification failed or never ran (refused by default)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("chat", help="answer one image + prompt with the reduced context (timings vs full)")
@@ -412,10 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_budget, default="auto")
     p.add_argument("--artifact", help="a `par-export build` folder (default: export + build into a temp folder)")
     p.add_argument("--compare-full", action="store_true")
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=16)
     p.add_argument("--llm", default="transformers", choices=["transformers", "onnxruntime-genai", "onnxruntime"],
                    help="generate with transformers, or with the LLM exported to ONNX (KV cache) and run by "
                    "onnxruntime-genai or by a greedy loop over ONNX Runtime")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="use an artifact whose verification failed or never ran (refused by default)")
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("emit", help="reduced visual embeddings + prompt ids in the layout TensorRT-LLM or "
@@ -429,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_budget, default="auto")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="use an artifact whose verification failed or never ran (refused by default)")
     p.set_defaults(func=cmd_emit)
 
     p = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository for an export")
@@ -450,13 +490,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that bad input causes: ours (``ValueError`` subclasses: ExportError, BuildError,
+    ArtifactError, InputError, ...), OS errors, and those of the libraries that read the user's
+    files (ONNX Runtime, protobuf, ONNX checker, safetensors, PIL), where already imported."""
+    errors: list[type[BaseException]] = [ValueError, TypeError, OSError, RuntimeError]
+    modules = {"onnxruntime.capi.onnxruntime_pybind11_state": ("Fail", "InvalidArgument", "NoSuchFile", "NoModel",
+                                                               "InvalidProtobuf", "InvalidGraph", "RuntimeException",
+                                                               "EngineError", "NotImplemented", "EPFail"),
+               "google.protobuf.message": ("Error",), "onnx.checker": ("ValidationError",),
+               "safetensors": ("SafetensorError",), "PIL.Image": ("DecompressionBombError",)}
+    for module, names in modules.items():
+        if module in sys.modules:
+            errors += [getattr(sys.modules[module], n) for n in names if hasattr(sys.modules[module], n)]
+    return tuple(errors)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 600 else text[:600] + " ..."
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``par-export`` command: exit 0 on success, 1 when a verification fails, 2 with one line
+    ``par-export CMD: error: ...`` for bad input (argparse's own errors too), 3 for an internal
+    error (one line; ``--debug`` shows its traceback), 130 when interrupted."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:  # PluginBuildError, ExportError too
-        print(f"par-export {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"par-export {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        if isinstance(err, user_errors()):
+            print(f"par-export {args.command}: error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        print(f"par-export {args.command}: internal error: {type(err).__name__}: {_one_line(err)} (rerun with "
+              "--debug for the traceback, and please report it)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

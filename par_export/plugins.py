@@ -31,7 +31,11 @@ def plugin_path() -> Path:
 def find_tensorrt_include(explicit: str | Path | None = None) -> Path:
     """A folder holding ``NvInfer.h``: the argument, ``$TENSORRT_INCLUDE``, ``$TENSORRT_ROOT/include``,
     the system folders of JetPack/Debian packages, or the vendored public headers."""
-    candidates = [explicit, os.environ.get("TENSORRT_INCLUDE")]
+    if explicit is not None:  # asked for: no silent fallback to another TensorRT's headers
+        if not (Path(explicit) / "NvInfer.h").is_file():
+            raise PluginBuildError(f"--trt-include {explicit}: no NvInfer.h there; give the folder that holds it")
+        return Path(explicit)
+    candidates = [os.environ.get("TENSORRT_INCLUDE")]
     if os.environ.get("TENSORRT_ROOT"):
         candidates.append(Path(os.environ["TENSORRT_ROOT"]) / "include")
     candidates += ["/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/include",

@@ -53,14 +53,17 @@ def test_onnxruntime_build_verify_run(exported, image, tmp_path, precision):
     assert (tmp_path / "heat.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_build_from_model_and_cli(image, tmp_path, capsys):
+def test_build_from_model_and_cli(image, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert main(["build", "--model", "tiny", "--precision", "fp16", "--backend", "onnxruntime",
                  "--out", str(tmp_path / "art")]) == 0
     assert "verify (fp16): PASSED" in capsys.readouterr().out
     assert main(["verify", str(tmp_path / "art"), "-n", "2"]) == 0
     assert main(["run", str(tmp_path / "art"), "--image", str(image), "--prompt", "red square"]) == 0
     out = capsys.readouterr().out
-    assert "kept 16/64 tokens" in out and (tmp_path / "art" / "kept_tokens.png").is_file()
+    # the heatmap lands in the current folder: the sealed artifact is never written to
+    assert "kept 16/64 tokens" in out and (tmp_path / "kept_tokens.png").is_file()
+    assert not (tmp_path / "art" / "kept_tokens.png").exists()
 
 
 def test_manifest_round_trip_and_refusals(exported, tmp_path):
@@ -85,7 +88,7 @@ def test_manifest_round_trip_and_refusals(exported, tmp_path):
 
     data = (art / "vision_par.ort.onnx").read_bytes()
     (art / "vision_par.ort.onnx").write_bytes(data[: len(data) // 2])  # truncated
-    with pytest.raises(ArtifactError, match="corrupt, truncated or replaced"):
+    with pytest.raises(ArtifactError, match="corrupt, truncated or edited"):
         verify(art)
     (art / "manifest.json").write_text("{broken")
     with pytest.raises(ArtifactError, match="not valid JSON"):

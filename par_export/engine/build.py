@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 import par_export
 from par_export.backends.base import BackendUnavailable
 from par_export.backends.tensorrt import build_engine, import_tensorrt
-from par_export.engine.manifest import FORMAT, MANIFEST, sha256
+from par_export.engine.manifest import FORMAT, MANIFEST, seal, sha256
+from par_export.engine.verify import verification_record, verify
 from par_export.engine.presets import PRECISIONS, load_preset
 from par_export.export.custom_op import DOMAIN
 from par_export.export.fp16 import to_fp16
@@ -306,10 +307,14 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
             "plugin": _plugin_entry() if plugin_needed else None,
             "graphs": graphs,
             "metadata": metadata,
+            "files": seal(final),
         }
         (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
         steps.update()
         steps.close()
+        # verified before it is put in place; a failed verification is recorded, and `run` refuses it
+        manifest["verification"] = verification_record(*verify(final, count=3, allow_unverified=True))
+        (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
 

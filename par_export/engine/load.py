@@ -6,14 +6,17 @@ from pathlib import Path
 
 from par_export.backends.base import Runner
 from par_export.backends.onnxruntime import OnnxRuntimeRunner
-from par_export.engine.manifest import check_manifest, read_manifest
+from par_export.engine.manifest import check_manifest, check_verified, read_manifest
 from par_export.plugins import plugin_path
 
 
-def artifact_runners(folder: str | Path) -> tuple[dict, dict[str, Runner]]:
-    """``(manifest, {graph name: runner})`` after refusing what this machine cannot run."""
+def artifact_runners(folder: str | Path, allow_unverified: bool = False) -> tuple[dict, dict[str, Runner]]:
+    """``(manifest, {graph name: runner})`` after refusing what this machine cannot run, a broken
+    seal, and (unless ``allow_unverified``) an artifact whose verification did not pass."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    if not allow_unverified:
+        check_verified(folder, manifest)
     plugin = plugin_path() if manifest.get("plugin") else None
     if manifest["backend"] == "tensorrt":
         from par_export.backends.tensorrt import TensorRTRunner, tensorrt_version

@@ -7,11 +7,17 @@ import json
 from pathlib import Path
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+# 2: every file of the folder hashed ("files"), the build's verification recorded
+FORMAT = 2
+BACKENDS = ("onnxruntime", "tensorrt")
+_REQUIRED = {"format": int, "backend": str, "backend_version": str, "precision": str, "build": dict, "graphs": dict,
+             "metadata": dict, "files": dict}
+_GRAPH_REQUIRED = {"file": str, "sha256": str, "source": str, "inputs": list, "outputs": list}
 
 
 class ArtifactError(ValueError):
-    """An artifact that cannot be loaded here: corrupt, or built for another GPU/runtime/plugin."""
+    """An artifact that cannot be loaded here: corrupt, tampered with, unverified, or built for another
+    GPU/runtime/plugin."""
 
 
 def sha256(path: str | Path) -> str:
@@ -22,34 +28,117 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def folder_files(folder: str | Path) -> list[str]:
+    """Every file under ``folder`` but the manifest, as sorted relative POSIX paths; symbolic
+    links are listed too (the seal refuses them)."""
+    folder = Path(folder)
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if (p.is_file() or p.is_symlink()) and p.relative_to(folder).as_posix() != MANIFEST)
+
+
+def seal(folder: str | Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file of the folder but the manifest (``files``)."""
+    return {name: sha256(Path(folder) / name) for name in folder_files(folder)}
+
+
 def read_manifest(folder: str | Path) -> dict:
+    """The manifest, after its schema (version, required fields and their types) is checked and
+    before any other file of the folder is read."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{folder}: no {MANIFEST}; build the artifact with `par-export build`")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{path}: manifest format {manifest.get('format')!r}, this par-export reads {FORMAT}")
+        raise ArtifactError(f"{path}: manifest format {manifest.get('format')!r}, this par-export reads {FORMAT}: "
+                            "rebuild the artifact with this version")
+    _check_schema(manifest, path)
     return manifest
+
+
+def _check_schema(manifest: dict, path: Path) -> None:
+    from par_export.engine.presets import PRECISIONS
+
+    for key, kind in _REQUIRED.items():
+        if not isinstance(manifest.get(key), kind):
+            raise ArtifactError(f"{path}: field {key!r} must be a {kind.__name__}, got {manifest.get(key)!r:.60}")
+    if manifest["backend"] not in BACKENDS:
+        raise ArtifactError(f"{path}: backend {manifest['backend']!r} is not one of {', '.join(BACKENDS)}")
+    if manifest["precision"] not in PRECISIONS:
+        raise ArtifactError(f"{path}: precision {manifest['precision']!r} is not one of {', '.join(PRECISIONS)}")
+    if "vision_par" not in manifest["graphs"]:
+        raise ArtifactError(f"{path}: no graphs.vision_par")
+    for name, graph in manifest["graphs"].items():
+        for key, kind in _GRAPH_REQUIRED.items():
+            if not isinstance(graph, dict) or not isinstance(graph.get(key), kind):
+                raise ArtifactError(f"{path}: graphs.{name}.{key} must be a {kind.__name__}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest["files"].items()):
+        raise ArtifactError(f"{path}: files must map relative paths to sha256 strings")
+    for key in ("width", "query_dim", "budget_input", "family"):
+        if key not in manifest["metadata"]:
+            raise ArtifactError(f"{path}: metadata.{key} is missing")
+
+
+def inside(folder: Path, name: str) -> Path:
+    """``folder / name`` for a relative path that stays inside ``folder``, else :class:`ArtifactError`."""
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise ArtifactError(f"{folder}/{MANIFEST}: path {name!r} must be relative and inside the artifact")
+    path = folder / relative
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ArtifactError(f"{folder}/{MANIFEST}: path {name!r} leads outside the artifact")
+    return path
+
+
+def check_seal(folder: str | Path, manifest: dict) -> None:
+    """Every file the manifest names is inside the folder, a plain file, with its sha256; every
+    file of the folder is named (so external data files too); every graph and its source are among them."""
+    folder = Path(folder)
+    files = manifest["files"]
+    for name, digest in files.items():
+        path = inside(folder, name)
+        if path.is_symlink() or not path.is_file():
+            raise ArtifactError(f"{path}: missing or not a plain file (listed in {MANIFEST})")
+        if sha256(path) != digest:
+            raise ArtifactError(f"{path}: sha256 differs from {MANIFEST}: the file is corrupt, truncated or edited")
+    extra = sorted(set(folder_files(folder)) - set(files))
+    if extra:
+        raise ArtifactError(f"{folder}: {len(extra)} file(s) not in {MANIFEST} ({', '.join(extra[:3])}): the artifact "
+                            "was changed after it was built; rebuild it")
+    for name, graph in manifest["graphs"].items():  # (their external data files are files of the folder)
+        for item in (graph["file"], graph["source"]):
+            inside(folder, item)
+            if item not in files:
+                raise ArtifactError(f"{folder}/{MANIFEST}: graphs.{name} names {item!r}, which is not sealed")
+
+
+def check_verified(folder: str | Path, manifest: dict) -> None:
+    """Refuse an artifact whose verification failed or never ran (``--allow-unverified`` skips this)."""
+    result = manifest.get("verification") or {}
+    if result.get("passed") is True:
+        return
+    why = "failed" if result.get("passed") is False else "was not run"
+    raise ArtifactError(f"{folder}: verification {why} for this artifact; run `par-export verify {folder}`, rebuild "
+                        "it, or pass --allow-unverified to use it anyway")
 
 
 def check_manifest(folder: str | Path, manifest: dict, runtime_version: str | None,
                    compute_capability: str | None, plugin_file: Path | None) -> None:
     """Refuse, with the reason, an artifact this machine cannot run as built.
 
-    Checks each graph file against its recorded sha256 (truncated/corrupt files), the
+    Checks the seal (:func:`check_seal`: every file hashed, paths inside the folder), the
     runtime version and GPU compute capability for TensorRT engines, and the plugin
     library's presence and sha256.
     """
     folder = Path(folder)
+    check_seal(folder, manifest)
     for graph in manifest["graphs"].values():
-        path = folder / graph["file"]
-        if not path.is_file():
-            raise ArtifactError(f"{path}: missing (listed in {MANIFEST})")
-        if sha256(path) != graph["sha256"]:
-            raise ArtifactError(f"{path}: sha256 differs from {MANIFEST}: the file is corrupt, truncated or replaced")
+        if manifest["files"][graph["file"]] != graph["sha256"]:
+            raise ArtifactError(f"{folder / graph['file']}: sha256 differs between files and graphs in {MANIFEST}")
     if manifest["backend"] == "tensorrt":
         built = manifest["backend_version"]
         same_minor = runtime_version is None or built.split(".")[:2] == runtime_version.split(".")[:2]

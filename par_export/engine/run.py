@@ -50,14 +50,15 @@ def query_inputs(folder: Path, manifest: dict) -> QueryInputs | None:
 
 
 def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | None = None,
-              heatmap: str | Path | None = None) -> dict:
-    """Reduced embeddings for one image: K, the kept indices, timings; optional PNG heatmap."""
+              heatmap: str | Path | None = None, allow_unverified: bool = False) -> dict:
+    """Reduced embeddings for one image: K, the kept indices, timings; optional PNG heatmap.
+    An artifact whose verification did not pass is refused unless ``allow_unverified``."""
     from par_export.plots import save_kept_overlay
 
     from par_export.models.families import export_config
 
     folder = Path(folder)
-    manifest, runners = artifact_runners(folder)
+    manifest, runners = artifact_runners(folder, allow_unverified)
     meta = manifest["metadata"]
     cfg = export_config(meta)
     inputs = ModelInputs.from_folder(folder / PROCESSOR_DIR)

@@ -10,6 +10,7 @@ import numpy as np
 from par_export.backends.onnxruntime import OnnxRuntimeRunner
 from par_export.backends.torch import TorchRunner
 from par_export.engine.load import artifact_runners
+from par_export.engine.manifest import inside
 from par_export.export.validate import TOLERANCES, compare_outputs, error_limit
 
 OUTPUTS = ["image_embeds", "num_kept", "keep_index"]
@@ -49,16 +50,17 @@ def cast_feed(feed: dict, graph: dict) -> dict:
     return {k: v.astype(dtypes[k]) if k in dtypes else v for k, v in feed.items()}
 
 
-def verify(folder: str | Path, count: int = 3) -> tuple[list[dict], bool, str]:
+def verify(folder: str | Path, count: int = 3, allow_unverified: bool = True) -> tuple[list[dict], bool, str]:
     """Rows of ``{reference, case, max_abs_error, mean_abs_error, index_agreement, ...}``, the
     verdict against the artifact precision's tolerance, and the precision."""
-    manifest, runners = artifact_runners(folder)
+    manifest, runners = artifact_runners(folder, allow_unverified=allow_unverified)
     metadata = manifest["metadata"]
     precision = manifest["precision"]
     feeds = verification_feeds(metadata, count)
     rows = []
     with tempfile.TemporaryDirectory() as tmp, runners["vision_par"] as artifact:
-        references = {"onnx-fp32": OnnxRuntimeRunner(Path(folder) / manifest["graphs"]["vision_par"]["source"])}
+        source = inside(Path(folder), manifest["graphs"]["vision_par"]["source"])  # sealed with the artifact
+        references = {"onnx-fp32": OnnxRuntimeRunner(source)}
         module, reason = torch_reference(metadata, Path(tmp))
         if module is not None:
             references["torch"] = TorchRunner(module, OUTPUTS)
@@ -77,6 +79,27 @@ def verify(folder: str | Path, count: int = 3) -> tuple[list[dict], bool, str]:
     passed = all(r["max_abs_error"] <= limit and r["index_agreement"] >= bounds["index_agreement"]
                  and r["num_kept_equal"] for r in measured)
     return rows, passed, precision
+
+
+def verification_record(rows: list[dict], passed: bool, precision: str) -> dict:
+    """What the manifest keeps of a verification: the verdict, the precision and the rows."""
+    import datetime
+
+    return {"passed": bool(passed), "precision": precision, "rows": rows,
+            "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def record_verification(folder: str | Path, record: dict) -> None:
+    """Write ``record`` into the artifact's manifest (atomically: the manifest is never half written)."""
+    import json
+
+    from par_export.engine.manifest import MANIFEST, read_manifest
+    from par_export.files import atomic_output
+
+    manifest = read_manifest(folder)
+    manifest["verification"] = record
+    with atomic_output(Path(folder) / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
 
 
 def format_rows(rows: list[dict]) -> str:

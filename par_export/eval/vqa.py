@@ -128,7 +128,7 @@ def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config
 @torch.no_grad()
 def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets: list, split: str = "test",
              n: int = 2000, batch: int = 50, config: PARConfig | None = None, progress: bool = True,
-             keep_examples: int = 4, artifacts: dict | None = None) -> dict:
+             keep_examples: int = 4, artifacts: dict | None = None, allow_unverified: bool = False) -> dict:
     """``{"full": Tally, (method, budget): Tally, ...}`` plus a few PAR reductions for heatmaps.
 
     ``artifacts`` maps ``(method, budget)`` to a ``par-export build`` folder: that method and
@@ -140,9 +140,13 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
     check_methods_and_budgets(methods, budgets)
     config = config or PARConfig()
     base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config)
+    too_large = [b for b in budgets if b != "auto" and b > base.tokens_per_image]
+    if too_large:
+        raise ValueError(f"--budgets {too_large}: above the {base.tokens_per_image} tokens per image; a larger "
+                         "budget would score the full context under another name")
     loaded: dict = {}
     for folder in dict.fromkeys((artifacts or {}).values()):
-        loaded[folder] = VisionLanguagePipeline(folder, base.model, base.tokenizer)
+        loaded[folder] = VisionLanguagePipeline(folder, base.model, base.tokenizer, allow_unverified=allow_unverified)
     pipes = {key: loaded[folder] for key, folder in (artifacts or {}).items()}
     tallies: dict = {"full": Tally()}
     examples = []
@@ -157,7 +161,7 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
             for budget in budgets:
                 if budget == "auto" and not adapter.reducer.supports_auto:
                     continue
-                k = budget if budget == "auto" else min(budget, base.tokens_per_image)
+                k = budget
                 tally = tallies.setdefault((method, budget), Tally())
                 pipe, reduced = pipes.get((method, budget)), None
                 if pipe is not None:
@@ -282,6 +286,9 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
     records = read_jsonl(records_path)
     base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config or PARConfig(), pipeline_only=False)
     kept, pictures, skipped = load_images(records, images)
+    if not kept:
+        why = f" (skipped: {dict(skipped)})" if skipped else ""
+        raise ValueError(f"{records_path}: no record to score{why}; nothing was written")
     tok = inputs.tokenizer
     image_id = base.model.config.image_token_id
     tallies: dict = {"full": Tally()}

@@ -45,6 +45,9 @@ def load_graph_only(path: str | Path) -> onnx.ModelProto:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such ONNX file")
     try:
-        return onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # onnx raises DecodeError and others for a corrupt file
         raise ValueError(f"{path}: not a readable ONNX model ({type(err).__name__}: {err})") from None
+    if not model.ir_version or not model.graph.node:  # an empty file parses as an empty ModelProto
+        raise ValueError(f"{path}: not an ONNX model (empty, or no graph)")
+    return model

@@ -64,10 +64,11 @@ class TokenReducer(nn.Module):
         token_mask: torch.Tensor | None = None,
     ) -> ReductionOutput:
         budget = self.config.budget if budget is None else budget
+        if not is_exporting():  # checked before anything reads them
+            check_reducer_inputs(visual_tokens, prompt_embedding, prompt_mask, attn)
         num_tokens = token_bound(visual_tokens)  # static in an exported graph: fixes TopK's K
         width = budget if isinstance(budget, int) else min(self.config.k_max, num_tokens)
         if not is_exporting():
-            check_reducer_inputs(visual_tokens, prompt_embedding, prompt_mask, attn)
             check_budget_value(budget, num_tokens, width, self.supports_auto, self.name)
             self._check_sources(prompt_embedding, prompt_mask, attn)
             if token_mask is not None:

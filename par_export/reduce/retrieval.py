@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from par_export.reduce.checks import is_exporting
+
 
 def pool_prompt(prompt_embedding: torch.Tensor, prompt_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of the prompt's token embeddings.
@@ -27,6 +29,9 @@ def pool_prompt(prompt_embedding: torch.Tensor, prompt_mask: torch.Tensor | None
 
 def cosine_relevance(query: torch.Tensor, tokens: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``r_i = cos(q, v_i)``: query ``[B, Dq]``, tokens ``[B, N, Dq]`` -> ``[B, N]`` float32."""
+    if not is_exporting() and query.shape[-1] != tokens.shape[-1]:
+        raise ValueError(f"prompt_embedding is {query.shape[-1]} wide, the visual tokens in the retrieval space are "
+                         f"{tokens.shape[-1]} wide: embed the prompt in the same space (query_projection)")
     q = F.normalize(query.float(), dim=-1, eps=eps)
     v = F.normalize(tokens.float(), dim=-1, eps=eps)
     return torch.einsum("bd,bnd->bn", q, v)

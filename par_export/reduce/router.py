@@ -113,9 +113,12 @@ def merge_tokens(tokens: torch.Tensor, assignment: torch.Tensor, log_weights: to
     # older TensorRT parsers lack) keeps its weights at exp(-inf) = 0 and no NaN.
     cluster_max = logits.amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).min)  # [B, 1, W]
     weights = torch.exp(logits - cluster_max)  # zero outside the cluster
-    total = weights.sum(dim=1)  # [B, W]
-    merged = weights.transpose(1, 2) @ tokens.float()
-    return merged / total.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
+    tiny = torch.finfo(torch.float32).tiny
+    share = weights / weights.sum(dim=1, keepdim=True).clamp_min(tiny)  # [B, N, W]: each slot's sums to 1 (or 0)
+    # A convex combination of the members, of tokens scaled to |x| <= 1 first: finite tokens near
+    # the float32 maximum cannot overflow in the sum (the clamp absorbs rounding above 1).
+    scale = tokens.float().abs().amax(dim=(1, 2), keepdim=True).clamp_min(tiny)  # [B, 1, 1]
+    return (share.transpose(1, 2) @ (tokens.float() / scale)).clamp(-1.0, 1.0) * scale
 
 
 def merged_output(

@@ -33,7 +33,7 @@ def _row(name: str, vision_ms: float, context: int, ttft: float, total: float, n
 @torch.no_grad()
 def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", budget="auto",
          artifact: str | Path | None = None, compare_full: bool = False, max_new_tokens: int = 16,
-         llm: str = "transformers") -> dict:
+         llm: str = "transformers", allow_unverified: bool = False) -> dict:
     from par_export.engine.build import BuildOptions, build
     from par_export.export import export_model
     from par_export.export.exporter import resolve_model
@@ -56,7 +56,7 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
         model = family.load_model(llava_dir)
         if not family.pipeline:  # one image per graph call (LLaVA-NeXT, Qwen2.5-VL)
             return _chat_per_image(family, model, inputs, artifact, image, picture, prompt, text, method, budget,
-                                   compare_full, max_new_tokens)
+                                   compare_full, max_new_tokens, allow_unverified)
         tokenizer = inputs.tokenizer
         ort_llm = None
         if llm == "onnxruntime":
@@ -69,7 +69,7 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
 
             export_genai(model, tokenizer, Path(tmp) / "genai")
             ort_llm = GenaiLLM(Path(tmp) / "genai")
-        pipe = VisionLanguagePipeline(artifact, model, tokenizer, ort_llm)
+        pipe = VisionLanguagePipeline(artifact, model, tokenizer, ort_llm, allow_unverified)
         pixels = pipe.inputs.pixel_values([picture])
         budget_value = None if budget == "auto" or not pipe.manifest["metadata"]["budget_input"] else budget
         start = time.perf_counter()
@@ -110,7 +110,7 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
 
 
 def _chat_per_image(family, model, inputs, artifact, image, picture, prompt: str, text: str, method: str, budget,
-                    compare_full: bool, max_new_tokens: int) -> dict:
+                    compare_full: bool, max_new_tokens: int, allow_unverified: bool = False) -> dict:
     """Families whose graph takes one image: reduce through the artifact (``run_image``), place the
     rows (and, for Qwen2.5-VL, their M-RoPE positions) with the family's adapter, answer with
     transformers; ``compare_full`` answers from the stock inputs too."""
@@ -118,7 +118,8 @@ def _chat_per_image(family, model, inputs, artifact, image, picture, prompt: str
     from par_export.reduce import PARConfig
 
     start = time.perf_counter()
-    result = run_image(artifact, image, prompt, None if budget == "auto" else budget)
+    result = run_image(artifact, image, prompt, None if budget == "auto" else budget,
+                       allow_unverified=allow_unverified)
     vision_ms = (time.perf_counter() - start) * 1e3
     encoded = inputs.encode([text], [picture])
     adapter = family.adapter(model, method, PARConfig(space="llm"), inputs.tokenizer)  # places rows only

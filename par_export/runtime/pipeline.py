@@ -37,15 +37,16 @@ class VisionLanguagePipeline:
             generate with instead of transformers.
     """
 
-    def __init__(self, artifact: str | Path, model, tokenizer, llm=None):
+    def __init__(self, artifact: str | Path, model, tokenizer, llm=None, allow_unverified: bool = False):
         from par_export.models.families import family_named
 
         self.folder = Path(artifact)
-        self.manifest, self.runners = artifact_runners(self.folder)
+        self.manifest, self.runners = artifact_runners(self.folder, allow_unverified)
         family = family_named(self.manifest["metadata"].get("family", "llava"))
         if not family.pipeline:
             raise ValueError(f"{self.folder}: a {family.name} artifact; the LLM pipeline (chat, emit, eval) splices "
                              "LLaVA-1.5's fixed image runs only so far (`par-export run` serves it)")
+        self._check_model(model, tokenizer)
         for runner in self.runners.values():
             runner.activate()
         self.inputs = ModelInputs.from_folder(self.folder / PROCESSOR_DIR)  # the checkpoint's processor
@@ -56,6 +57,21 @@ class VisionLanguagePipeline:
         self.context = model.config.text_config.max_position_embeddings
         self.llm = llm
 
+    def _check_model(self, model, tokenizer) -> None:
+        """Refuse, before any output, a model the artifact was not exported from: the LLM width must
+        be the rows' width and the image token the same id in the model, tokenizer and artifact."""
+        meta = self.manifest["metadata"]
+        width = self.manifest["graphs"]["vision_par"]["outputs"][0]["shape"][-1]
+        hidden = model.config.text_config.hidden_size
+        if isinstance(width, int) and width != hidden:
+            raise ValueError(f"{self.folder}: the artifact's rows are {width} wide, the model's LLM takes {hidden}: "
+                             f"pass the model it was exported from ({meta['model']})")
+        ids = {"artifact": meta.get("image_token_id"), "model config": getattr(model.config, "image_token_id", None),
+               "tokenizer": tokenizer.convert_tokens_to_ids(IMAGE)}
+        if len(set(ids.values())) != 1:
+            raise ValueError(f"{self.folder}: image token ids differ ({ids}): pass the model it was exported from "
+                             f"({meta['model']})")
+
     def reduce(self, pixel_values: np.ndarray, prompts: list[str], budget: int | None = None):
         """Reduced embeddings ``[B, W, D]`` and K ``[B]`` for images and their prompts."""
         meta = self.manifest["metadata"]
@@ -65,7 +81,12 @@ class VisionLanguagePipeline:
                 queries[i] = self.query.embed(prompt.replace(IMAGE, " "), self.runners["query_encoder"])[0][0]
         feed = {"pixel_values": pixel_values.astype(np.float32), "query_embeds": queries}
         if meta["budget_input"]:
-            feed["budget"] = np.array(int(budget if budget is not None else meta["budget"]), dtype=np.int64)
+            k = int(budget if budget is not None else meta["budget"])
+            if not 1 <= k <= meta["width"]:
+                raise ValueError(f"budget must be in [1, {meta['width']}] for this artifact, got {k}")
+            feed["budget"] = np.array(k, dtype=np.int64)
+        elif budget is not None and budget != meta["budget"]:
+            raise ValueError(f"this artifact's budget is {meta['budget']!r}, fixed at export; it takes no other")
         out = self.runners["vision_par"].infer(cast_feed(feed, self.manifest["graphs"]["vision_par"]))
         return out["image_embeds"], out["num_kept"]
 

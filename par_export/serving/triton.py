@@ -72,6 +72,8 @@ def write_triton_repo(source: str | Path, out: str | Path, overwrite: bool = Fal
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; give a `par-export export` folder")
     vision, query = load_graph_only(vision_path), load_graph_only(query_path)
+    if not metadata_from_model(vision):
+        raise ValueError(f"{vision_path}: no par.* metadata; give a folder `par-export export` wrote")
     if any(node.domain == DOMAIN for node in vision.graph.node):
         raise ValueError("this export holds par::TopKCluster (--plugin); Triton's ONNX Runtime backend cannot run "
                          "it: export without --plugin, or serve a TensorRT engine with libpar_plugins.so preloaded")
