@@ -19,15 +19,16 @@ def _budget(text: str):
     return value
 
 
-def _at_least(low: int):
-    """argparse type: an int >= ``low`` (one rule for every count, size and index flag)."""
+def _at_least(low: int, high: int | None = None):
+    """argparse type: an int >= ``low`` (and <= ``high``): one rule for every count, size and index flag."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
         return value
 
     parse.__name__ = f"int >= {low}"
@@ -55,6 +56,9 @@ def cmd_flops(args) -> int:
     config = llava_config(args.model_config)
     vision = config.vision_config
     full = (vision.image_size // vision.patch_size) ** 2
+    for flag, k in (("--budget", args.budget), ("--auto-k", args.auto_k)):
+        if k > full:
+            raise ValueError(f"{flag} {k}: above the {full} visual tokens of {args.model_config}")
     fixed = sorted({full, 192, 128, 64, args.budget}, reverse=True)
     text_lengths = [16, 64, 256]
     rows = flops_table(config, fixed + [args.auto_k], text_lengths, clip_l14_text())
@@ -407,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="compare a built artifact with PyTorch and the fp32 ONNX graph")
     p.add_argument("artifact")
-    p.add_argument("-n", type=POSITIVE, default=3, help="number of inputs (batch sizes cycle 1, 2, 4)")
+    p.add_argument("-n", type=_at_least(1, 1000), default=3, help="number of inputs (batch sizes cycle 1, 2, 4)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("run", help="one image + prompt through a built artifact; kept tokens as a PNG")
