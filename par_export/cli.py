@@ -252,6 +252,8 @@ def _budgets(text: str) -> list:
 def cmd_eval(args) -> int:
     import tempfile
 
+    from par_export.files import check_out
+
     from par_export.eval.vqa import (artifact_budgets, build_eval_artifacts, evaluate, evaluate_jsonl, format_rows,
                                      result_rows, write_outputs)
     from par_export.export.exporter import resolve_model
@@ -259,6 +261,10 @@ def cmd_eval(args) -> int:
 
     if bool(args.data) != bool(args.images):
         raise ValueError("--data FILE.jsonl and --images DIR go together")
+    inputs = [p for p in (args.model, args.clip, args.data, args.images) if p]
+    out = check_out(args.out, inputs)  # before the evaluation, not after it
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{args.out} exists; pass --overwrite to replace it (or another --out)")
     with tempfile.TemporaryDirectory() as tmp:
         llava_dir, clip_dir = resolve_model(args.model, Path(tmp))
         methods, budgets = args.methods.split(","), _budgets(args.budgets)
@@ -282,7 +288,7 @@ def cmd_eval(args) -> int:
                                allow_unverified=args.allow_unverified)
     rows = result_rows(results)
     print(format_rows(rows))
-    for path in write_outputs(rows, results, Path(args.out)):
+    for path in write_outputs(rows, results, Path(args.out), args.overwrite, inputs):
         print(f"wrote {path}")
     return 0
 
@@ -439,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="folder of the JSONL's images")
     p.add_argument("--par", action="append", default=[], metavar="NAME=VALUE",
                    help="PAR option to override (repeatable), e.g. --par alpha=0.5 --par k_max=64")
-    p.add_argument("--out", default="out/eval")
+    p.add_argument("--out", default="out/eval", help="results folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true")
     p.add_argument("--allow-unverified", action="store_true",
                    help="use an artifact whose verification failed or never ran (refused by default)")
     p.set_defaults(func=cmd_eval)

@@ -51,8 +51,8 @@ def test_demo_answers_above_the_answer_prior(tmp_path):
     PAR at 64 of 256 tokens beat answering from the question alone by a wide margin (0.93 and 0.93
     against 0.37 when measured); an untrained or image-blind model stays at or below it."""
     assert main(["eval", "--model", "demo", "--methods", "par", "--budgets", "64", "--split", "test",
-                 "--n", "150", "--batch", "50", "--out", str(tmp_path)]) == 0
-    rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())}
+                 "--n", "150", "--batch", "50", "--out", str(tmp_path / "o")]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "o" / "results.json").read_text())}
     prior = answer_prior_accuracy(150)
     assert rows["full"]["accuracy"] >= prior + 0.3, (rows["full"], prior)
     assert rows["par"]["accuracy"] >= prior + 0.3 and rows["par"]["mean_kept"] == 64, (rows["par"], prior)

@@ -15,10 +15,10 @@ from par_export.data.vqa import render, sample
 def test_eval_writes_all_outputs(tiny_folders, tmp_path, capsys):
     llava, clip = tiny_folders
     assert main(["eval", "--model", str(llava), "--clip", str(clip), "--methods", "par,pool,cls_attn",
-                 "--budgets", "16,auto", "--n", "12", "--batch", "6", "--out", str(tmp_path)]) == 0
+                 "--budgets", "16,auto", "--n", "12", "--batch", "6", "--out", str(tmp_path / "o")]) == 0
     for name in ("results.csv", "results.json", "accuracy_vs_tokens.png", "kept_heatmaps.png"):
-        assert (tmp_path / name).stat().st_size > 0
-    rows = json.loads((tmp_path / "results.json").read_text())
+        assert (tmp_path / "o" / name).stat().st_size > 0
+    rows = json.loads((tmp_path / "o" / "results.json").read_text())
     assert {r["method"] for r in rows} == {"full", "par", "pool", "cls_attn"}
     assert {(r["method"], r["budget"]) for r in rows if r["method"] != "full"} == {
         ("par", 16), ("par", "auto"), ("pool", 16), ("cls_attn", 16)}  # no auto for pool/cls_attn
@@ -26,6 +26,12 @@ def test_eval_writes_all_outputs(tiny_folders, tmp_path, capsys):
     par16 = next(r for r in rows if (r["method"], r["budget"]) == ("par", 16))
     assert par16["mean_kept"] == 16 and 0 < par16["flops_relative"] < 1
     assert "mean K" in capsys.readouterr().out
+    # an existing results folder is refused before the evaluation runs, replaced with --overwrite
+    again = ["eval", "--model", str(llava), "--clip", str(clip), "--methods", "par", "--budgets", "16", "--n", "2",
+             "--batch", "2", "--out", str(tmp_path / "o")]
+    assert main(again) == 2 and "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(again + ["--overwrite"]) == 0
+    assert {r["method"] for r in json.loads((tmp_path / "o" / "results.json").read_text())} == {"full", "par"}
 
 
 def test_eval_jsonl_end_to_end(tiny_folders, tmp_path, capsys):
@@ -71,5 +77,5 @@ def test_eval_onnxruntime_backend_matches_torch(tiny_folders, tmp_path):
 def test_eval_refuses_an_unknown_backend(tiny_folders, tmp_path, capsys):
     llava, clip = tiny_folders
     assert main(["eval", "--model", str(llava), "--clip", str(clip), "--backend", "tensorrtt", "--n", "2",
-                 "--out", str(tmp_path)]) == 2
+                 "--out", str(tmp_path / "o")]) == 2
     assert "expected torch, onnxruntime or a `par-export build` folder" in capsys.readouterr().err

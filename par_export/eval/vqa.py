@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from par_export.data.vqa import render, sample, split_seeds
-from par_export.files import atomic_output
+from par_export.files import atomic_folder
 from par_export.flops import llm_prefill_flops
 from par_export.plots import save_figure
 from par_export.models.families import family_for
@@ -201,21 +201,22 @@ def result_rows(results: dict) -> list[dict]:
     return rows
 
 
-def write_outputs(rows: list[dict], results: dict, out: Path) -> list[Path]:
-    """results.csv, results.json, accuracy_vs_tokens.png, kept_heatmaps.png."""
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with atomic_output(out / "results.json") as tmp:
-        tmp.write_text(json.dumps(rows, indent=2))
-    plot_accuracy(rows, out / "accuracy_vs_tokens.png", results.get("full_tokens") or results["model"].tokens_per_image)
-    written = [out / "results.csv", out / "results.json", out / "accuracy_vs_tokens.png"]
-    if results["examples"]:
-        plot_examples(results["examples"], out / "kept_heatmaps.png", results["model"].tokens_per_image)
-        written.append(out / "kept_heatmaps.png")
-    return written
+def write_outputs(rows: list[dict], results: dict, out: Path, overwrite: bool = False, inputs=()) -> list[Path]:
+    """results.csv, results.json, accuracy_vs_tokens.png, kept_heatmaps.png in ``out``, written whole
+    or not at all (``out`` must not exist unless ``overwrite``)."""
+    with atomic_folder(out, overwrite, ValueError, inputs=inputs) as (final, _):
+        with open(final / "results.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        (final / "results.json").write_text(json.dumps(rows, indent=2))
+        full_tokens = results.get("full_tokens") or results["model"].tokens_per_image
+        plot_accuracy(rows, final / "accuracy_vs_tokens.png", full_tokens)
+        names = ["results.csv", "results.json", "accuracy_vs_tokens.png"]
+        if results["examples"]:
+            plot_examples(results["examples"], final / "kept_heatmaps.png", results["model"].tokens_per_image)
+            names.append("kept_heatmaps.png")
+    return [out / name for name in names]
 
 
 def plot_accuracy(rows: list[dict], path: Path, full_tokens: int) -> None:

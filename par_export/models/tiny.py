@@ -94,7 +94,9 @@ def save_tiny_clip(folder: str | Path, llava_folder: str | Path, seed: int = 1) 
     """Write a tiny CLIP whose vision tower is the LLaVA folder's (as CLIP-L/336 is LLaVA-1.5's)."""
     from transformers import CLIPConfig, CLIPModel, LlavaForConditionalGeneration
 
-    llava = LlavaForConditionalGeneration.from_pretrained(llava_folder, local_files_only=True, use_safetensors=True)
+    from par_export.models.loading import pretrained_kwargs
+
+    llava = LlavaForConditionalGeneration.from_pretrained(llava_folder, **pretrained_kwargs())
     vision = llava.config.vision_config
     text = dict(
         vocab_size=llava.config.text_config.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
