@@ -44,3 +44,103 @@ def test_bad_budget_is_a_clear_error(capsys):
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "par_export.cli", "methods"], capture_output=True, text=True)
     assert result.returncode == 0 and "visionzip" in result.stdout
+
+
+# --- wrong results are no longer returned as success (issue 19) -------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_error(capsys, rc: int, fragment: str) -> None:
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    # (transformers' own "Loading weights" bars may precede it)
+    assert fragment in err and len([line for line in err.splitlines() if "error:" in line]) == 1, err
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-art")
+    assert main(["build", "--model", "tiny", "--precision", "fp32", "--backend", "onnxruntime",
+                 "--out", str(root / "art")]) == 0
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(root / "img.png")
+    return root / "art", root / "img.png"
+
+
+def test_emit_with_another_model_or_an_out_of_range_budget_is_refused(tiny_artifact, tmp_path, capsys):
+    art, image = tiny_artifact
+    common = ["emit", str(art), "--image", str(image), "--prompt", "USER: <image>\nwhat? ASSISTANT:",
+              "--runtime", "edge-llm"]
+    one_error(capsys, main(common + ["--model", "demo", "--out", str(tmp_path / "a")]),
+              "pass the model it was exported from")
+    one_error(capsys, main(common + ["--model", "tiny", "--budget", "100000", "--out", str(tmp_path / "b")]),
+              "budget must be in [1, 64]")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_eval_refuses_budgets_above_n_and_an_empty_jsonl(tiny_folders, tmp_path, capsys):
+    llava, clip = tiny_folders
+    common = ["eval", "--model", str(llava), "--clip", str(clip), "--methods", "par", "--n", "2", "--batch", "2"]
+    one_error(capsys, main(common + ["--budgets", "100000", "--out", str(tmp_path / "a")]),
+              "above the 64 tokens per image")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    one_error(capsys, main(common + ["--budgets", "8", "--data", str(tmp_path / "empty.jsonl"), "--images",
+                                     str(tmp_path), "--out", str(tmp_path / "b")]), "no record to score")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_files_that_are_not_what_they_claim_are_refused(tiny_artifact, tmp_path, capsys):
+    onnx = tmp_path / "onnx"
+    onnx.mkdir()
+    import onnx as onnx_lib
+
+    graph = onnx_lib.load(str(tiny_artifact[0] / "onnx" / "vision_par.onnx"))
+    del graph.metadata_props[:]
+    onnx_lib.save(graph, str(onnx / "vision_par.onnx"))
+    onnx_lib.save(onnx_lib.load(str(tiny_artifact[0] / "onnx" / "query_encoder.onnx")), str(onnx / "query_encoder.onnx"))
+    one_error(capsys, main(["triton-repo", str(onnx), "--out", str(tmp_path / "repo")]), "no par.* metadata")
+    (tmp_path / "zero.onnx").write_bytes(b"")
+    one_error(capsys, main(["inspect", str(tmp_path / "zero.onnx")]), "not an ONNX model")
+    one_error(capsys, main(["plugin", "build", "--trt-include", str(tmp_path / "nonexistent"), "--out",
+                            str(tmp_path / "plugin")]), "no NvInfer.h there")
+    with pytest.raises(SystemExit) as exit_:  # argparse: one line, exit 2
+        main(["export", "--model", "tiny", "--k-max", "0", "--out", str(tmp_path / "e")])
+    assert exit_.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    import par_export.cli as cli
+
+    def broken(args):
+        return {}["missing"]  # a bug, not bad input
+
+    monkeypatch.setattr(cli, "cmd_methods", broken)
+    assert cli.main(["methods"]) == 3
+    err = capsys.readouterr().err
+    assert "internal error: KeyError" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(KeyError):
+        cli.main(["--debug", "methods"])
+
+
+def test_two_concurrent_builds_into_one_out_the_second_fails(tmp_path):
+    out = tmp_path / "art"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "par_export.cli", "build", "--model", "tiny", "--precision", "fp32",
+               "--backend", "onnxruntime", "--out", str(out)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".art.tmp-*")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert first.wait() == 0
+    assert second.returncode == 2 and "another par-export process is writing it" in second.stderr
+    assert json.loads((out / "manifest.json").read_text())["verification"]["passed"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]

@@ -252,66 +252,66 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
         print("TensorRT not found: building the ONNX Runtime form (CPU provider). Install TensorRT for engines.")
 
     with atomic_folder(out, overwrite, BuildError, inputs=[source]) as (final, work):
-        steps = tqdm(total=len(GRAPHS) + 2, desc=f"build {backend} {options.precision}", disable=not progress)
-        src = export_source(source, work, options, progress)
-        steps.update()
-        metadata = read_metadata(src / "vision_par.onnx")
-        plugin_needed = bool(metadata.get("plugin"))
-        graphs = {}
-        for name in GRAPHS:
-            onnx_path = src / f"{name}.onnx"
-            if not onnx_path.is_file():
-                continue
-            if backend == "tensorrt":
-                artifact = final / f"{name}.engine"
-                graph = onnx.load(str(onnx_path), load_external_data=False)
-                if options.precision in ("int8", "fp8") and name == "vision_par":
-                    quantized = work / f"{name}.qdq.onnx"
-                    _quantize_for_tensorrt(onnx_path, quantized, options.precision, metadata, options.calib_images,
-                                           src / "processor")
-                    onnx_path = quantized
-                build_engine(onnx_path, artifact, options.precision, _profiles(metadata, options, graph),
-                             options.workspace_mib or 4096, Path(options.timing_cache) if options.timing_cache else None,
-                             options.version_compatible, options.dla_core, plugin_path() if plugin_needed else None)
-                io = _io(graph)
-            else:
-                artifact = final / f"{name}.ort.onnx"
-                _build_onnxruntime(onnx_path, artifact, options.precision, work)
-                io = _io(onnx.load(str(artifact), load_external_data=False))
-            graphs[name] = {"file": artifact.name, "sha256": sha256(artifact), "source": f"onnx/{onnx_path.name}",
-                            "source_sha256": sha256(onnx_path),
-                            "data_files": {p.name: sha256(p) for p in onnx_files(artifact)[1:]},
-                            "profiles": {k: [list(s) for s in v] for k, v in _profiles(
-                                metadata, options, onnx.load(str(onnx_path), load_external_data=False)).items()},
-                            **io}
+        # closed on any exit, so an error line is never drawn over by the bar
+        with tqdm(total=len(GRAPHS) + 2, desc=f"build {backend} {options.precision}", disable=not progress) as steps:
+            src = export_source(source, work, options, progress)
             steps.update()
-        (final / "onnx").mkdir()  # the fp32 source graphs: verify's second reference
-        for item in src.iterdir():
-            if item.name.endswith((".onnx", ".onnx.data")):
-                shutil.copy(item, final / "onnx" / item.name)
-        for item in RUNTIME_FILES:
-            if (src / item).is_dir():
-                shutil.copytree(src / item, final / item)
-            elif (src / item).is_file():
-                shutil.copy(src / item, final / item)
-        manifest = {
-            "format": FORMAT,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "par_export": par_export.__version__,
-            "backend": backend,
-            "backend_version": _backend_version(backend),
-            "precision": options.precision,
-            "gpu": gpu_info(),
-            "target": options.target,
-            "build": {k: v for k, v in asdict(options).items() if k not in ("precision", "backend", "target")},
-            "plugin": _plugin_entry() if plugin_needed else None,
-            "graphs": graphs,
-            "metadata": metadata,
-            "files": seal(final),
-        }
-        (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        steps.update()
-        steps.close()
+            metadata = read_metadata(src / "vision_par.onnx")
+            plugin_needed = bool(metadata.get("plugin"))
+            graphs = {}
+            for name in GRAPHS:
+                onnx_path = src / f"{name}.onnx"
+                if not onnx_path.is_file():
+                    continue
+                if backend == "tensorrt":
+                    artifact = final / f"{name}.engine"
+                    graph = onnx.load(str(onnx_path), load_external_data=False)
+                    if options.precision in ("int8", "fp8") and name == "vision_par":
+                        quantized = work / f"{name}.qdq.onnx"
+                        _quantize_for_tensorrt(onnx_path, quantized, options.precision, metadata, options.calib_images,
+                                               src / "processor")
+                        onnx_path = quantized
+                    build_engine(onnx_path, artifact, options.precision, _profiles(metadata, options, graph),
+                                 options.workspace_mib or 4096, Path(options.timing_cache) if options.timing_cache else None,
+                                 options.version_compatible, options.dla_core, plugin_path() if plugin_needed else None)
+                    io = _io(graph)
+                else:
+                    artifact = final / f"{name}.ort.onnx"
+                    _build_onnxruntime(onnx_path, artifact, options.precision, work)
+                    io = _io(onnx.load(str(artifact), load_external_data=False))
+                graphs[name] = {"file": artifact.name, "sha256": sha256(artifact), "source": f"onnx/{onnx_path.name}",
+                                "source_sha256": sha256(onnx_path),
+                                "data_files": {p.name: sha256(p) for p in onnx_files(artifact)[1:]},
+                                "profiles": {k: [list(s) for s in v] for k, v in _profiles(
+                                    metadata, options, onnx.load(str(onnx_path), load_external_data=False)).items()},
+                                **io}
+                steps.update()
+            (final / "onnx").mkdir()  # the fp32 source graphs: verify's second reference
+            for item in src.iterdir():
+                if item.name.endswith((".onnx", ".onnx.data")):
+                    shutil.copy(item, final / "onnx" / item.name)
+            for item in RUNTIME_FILES:
+                if (src / item).is_dir():
+                    shutil.copytree(src / item, final / item)
+                elif (src / item).is_file():
+                    shutil.copy(src / item, final / item)
+            manifest = {
+                "format": FORMAT,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "par_export": par_export.__version__,
+                "backend": backend,
+                "backend_version": _backend_version(backend),
+                "precision": options.precision,
+                "gpu": gpu_info(),
+                "target": options.target,
+                "build": {k: v for k, v in asdict(options).items() if k not in ("precision", "backend", "target")},
+                "plugin": _plugin_entry() if plugin_needed else None,
+                "graphs": graphs,
+                "metadata": metadata,
+                "files": seal(final),
+            }
+            (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            steps.update()
         # verified before it is put in place; a failed verification is recorded, and `run` refuses it
         manifest["verification"] = verification_record(*verify(final, count=3, allow_unverified=True))
         (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
