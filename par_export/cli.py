@@ -211,7 +211,7 @@ def cmd_build(args) -> int:
     print(format_rows(result["rows"]))
     print(f"verify ({result['precision']}): {'PASSED' if result['passed'] else 'FAILED'}")
     if not result["passed"]:
-        print(f"the artifact is marked unverified in its manifest: run/chat/emit/eval refuse it without "
+        print("the artifact is marked unverified in its manifest: run/chat/emit/eval refuse it without "
               "--allow-unverified", file=sys.stderr)
     return 0 if result["passed"] else 1
 

@@ -1,4 +1,4 @@
-"""Prefill FLOPs of a LLaVA-style model with and without token reduction (PAR_SPEC, "FLOPs accounting").
+"""Prefill FLOPs of a LLaVA-style model with and without token reduction (docs/par.md, "FLOPs accounting").
 
 Counts 2 FLOPs per multiply-add of every matrix product: attention projections
 (grouped KV heads), the MLP at the config's intermediate size, the attention

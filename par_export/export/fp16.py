@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-# Normalization and softmax (fp16 towers lose accuracy there, DEPLOYMENT_FACTS.md) and
+# Normalization and softmax (fp16 towers lose accuracy there: docs/export.md, "--fp16") and
 # index-producing ops whose ranks must not move stay fp32.
 FP32_OPS = ["LayerNormalization", "Softmax", "TopK", "ArgMax", "CumSum", "Range", "ReduceMean"]
 

@@ -1,4 +1,4 @@
-"""Prompt -> query embedding for PAR's retrieval step, in CLIP or LLM space (PAR_SPEC step 2)."""
+"""Prompt -> query embedding for PAR's retrieval step, in CLIP or LLM space (docs/par.md, step 2)."""
 
 from __future__ import annotations
 

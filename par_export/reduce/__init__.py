@@ -1,7 +1,7 @@
 """Token reducers: pure torch on ``[B, N, D]`` visual tokens, no model knowledge.
 
 ``create_reducer(name)`` builds any registered method; ``PARReducer`` is PAR itself
-(PAR_SPEC.md), the baselines live in :mod:`par_export.reduce.baselines`.
+(docs/par.md), the baselines live in :mod:`par_export.reduce.baselines`.
 """
 
 from par_export.reduce import baselines  # noqa: F401  (registers the baselines)

@@ -1,4 +1,4 @@
-"""PAR's configuration: one frozen dataclass whose defaults are those of PAR_SPEC.md."""
+"""PAR's configuration: one frozen dataclass; its defaults are listed in docs/par.md ("Defaults")."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ Budget = Union[int, Literal["auto"]]
 
 @dataclass(frozen=True)
 class PARConfig:
-    """Every option of the PAR pipeline (PAR_SPEC.md, "Pipeline (defaults)").
+    """Every option of the PAR pipeline (docs/par.md, "Defaults").
 
     Attributes:
         rewrite: ``"template"`` turns the user prompt into a retrieval query with

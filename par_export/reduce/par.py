@@ -1,4 +1,4 @@
-"""PAR: prompt-aware retrieval + density-peak clustering + token router (PAR_SPEC.md)."""
+"""PAR: prompt-aware retrieval + density-peak clustering + token router (docs/par.md)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def resolve_num_kept(
 
 @register
 class PARReducer(TokenReducer):
-    """PAR_SPEC.md steps 3-6 on ``[B, N, D]`` tokens.
+    """PAR steps 3-6 (docs/par.md) on ``[B, N, D]`` tokens.
 
     The optional ``query_projection`` maps visual tokens into the prompt's space
     (CLIP: post-LayerNorm + visual projection; LLM: the multimodal projector).

@@ -80,7 +80,7 @@ def standardized_relevance(
     With a prompt: cosine of the pooled prompt ``[B, Dq]`` against ``query_tokens``
     ``[B, N, Dq]`` (the visual tokens in the retrieval space). Images whose prompt
     is empty (all-zero ``prompt_mask``), or a call without a prompt, fall back to
-    the CLS attention ``attn`` ``[B, N]`` (PAR_SPEC step 7). ``token_mask [B, N]``: statistics over
+    the CLS attention ``attn`` ``[B, N]`` (docs/par.md, step 7). ``token_mask [B, N]``: statistics over
     the real tokens only; padded tokens get ``z = 0``.
     """
     if prompt_embedding is None:

@@ -1,5 +1,5 @@
 """The reduced visual embeddings in the forms NVIDIA's LLM runtimes take (see
-DEPLOYMENT_FACTS.md for the interfaces targeted; neither runtime runs on this project's
+docs/llm_runtimes.md for the interfaces targeted; neither runtime runs on this project's
 machines, so these are checked for shape, dtype and id layout only).
 
 - TensorRT-LLM (legacy engine flow, e.g. 0.1x): ``prompt_embedding_table [rows, hidden]``,

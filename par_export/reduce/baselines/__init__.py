@@ -1,4 +1,4 @@
-"""Peer reducers behind PAR's interface (PAR_SPEC.md, "Baselines"); importing registers them."""
+"""Peer reducers behind PAR's interface (docs/par.md, "Baselines"); importing registers them."""
 
 from par_export.reduce.baselines import cls_attn, pool, prumerge, random_keep, text_sim, visionzip
 
