@@ -345,6 +345,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from par_export import __version__
+    from par_export.engine.presets import available_presets
     from par_export.models.geometries import LLAVA_GEOMETRIES
 
     parser = _Parser(prog="par-export", description=__doc__)
@@ -399,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="artifact folder (default out/<source>-<precision>)")
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16", "int8", "fp8"])
     p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"])
-    p.add_argument("--target", help="preset from engines/presets (jetson-orin-nano, h100, ...)")
+    p.add_argument("--target", choices=available_presets(), help="device preset (precision, profiles, workspace, DLA)")
     p.add_argument("--min-batch", type=POSITIVE)
     p.add_argument("--opt-batch", type=POSITIVE)
     p.add_argument("--max-batch", type=POSITIVE)
@@ -491,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugin", help="build libpar_plugins.so (TensorRT plugins) or print its path")
     p.add_argument("action", choices=["build", "path"])
     p.add_argument("--arch", action="append", help="SM version without 'sm_', repeatable (default 80 87 89 90 110)")
-    p.add_argument("--out", default=None, help="output folder (default $PAR_PLUGIN_DIR or build/plugins)")
+    p.add_argument("--out", default=None, help="output folder (default $PAR_PLUGIN_DIR, else $XDG_CACHE_HOME/par-export/plugins)")
     p.add_argument("--trt-include", default=None, help="folder holding NvInfer.h")
     p.set_defaults(func=cmd_plugin)
 
@@ -499,6 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.set_defaults(func=cmd_inspect)
     return parser
+
+
+# Optional dependencies and the extra that installs each.
+EXTRAS = {"onnxruntime": "cpu] or [gpu", "onnxruntime_genai": "cpu] or [gpu", "tensorrt": "tensorrt",
+          "tritonclient": "test"}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -535,6 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
+        if isinstance(err, ModuleNotFoundError) and err.name and err.name.split(".")[0] in EXTRAS:
+            extra = EXTRAS[err.name.split(".")[0]]
+            print(f"par-export {args.command}: error: {err.name} is not installed; install it with "
+                  f"pip install 'par-export[{extra}]'", file=sys.stderr)
+            return 2
         if isinstance(err, user_errors()):
             print(f"par-export {args.command}: error: {_one_line(err)}", file=sys.stderr)
             return 2

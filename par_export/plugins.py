@@ -20,8 +20,12 @@ class PluginBuildError(RuntimeError):
 
 
 def plugin_dir() -> Path:
-    """Where ``plugin build`` writes and ``plugin path`` looks: ``$PAR_PLUGIN_DIR`` or ``build/plugins``."""
-    return Path(os.environ.get("PAR_PLUGIN_DIR", REPO / "build" / "plugins"))
+    """Where ``plugin build`` writes and ``plugin path`` looks: ``$PAR_PLUGIN_DIR``, else the user's
+    cache folder ``${XDG_CACHE_HOME:-~/.cache}/par-export/plugins`` (never inside the installed package)."""
+    if os.environ.get("PAR_PLUGIN_DIR"):
+        return Path(os.environ["PAR_PLUGIN_DIR"])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "par-export" / "plugins"
 
 
 def plugin_path() -> Path:

@@ -1,4 +1,5 @@
-"""Target presets (``engines/presets/*.json``): precision, profiles, workspace, DLA per device."""
+"""Target presets (``par_export/engine/presets/*.json``, package data): precision, profiles, workspace,
+DLA per device."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "engines" / "presets"
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 
 
