@@ -192,7 +192,7 @@ def cmd_build(args) -> int:
     options = BuildOptions(precision=args.precision, backend=args.backend, target=args.target, batch=batch,
                            budget=args.budget_range, workspace_mib=args.workspace, timing_cache=args.timing_cache,
                            version_compatible=args.version_compatible, dla_core=args.dla_core, plugin=args.plugin,
-                           calib_images=args.calib_images, clip=args.clip)
+                           calib_images=args.calib_images, clip=args.clip, atol=args.atol, rtol=args.rtol)
     source = args.source or args.model
     if source is None:
         raise ValueError("give the exported folder / vision_par.onnx, or --model PATH|tiny")
@@ -219,7 +219,7 @@ def cmd_build(args) -> int:
 def cmd_verify(args) -> int:
     from par_export.engine.verify import format_rows, record_verification, verification_record, verify
 
-    rows, passed, precision = verify(args.artifact, count=args.n)
+    rows, passed, precision = verify(args.artifact, count=args.n, atol=args.atol, rtol=args.rtol)
     record_verification(args.artifact, verification_record(rows, passed, precision))
     print(format_rows(rows))
     print(f"verify ({precision}): {'PASSED' if passed else 'FAILED'} (recorded in {Path(args.artifact) / 'manifest.json'})")
@@ -336,8 +336,54 @@ def cmd_triton_repo(args) -> int:
     return 0
 
 
+OVERWRITE = "replace --out if it exists (only a folder par-export wrote, or an empty one)"
+ARTIFACT = "a `par-export build` folder"
+UNVERIFIED = "use an artifact whose verification failed or never ran (refused by default)"
+DEVICES = ("cpu", "cuda", "tensorrt")
+
+
+def _pool_limit(text: str) -> int:
+    """Polygraphy's ``--pool-limit workspace:SIZE`` (SIZE in bytes, or with K/M/G) -> MiB."""
+    pool, _, size = text.partition(":")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        scale = units.get(size[-1:].upper(), 1)
+        value = int(float(size[:-1] if size[-1:].upper() in units else size) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected workspace:SIZE (e.g. workspace:4G), got {text!r}") from None
+    if pool != "workspace" or value < 1 << 20:
+        raise argparse.ArgumentTypeError(f"expected workspace:SIZE of at least 1M, got {text!r}")
+    return value >> 20
+
+
+def add_tolerances(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--atol", type=float, help="verification: absolute error bound (default: the precision's)")
+    p.add_argument("--rtol", type=float, help="verification: error bound relative to the largest reference "
+                   "output (default: the precision's)")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="ONNX Runtime execution provider for ONNX Runtime artifacts: CPU, CUDA or TensorRT "
+                   "(cuda/tensorrt need par-export[gpu])")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an argument's help where X is a real value the help does not state."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (the usage block is one ``--help`` away)."""
+    """argparse with a one-line error (the usage block is one ``--help`` away) and defaults in help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -345,30 +391,37 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from par_export import __version__
-    from par_export.engine.presets import available_presets
+    from par_export.engine.presets import PRECISIONS, available_presets
     from par_export.models.geometries import LLAVA_GEOMETRIES
+    from par_export.reduce import available_methods
 
+    methods = sorted(available_methods())
     parser = _Parser(prog="par-export", description=__doc__)
     parser.add_argument("--version", action="version", version=f"par-export {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("methods", help="list the registered token reducers")
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("flops", help="prefill FLOPs of a published LLaVA geometry at several budgets")
-    p.add_argument("--model-config", default="llava-1.5-7b", choices=sorted(LLAVA_GEOMETRIES))
+    p.add_argument("--model-config", default="llava-1.5-7b", choices=sorted(LLAVA_GEOMETRIES),
+                   help="published LLaVA geometry")
     p.add_argument("--budget", type=POSITIVE, default=64, help="K to summarize against the paper's figure")
     p.add_argument("--auto-k", type=POSITIVE, default=64, help="mean K of PAR's adaptive budget for the 'auto' row")
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("reduce", help="reduce synthetic LLaVA-geometry tokens with planted objects; print what was kept")
-    p.add_argument("--model-config", default="llava-1.5-7b", choices=sorted(LLAVA_GEOMETRIES))
-    p.add_argument("--method", default="par")
-    p.add_argument("--budget", type=_budget, default="auto")
+    p.add_argument("--model-config", default="llava-1.5-7b", choices=sorted(LLAVA_GEOMETRIES),
+                   help="geometry of the synthetic tokens (N, D)")
+    p.add_argument("--method", default="par", choices=methods, help="token reducer")
+    p.add_argument("--budget", type=_budget, default="auto", help="K, or 'auto' (adaptive)")
     p.add_argument("--k-max", type=POSITIVE, default=192, help="adaptive K upper bound (PARConfig.k_max)")
-    p.add_argument("--batch", type=POSITIVE, default=2)
-    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--batch", type=POSITIVE, default=2, help="synthetic images")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the synthetic scenes")
     p.add_argument("--out", default="out", help="folder for kept_tokens.png")
     p.add_argument("--show-grid", action="store_true", help="print each image's kept map (# kept, + merged, . dropped)")
     p.set_defaults(func=cmd_reduce)
@@ -376,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export vision tower + projector + reducer to validated ONNX")
     p.add_argument("--model", required=True, help="local LLaVA folder, or 'tiny' (random-weight tiny LLaVA + CLIP)")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--method", default="par")
+    p.add_argument("--method", default="par", choices=methods, help="token reducer (`par-export methods`)")
     p.add_argument("--budget", type=_budget, default="auto", help="'auto' (adaptive K, no budget input) or an int "
                    "K: the graph then takes K as a 0-d int64 input up to --k-max")
     p.add_argument("--k-max", type=POSITIVE, default=None, help="largest K and the padded output width (default 192)")
@@ -385,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="fp16 graph; reducer, norms and softmax stay fp32")
     p.add_argument("--batch-max", type=POSITIVE, default=8, help="largest batch the graphs are validated "
                    "and bounded for (default 8)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.add_argument("--plugin", action="store_true", help="emit PAR's top-k clustering as one par::TopKCluster node "
                    "(TensorRT: libpar_plugins.so; ONNX Runtime: onnxruntime-extensions Python op)")
     p.add_argument("--format", choices=["onnx", "edge-llm"], default="onnx",
@@ -398,108 +451,136 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="instead of SOURCE: a local LLaVA folder or 'tiny', exported first")
     p.add_argument("--clip", help="with --model PATH: local CLIP folder for space=clip (default: llm space)")
     p.add_argument("--out", help="artifact folder (default out/<source>-<precision>)")
-    p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16", "int8", "fp8"])
-    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"])
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--precision", default="fp16", choices=list(PRECISIONS),
+                           help="engine precision (as trtexec/Polygraphy spell it: --fp16, --int8, ...)")
+    for name in PRECISIONS:
+        precision.add_argument(f"--{name}", dest="precision", action="store_const", const=name,
+                               help=f"same as --precision {name}")
+    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"],
+                   help="auto: TensorRT where it imports, else the ONNX Runtime form")
     p.add_argument("--target", choices=available_presets(), help="device preset (precision, profiles, workspace, DLA)")
-    p.add_argument("--min-batch", type=POSITIVE)
-    p.add_argument("--opt-batch", type=POSITIVE)
-    p.add_argument("--max-batch", type=POSITIVE)
+    p.add_argument("--min-batch", type=POSITIVE, help="optimization profile: smallest batch (default 1)")
+    p.add_argument("--opt-batch", type=POSITIVE, help="optimization profile: batch tuned for (default min)")
+    p.add_argument("--max-batch", type=POSITIVE, help="optimization profile: largest batch (default 8)")
     p.add_argument("--budget-range", type=_triple, help="MIN:MAX or MIN:OPT:MAX kept tokens")
-    p.add_argument("--workspace", type=POSITIVE, help="TensorRT workspace in MiB")
-    p.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
-    p.add_argument("--version-compatible", action="store_true")
-    p.add_argument("--dla-core", type=NON_NEGATIVE)
+    p.add_argument("--workspace", type=POSITIVE, help="TensorRT workspace memory pool in MiB")
+    p.add_argument("--pool-limit", type=_pool_limit, dest="workspace", metavar="workspace:SIZE",
+                   help="Polygraphy's spelling of --workspace: workspace:4G, workspace:512M, workspace:BYTES")
+    p.add_argument("--timing-cache", "--load-timing-cache", "--save-timing-cache", dest="timing_cache",
+                   help="TensorRT timing cache file, read and updated (Polygraphy's two spellings alias it)")
+    p.add_argument("--version-compatible", action="store_true",
+                   help="engine runs on later TensorRT versions of the same major (lean runtime)")
+    p.add_argument("--dla-core", "--useDLACore", type=NON_NEGATIVE, dest="dla_core",
+                   help="build for this DLA core, with GPU fallback (Jetson; trtexec: --useDLACore)")
     p.add_argument("--plugin", action="store_true", help="export with the par::TopKCluster custom op")
     p.add_argument("--calib-images", help="folder of images (or 'demo': the procedural VQA scenes) for TensorRT int8/fp8 "
                    "calibration (ModelOpt Q/DQ)")
     p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
-    p.add_argument("--overwrite", action="store_true")
+    add_tolerances(p)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("verify", help="compare a built artifact with PyTorch and the fp32 ONNX graph")
-    p.add_argument("artifact")
+    p.add_argument("artifact", help=ARTIFACT)
     p.add_argument("-n", type=_at_least(1, 1000), default=3, help="number of inputs (batch sizes cycle 1, 2, 4)")
+    add_tolerances(p)
+    add_device(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("run", help="one image + prompt through a built artifact; kept tokens as a PNG")
-    p.add_argument("artifact")
-    p.add_argument("--image", required=True)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("artifact", help=ARTIFACT)
+    p.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
+    p.add_argument("--prompt", required=True, help="the question the image is reduced for")
     p.add_argument("--budget", type=POSITIVE, help="K (default: the artifact's)")
+    add_device(p)
     p.add_argument("--heatmap", help="PNG path (default ./kept_tokens.png; never inside the sealed artifact)")
-    p.add_argument("--allow-unverified", action="store_true",
-                   help="use an artifact whose verification failed or never ran (refused by default)")
+    p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="accuracy vs kept tokens per method on the demo VQA (CSV, JSON, PNG)")
     p.add_argument("--model", default="demo", help="'demo' (shipped) or a local LLaVA folder trained on the VQA")
     p.add_argument("--clip", help="local CLIP folder for space=clip (demo: shipped)")
-    p.add_argument("--methods", default="par,random,pool,cls_attn,visionzip,prumerge,text_sim")
-    p.add_argument("--budgets", default="16,32,64,128,auto")
+    p.add_argument("--methods", default="par,random,pool,cls_attn,visionzip,prumerge,text_sim",
+                   help="comma-separated reducers, of: " + ", ".join(methods))
+    p.add_argument("--budgets", default="16,32,64,128,auto", help="comma-separated K values and/or 'auto'")
     p.add_argument("--backend", default="torch", help="reduce with PyTorch ('torch'), with every method exported "
                    "and built for ONNX Runtime ('onnxruntime'), or with one `par-export build` folder (its method "
                    "and the budgets it serves); the LLM answers in PyTorch")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--n", type=POSITIVE, default=2000)
-    p.add_argument("--batch", type=POSITIVE, default=50)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="procedural VQA split")
+    p.add_argument("--n", type=POSITIVE, default=2000, help="questions to score")
+    p.add_argument("--batch", type=POSITIVE, default=50, help="questions per forward pass")
     p.add_argument("--data", help="LLaVA-style JSONL (question_id, image, text, answer) instead of the demo VQA")
     p.add_argument("--images", help="folder of the JSONL's images")
     p.add_argument("--par", action="append", default=[], metavar="NAME=VALUE",
                    help="PAR option to override (repeatable), e.g. --par alpha=0.5 --par k_max=64")
     p.add_argument("--out", default="out/eval", help="results folder (must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--allow-unverified", action="store_true",
-                   help="use an artifact whose verification failed or never ran (refused by default)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
+    p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("chat", help="answer one image + prompt with the reduced context (timings vs full)")
     p.add_argument("--model", default="tiny", help="'tiny', 'demo' or a local LLaVA folder")
-    p.add_argument("--image", required=True)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--method", default="par")
-    p.add_argument("--budget", type=_budget, default="auto")
+    p.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
+    p.add_argument("--prompt", required=True, help="the question")
+    p.add_argument("--method", default="par", choices=methods, help="token reducer")
+    p.add_argument("--budget", type=_budget, default="auto", help="K, or 'auto' (adaptive)")
     p.add_argument("--artifact", help="a `par-export build` folder (default: export + build into a temp folder)")
-    p.add_argument("--compare-full", action="store_true")
-    p.add_argument("--max-new-tokens", type=POSITIVE, default=16)
+    add_device(p)
+    p.add_argument("--compare-full", action="store_true", help="also answer with the full visual context")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=16, help="tokens to generate")
     p.add_argument("--llm", default="transformers", choices=["transformers", "onnxruntime-genai", "onnxruntime"],
                    help="generate with transformers, or with the LLM exported to ONNX (KV cache) and run by "
                    "onnxruntime-genai or by a greedy loop over ONNX Runtime")
-    p.add_argument("--allow-unverified", action="store_true",
-                   help="use an artifact whose verification failed or never ran (refused by default)")
+    p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("emit", help="reduced visual embeddings + prompt ids in the layout TensorRT-LLM or "
                        "Edge-LLM takes (safetensors + JSON)")
-    p.add_argument("artifact", help="a `par-export build` folder")
+    p.add_argument("artifact", help=ARTIFACT)
+    add_device(p)
     p.add_argument("--model", default="tiny", help="the LLaVA the artifact was exported "
                    "from: 'tiny', 'demo' or a folder")
-    p.add_argument("--image", required=True)
+    p.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
     p.add_argument("--prompt", required=True, help="prompt with one <image> placeholder, in the LLM's chat format")
-    p.add_argument("--runtime", required=True, choices=["tensorrt-llm", "edge-llm"])
-    p.add_argument("--budget", type=_budget, default="auto")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--allow-unverified", action="store_true",
-                   help="use an artifact whose verification failed or never ran (refused by default)")
+    p.add_argument("--runtime", required=True, choices=["tensorrt-llm", "edge-llm"], help="layout to write")
+    p.add_argument("--budget", type=_budget, default="auto", help="K, or 'auto' (the artifact's)")
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
+    p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED)
     p.set_defaults(func=cmd_emit)
 
     p = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository for an export")
     p.add_argument("source", help="`par-export export` folder")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="model repository folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.set_defaults(func=cmd_triton_repo)
 
     p = sub.add_parser("plugin", help="build libpar_plugins.so (TensorRT plugins) or print its path")
-    p.add_argument("action", choices=["build", "path"])
+    p.add_argument("action", choices=["build", "path"], help="build the library, or print where it is looked for")
     p.add_argument("--arch", action="append", help="SM version without 'sm_', repeatable (default 80 87 89 90 110)")
     p.add_argument("--out", default=None, help="output folder (default $PAR_PLUGIN_DIR, else $XDG_CACHE_HOME/par-export/plugins)")
     p.add_argument("--trt-include", default=None, help="folder holding NvInfer.h")
     p.set_defaults(func=cmd_plugin)
 
     p = sub.add_parser("inspect", help="print an exported graph's metadata, inputs and outputs")
-    p.add_argument("file")
+    p.add_argument("file", help="an .onnx file")
     p.set_defaults(func=cmd_inspect)
     return parser
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    """Library messages (logger ``par_export``) to stderr: INFO by default, DEBUG with -v, WARNING with -q;
+    Python warnings are shown (through logging)."""
+    import logging
+
+    logger = logging.getLogger("par_export")
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logging.captureWarnings(True)
 
 
 # Optional dependencies and the extra that installs each.
@@ -533,7 +614,11 @@ def main(argv: list[str] | None = None) -> int:
     ``par-export CMD: error: ...`` for bad input (argparse's own errors too), 3 for an internal
     error (one line; ``--debug`` shows its traceback), 130 when interrupted."""
     args = build_parser().parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
     try:
+        from par_export.backends.onnxruntime import set_device
+
+        set_device(getattr(args, "device", "cpu"))  # every call starts from its own --device
         return args.func(args)
     except KeyboardInterrupt:
         print(f"par-export {args.command}: interrupted", file=sys.stderr)

@@ -144,3 +144,62 @@ def test_two_concurrent_builds_into_one_out_the_second_fails(tmp_path):
     assert second.returncode == 2 and "another par-export process is writing it" in second.stderr
     assert json.loads((out / "manifest.json").read_text())["verification"]["passed"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+# --- flags as TensorRT / Polygraphy / Hugging Face users spell them (issue 20) ---------------
+def _subparsers():
+    import argparse
+
+    from par_export.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, action.choices
+
+
+def test_every_argument_has_help_and_choices_are_listed():
+    parser, commands = _subparsers()
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, p in commands.items() for a in p._actions
+               if not a.help and a.dest != "help"]
+    assert not missing, missing
+    for name in ("export", "reduce", "chat"):
+        method = next(a for a in commands[name]._actions if a.dest == "method")
+        assert "par" in method.choices and "visionzip" in method.choices
+    target = next(a for a in commands["build"]._actions if a.dest == "target")
+    assert "jetson-orin-nano" in target.choices
+
+
+def test_precision_flags_alias_precision_and_pool_limit_aliases_workspace():
+    parser, _ = _subparsers()
+    assert parser.parse_args(["build", "x", "--int8"]).precision == "int8"
+    assert parser.parse_args(["build", "x", "--precision", "bf16"]).precision == "bf16"
+    assert parser.parse_args(["build", "x"]).precision == "fp16"
+    assert parser.parse_args(["build", "x", "--pool-limit", "workspace:2G"]).workspace == 2048
+    assert parser.parse_args(["build", "x", "--save-timing-cache", "t.cache"]).timing_cache == "t.cache"
+    assert parser.parse_args(["build", "x", "--useDLACore", "1"]).dla_core == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["build", "x", "--int8", "--fp16"])  # one precision
+
+
+def test_build_and_verify_take_atol_rtol(tiny_artifact, capsys):
+    art, _ = tiny_artifact
+    assert main(["verify", str(art), "-n", "1", "--atol", "0", "--rtol", "0"]) == 1  # nothing is exact
+    assert "FAILED" in capsys.readouterr().out
+    assert main(["verify", str(art), "-n", "1"]) == 0  # and the recorded verdict is right again
+    assert json.loads((art / "manifest.json").read_text())["verification"]["passed"] is True
+
+
+def test_device_without_its_provider_is_one_line(tiny_artifact, capsys):
+    art, image = tiny_artifact
+    rc = main(["run", str(art), "--image", str(image), "--prompt", "red", "--device", "cuda",
+               "--heatmap", str(art.parent / "h.png")])
+    one_error(capsys, rc, "CUDAExecutionProvider is not available here")
+
+
+def test_quiet_silences_info_messages(tmp_path, capsys):
+    assert main(["-q", "build", "--model", "tiny", "--backend", "auto", "--precision", "fp32",
+                 "--out", str(tmp_path / "a")]) == 0
+    assert "TensorRT not found" not in capsys.readouterr().err
+    assert main(["build", "--model", "tiny", "--backend", "auto", "--precision", "fp32",
+                 "--out", str(tmp_path / "b")]) == 0
+    assert "TensorRT not found" in capsys.readouterr().err

@@ -10,8 +10,26 @@ import onnx
 from par_export.backends.base import BackendUnavailable, Runner
 
 
+# Execution providers per ``--device``, most preferred first (ONNX Runtime falls back along the list).
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+_device = "cpu"
+
+
+def set_device(device: str) -> None:
+    """The device of sessions made without explicit providers (the CLI's ``--device``)."""
+    global _device
+    if device not in PROVIDERS:
+        raise ValueError(f"--device must be one of {', '.join(PROVIDERS)}, got {device!r}")
+    _device = device
+
+
 def ort_session(path: str | Path, providers: list[str] | None = None):
-    """An InferenceSession for ``path``; graphs with ``par::TopKCluster`` get its Python CPU op."""
+    """An InferenceSession for ``path`` on ``providers`` (default: those of :func:`set_device`'s
+    device); graphs with ``par::TopKCluster`` get its Python CPU op."""
     import onnxruntime as ort
 
     from par_export.export.ort_custom_op import custom_op_session, uses_custom_op
@@ -20,11 +38,10 @@ def ort_session(path: str | Path, providers: list[str] | None = None):
     if uses_custom_op(model):
         return custom_op_session(path, model)
     available = ort.get_available_providers()
-    wanted = providers or ["CPUExecutionProvider"]
-    missing = [p for p in wanted if p not in available]
-    if missing:
-        raise BackendUnavailable(f"ONNX Runtime providers {missing} are not available here (have {available}); "
-                                 "install onnxruntime-gpu (extra 'gpu') for CUDA/TensorRT providers")
+    wanted = providers or PROVIDERS[_device]
+    if wanted[0] not in available:
+        raise BackendUnavailable(f"ONNX Runtime provider {wanted[0]} is not available here (have {available}); "
+                                 "install par-export[gpu] (onnxruntime-gpu) for --device cuda/tensorrt")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=wanted)

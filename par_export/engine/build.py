@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from par_export.files import atomic_folder
 from par_export.plugins import plugin_path
 
 GRAPHS = ("vision_par", "query_encoder")
+logger = logging.getLogger(__name__)
 RUNTIME_FILES = ("processor", "tokenizer", "report.json")
 
 
@@ -48,6 +50,8 @@ class BuildOptions:
     plugin: bool = False
     calib_images: str | None = None  # folder of images for int8/fp8 calibration (TensorRT)
     clip: str | None = None  # CLIP folder for space=clip when exporting from a model folder
+    atol: float | None = None  # verification bounds (default: the precision's)
+    rtol: float | None = None
 
 
 # Lowest compute capability with hardware support for each reduced precision.
@@ -170,7 +174,7 @@ def calibration_data(metadata: dict, images: str | None, processor_dir: Path, co
             raise BuildError(f"--calib-images {images}: no .png/.jpg/.bmp images there")
         pixels = ModelInputs.from_folder(processor_dir).pixel_values([open_image(f) for f in files[:count]])
     else:
-        print("no --calib-images: calibrating int8/fp8 on random pixels (pass a folder of real images)")
+        logger.warning("no --calib-images: calibrating int8/fp8 on random pixels (pass a folder of real images)")
         pixels = np.random.default_rng(0).standard_normal((count, 3, size, size)).astype(np.float32)
     query = np.random.default_rng(1).standard_normal((len(pixels), metadata["query_dim"])).astype(np.float32)
     return {"pixel_values": pixels, "query_embeds": query}
@@ -249,7 +253,7 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
     if backend == "tensorrt":
         check_precision_supported(options.precision, (gpu_info() or {}).get("compute_capability"))
     if backend == "onnxruntime" and options.backend == "auto":
-        print("TensorRT not found: building the ONNX Runtime form (CPU provider). Install TensorRT for engines.")
+        logger.info("TensorRT not found: building the ONNX Runtime form (CPU provider). Install TensorRT for engines.")
 
     with atomic_folder(out, overwrite, BuildError, inputs=[source]) as (final, work):
         # closed on any exit, so an error line is never drawn over by the bar
@@ -313,7 +317,8 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
             (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
             steps.update()
         # verified before it is put in place; a failed verification is recorded, and `run` refuses it
-        manifest["verification"] = verification_record(*verify(final, count=3, allow_unverified=True))
+        manifest["verification"] = verification_record(*verify(final, count=3, allow_unverified=True,
+                                                               atol=options.atol, rtol=options.rtol))
         (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -50,9 +50,12 @@ def cast_feed(feed: dict, graph: dict) -> dict:
     return {k: v.astype(dtypes[k]) if k in dtypes else v for k, v in feed.items()}
 
 
-def verify(folder: str | Path, count: int = 3, allow_unverified: bool = True) -> tuple[list[dict], bool, str]:
+def verify(folder: str | Path, count: int = 3, allow_unverified: bool = True, atol: float | None = None,
+           rtol: float | None = None) -> tuple[list[dict], bool, str]:
     """Rows of ``{reference, case, max_abs_error, mean_abs_error, index_agreement, ...}``, the
-    verdict against the artifact precision's tolerance, and the precision."""
+    verdict against the artifact precision's tolerance, and the precision. ``atol`` / ``rtol``
+    (relative to the largest reference output) replace the precision's error bound when given;
+    with both, their sum applies (``atol + rtol * |ref| max``, as ``numpy.isclose``)."""
     manifest, runners = artifact_runners(folder, allow_unverified=allow_unverified)
     metadata = manifest["metadata"]
     precision = manifest["precision"]
@@ -76,6 +79,8 @@ def verify(folder: str | Path, count: int = 3, allow_unverified: bool = True) ->
     measured = [r for r in rows if "skipped" not in r]
     scale = max(r["reference_max_abs"] for r in measured)
     limit = error_limit(precision, scale)
+    if atol is not None or rtol is not None:
+        limit = (atol or 0.0) + (rtol or 0.0) * scale
     passed = all(r["max_abs_error"] <= limit and r["index_agreement"] >= bounds["index_agreement"]
                  and r["num_kept_equal"] for r in measured)
     return rows, passed, precision

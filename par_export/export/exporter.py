@@ -50,7 +50,11 @@ def resolve_model(model: str | Path, workdir: Path) -> tuple[Path, Path | None]:
 
 def _export(module: torch.nn.Module, args: tuple, spec: GraphSpec, opset: int, path: Path) -> None:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer chatter about python scalars of static shapes
+        # Only the tracer's chatter about python scalars of static shapes (they are static here by
+        # design) and the notice that this is the TorchScript exporter (chosen, docs/export.md);
+        # every other warning is shown.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(
             module, args, str(path), dynamo=False, opset_version=opset, input_names=list(spec.inputs),
             output_names=list(spec.outputs), dynamic_axes=spec.dynamic_axes, do_constant_folding=True,
