@@ -75,15 +75,22 @@ def tiny_artifact(tmp_path_factory):
     return root / "art", root / "img.png"
 
 
-def test_emit_with_another_model_or_an_out_of_range_budget_is_refused(tiny_artifact, tmp_path, capsys):
+EMIT = ["--prompt", "USER: <image>\nwhat? ASSISTANT:", "--runtime", "edge-llm"]
+
+
+@pytest.mark.slow  # loads the demo model (the other model)
+def test_emit_with_another_model_is_refused(tiny_artifact, tmp_path, capsys):
     art, image = tiny_artifact
-    common = ["emit", str(art), "--image", str(image), "--prompt", "USER: <image>\nwhat? ASSISTANT:",
-              "--runtime", "edge-llm"]
-    one_error(capsys, main(common + ["--model", "demo", "--out", str(tmp_path / "a")]),
-              "pass the model it was exported from")
-    one_error(capsys, main(common + ["--model", "tiny", "--budget", "100000", "--out", str(tmp_path / "b")]),
-              "budget must be in [1, 64]")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    one_error(capsys, main(["emit", str(art), "--image", str(image), *EMIT, "--model", "demo", "--out",
+                            str(tmp_path / "a")]), "pass the model it was exported from")
+    assert not (tmp_path / "a").exists()
+
+
+def test_emit_with_an_out_of_range_budget_is_refused(tiny_artifact, tmp_path, capsys):
+    art, image = tiny_artifact
+    one_error(capsys, main(["emit", str(art), "--image", str(image), *EMIT, "--model", "tiny", "--budget", "100000",
+                            "--out", str(tmp_path / "b")]), "budget must be in [1, 64]")
+    assert not (tmp_path / "b").exists()
 
 
 def test_eval_refuses_budgets_above_n_and_an_empty_jsonl(tiny_folders, tmp_path, capsys):
@@ -203,3 +210,38 @@ def test_quiet_silences_info_messages(tmp_path, capsys):
     assert main(["build", "--model", "tiny", "--backend", "auto", "--precision", "fp32",
                  "--out", str(tmp_path / "b")]) == 0
     assert "TensorRT not found" in capsys.readouterr().err
+
+
+# one bad input per subcommand, through main(): exit 2 and one error line (the successes are in the
+# test modules of each command)
+BAD_INPUTS = {
+    "methods": (["methods", "--bogus"], "unrecognized arguments"),
+    "flops": (["flops", "--budget", "1000"], "above the 576 visual tokens"),
+    "reduce": (["reduce", "--method", "nope"], "invalid choice"),
+    "export": (["export", "--model", "/nonexistent", "--out", "{tmp}/e"], "not a folder"),
+    "build": (["build", "{tmp}/missing", "--out", "{tmp}/b"], "missing"),
+    "verify": (["verify", "{tmp}"], "no manifest.json"),
+    "run": (["run", "{tmp}", "--image", "x.png", "--prompt", "p"], "no manifest.json"),
+    "eval": (["eval", "--data", "{tmp}/x.jsonl"], "--data FILE.jsonl and --images DIR go together"),
+    "chat": (["chat", "--image", "{tmp}/none.png", "--prompt", "p"], "none.png"),
+    "emit": (["emit", "{tmp}", "--image", "x", "--prompt", "p", "--runtime", "edge-llm", "--out", "{tmp}/o"],
+             "no such image"),
+    "triton-repo": (["triton-repo", "{tmp}", "--out", "{tmp}/r"], "missing"),
+    "plugin": (["plugin", "rebuild"], "invalid choice"),
+    "inspect": (["inspect", "{tmp}/none.onnx"], "no such ONNX file"),
+}
+
+
+def test_bad_inputs_cover_every_subcommand():
+    _, commands = _subparsers()
+    assert set(BAD_INPUTS) == set(commands)
+
+
+@pytest.mark.parametrize("command", sorted(BAD_INPUTS))
+def test_each_subcommand_refuses_bad_input_with_one_line(command, tmp_path, capsys):
+    argv, fragment = BAD_INPUTS[command]
+    try:
+        rc = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    except SystemExit as exit_:  # argparse's own errors
+        rc = exit_.code
+    one_error(capsys, rc, fragment)

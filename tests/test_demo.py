@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from par_export.cli import main
 from par_export.models.demo import DEMO_DIR, demo_paths
 
@@ -31,6 +33,7 @@ def test_demo_weights_are_safetensors_within_25_mb():
     assert sum(p.stat().st_size for p in files) <= 25 * 2**20
 
 
+@pytest.mark.slow  # loads the demo model
 def test_demo_loads_like_a_user_checkpoint():
     from transformers import AutoTokenizer, CLIPModel, LlavaForConditionalGeneration
 
@@ -46,6 +49,7 @@ def test_demo_loads_like_a_user_checkpoint():
     assert all((tower[k] == clip_tower[k]).all() for k in tower if "post_layernorm" not in k)  # one tower
 
 
+@pytest.mark.slow  # loads the demo model
 def test_demo_answers_above_the_answer_prior(tmp_path):
     """The shipped weights read the image (docs/demo.md): on 150 test samples the full model and
     PAR at 64 of 256 tokens beat answering from the question alone by a wide margin (0.93 and 0.93
@@ -58,6 +62,7 @@ def test_demo_answers_above_the_answer_prior(tmp_path):
     assert rows["par"]["accuracy"] >= prior + 0.3 and rows["par"]["mean_kept"] == 64, (rows["par"], prior)
 
 
+@pytest.mark.slow  # loads the demo model
 def test_demo_pipeline_and_onnxruntime_genai_answer_like_the_reference(tmp_path):
     """Issue 8 on the shipped model: built artifact + transformers == ReducedLlava, and the LLM on
     onnxruntime-genai == transformers, for a batch with a different K per image."""

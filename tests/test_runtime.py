@@ -52,6 +52,7 @@ def test_pipeline_equals_reference_with_different_k_per_image(setup):
     assert texts == reference_answers(reference, pixels, PROMPTS)
 
 
+@pytest.mark.slow  # exports an LLM
 def test_onnxruntime_llm_equals_transformers(setup, tmp_path):
     from par_export.runtime.llm_onnx import OnnxRuntimeLLM, export_llm
 
@@ -67,6 +68,7 @@ def test_onnxruntime_llm_equals_transformers(setup, tmp_path):
     assert ort == hf
 
 
+@pytest.mark.slow  # exports an LLM, runs onnxruntime-genai
 def test_onnxruntime_genai_equals_transformers(setup, tmp_path):
     from par_export.runtime.llm_genai import GenaiLLM, export_genai
 
@@ -95,7 +97,7 @@ def test_bad_prompts_are_clear_errors(setup):
         pipe.generate(pixels, ["<image> " + "red " * 2000])
 
 
-@pytest.mark.parametrize("llm", ["transformers", "onnxruntime"])
+@pytest.mark.parametrize("llm", ["transformers", pytest.param("onnxruntime", marks=pytest.mark.slow)])
 def test_chat_cli_prints_answer_and_side_by_side_timings(tmp_path, capsys, llm):
     from PIL import Image
 
