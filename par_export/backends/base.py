@@ -1,56 +1,55 @@
-"""The runner interface every backend implements."""
+"""The runner interface every backend implements: Polygraphy's ``BaseRunner``."""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
 
 
 class BackendUnavailable(RuntimeError):
     """A backend's runtime is not installed or cannot serve this artifact; the message says how to get it."""
 
 
-class Runner:
-    """``with runner: outputs = runner.infer({"pixel_values": ..., ...})``.
+class Runner(BaseRunner):
+    """A Polygraphy runner (``with runner: outputs = runner.infer(feed)``; ``Comparator.run`` takes it).
 
-    ``infer`` takes and returns numpy arrays by tensor name; feeds for inputs the
-    graph does not declare are ignored (prompt-agnostic graphs have no
-    ``query_embeds``). ``last_inference_ms`` is the wall time of the last call.
+    Beyond ``BaseRunner``: ``infer`` ignores feeds for inputs the graph does not declare
+    (prompt-agnostic graphs have no ``query_embeds``), returns a plain dict of numpy arrays, and
+    ``last_inference_ms`` is the wall time of the last call. Subclasses implement
+    :meth:`input_names`, ``activate_impl``, ``infer_impl`` and ``deactivate_impl``.
     """
 
     name = "runner"
 
-    def __init__(self) -> None:
-        self.is_active = False
-        self.last_inference_ms = float("nan")
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name=name or type(self).name)
+        self.inference_time = float("nan")
 
-    def activate(self) -> None:
-        if not self.is_active:
-            self.activate_impl()
-            self.is_active = True
+    @property
+    def last_inference_ms(self) -> float:
+        return self.inference_time * 1e3
 
-    def deactivate(self) -> None:
-        if self.is_active:
-            self.deactivate_impl()
-            self.is_active = False
-
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, feed_dict: dict[str, np.ndarray], check_inputs: bool = False) -> dict[str, np.ndarray]:
         if not self.is_active:
             raise RuntimeError(f"{self.name}: call activate() (or use `with runner:`) before infer()")
+        names = self.input_names()
         start = time.perf_counter()
-        outputs = self.infer_impl({k: v for k, v in feed.items() if k in self.input_names()})
-        self.last_inference_ms = (time.perf_counter() - start) * 1e3
-        return outputs
+        outputs = super().infer({k: v for k, v in feed_dict.items() if k in names}, check_inputs=check_inputs)
+        self.inference_time = time.perf_counter() - start
+        return dict(outputs)
 
     def input_names(self) -> list[str]:
         raise NotImplementedError
 
-    def activate_impl(self) -> None:
-        raise NotImplementedError
-
-    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        """Names only (dtypes and shapes are the backend's to check)."""
+        metadata = TensorMetadata()
+        for name in self.input_names():
+            metadata.add(name, dtype=None, shape=None)
+        return metadata
 
     def deactivate_impl(self) -> None:
         pass

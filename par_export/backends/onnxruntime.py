@@ -48,23 +48,32 @@ def ort_session(path: str | Path, providers: list[str] | None = None):
 
 
 class OnnxRuntimeRunner(Runner):
+    """Polygraphy's ``OnnxrtRunner`` on :func:`ort_session` (the ``--device`` execution providers, and
+    the Python CPU op for ``par::TopKCluster`` graphs)."""
+
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None):
-        super().__init__()
+    def __init__(self, path: str | Path, providers: list[str] | None = None, name: str | None = None):
+        super().__init__(name)
         self.path = Path(path)
         self.providers = providers
-        self.session = None
+        self.runner = None
 
     def activate_impl(self) -> None:
-        self.session = ort_session(self.path, self.providers)
+        from polygraphy.backend.onnxrt import OnnxrtRunner
+
+        self.runner = OnnxrtRunner(ort_session(self.path, self.providers), name=f"onnxruntime:{self.path.name}")
+        self.runner.activate()
 
     def input_names(self) -> list[str]:
-        return [i.name for i in self.session.get_inputs()]
+        return list(self.runner.get_input_metadata(use_numpy_dtypes=False).keys())
+
+    def get_input_metadata_impl(self):
+        return self.runner.get_input_metadata(use_numpy_dtypes=False)  # dtypes and shapes: Comparator casts to them
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feed)))
+        return dict(self.runner.infer(feed, check_inputs=False))
 
     def deactivate_impl(self) -> None:
-        self.session = None
+        self.runner.deactivate()
+        self.runner = None

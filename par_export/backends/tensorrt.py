@@ -31,13 +31,27 @@ def tensorrt_version() -> str | None:
         return None
 
 
-def load_plugin_library(trt, path: Path) -> None:
-    """Register libpar_plugins.so's creators (getCreators) with TensorRT's plugin registry."""
-    if not Path(path).is_file():
-        raise BackendUnavailable(f"plugin library {path} not found: run `par-export plugin build`")
-    handle = trt.get_plugin_registry().load_library(str(path))
-    if handle is None:
-        raise BackendUnavailable(f"TensorRT could not load plugin library {path} (see the TensorRT log above)")
+def build_config(precision: str, profiles: dict[str, tuple[tuple, tuple, tuple]], workspace_mib: int,
+                 timing_cache: Path | None = None, version_compatible: bool = False, dla_core: int | None = None):
+    """Polygraphy's ``CreateConfig`` loader for ``par-export build``'s options. int8/fp8 enable fp16
+    too, for the layers left unquantized; ``dla_core``: DLA with GPU fallback on that core."""
+    trt = import_tensorrt()
+    from polygraphy.backend.trt import CreateConfig, PostprocessConfig, Profile
+
+    profile = Profile()
+    for name, (low, opt, high) in profiles.items():
+        profile.add(name, low, opt, high)
+    config = CreateConfig(fp16=precision in ("fp16", "int8", "fp8"), bf16=precision == "bf16",
+                          int8=precision == "int8", fp8=precision == "fp8", profiles=[profile],
+                          memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mib << 20},
+                          load_timing_cache=str(timing_cache) if timing_cache else None,
+                          version_compatible=version_compatible, use_dla=dla_core is not None,
+                          allow_gpu_fallback=dla_core is not None)
+    if dla_core:  # Polygraphy's use_dla takes core 0
+        def pick_core(builder, network, trt_config):
+            trt_config.DLA_core = dla_core
+        config = PostprocessConfig(config, pick_core)
+    return config
 
 
 def build_engine(onnx_path: Path, engine_path: Path, precision: str, profiles: dict[str, tuple[tuple, tuple, tuple]],
@@ -45,99 +59,65 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, profiles: d
                  dla_core: int | None = None, plugin: Path | None = None) -> None:
     """Parse ``onnx_path`` and write a serialized engine; ``profiles`` = ``{input: (min, opt, max) shapes}``.
 
-    int8/fp8 need an explicitly quantized (Q/DQ) ONNX graph; the caller produces it with ModelOpt.
+    Polygraphy's loader chain, as ``polygraphy convert`` runs it: ``LoadPlugins`` ->
+    ``NetworkFromOnnxPath`` -> ``CreateConfig`` (:func:`build_config`) -> ``EngineBytesFromNetwork``
+    (reads and updates ``timing_cache``) -> ``SaveEngine``. int8/fp8 need an explicitly quantized
+    (Q/DQ) ONNX graph; the caller produces it with ModelOpt.
     """
-    trt = import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
+    import_tensorrt()  # one clear message where TensorRT is missing (Polygraphy would import it lazily)
+    from polygraphy.backend.trt import EngineBytesFromNetwork, LoadPlugins, NetworkFromOnnxPath, SaveEngine
+
+    network = NetworkFromOnnxPath(str(onnx_path))
     if plugin is not None:
-        load_plugin_library(trt, plugin)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BackendUnavailable(f"TensorRT's ONNX parser rejected {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    flags = {"fp16": ["FP16"], "bf16": ["BF16"], "int8": ["INT8", "FP16"], "fp8": ["FP8", "FP16"]}.get(precision, [])
-    for flag in flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
-    if version_compatible:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    if dla_core is not None:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = dla_core
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in profiles.items():
-        profile.set_shape(name, low, opt, high)
-    config.add_optimization_profile(profile)
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise BackendUnavailable(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
-    engine_path.write_bytes(bytes(serialized))
-    if timing_cache is not None:
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        if not Path(plugin).is_file():
+            raise BackendUnavailable(f"plugin library {plugin} not found: run `par-export plugin build`")
+        network = LoadPlugins(plugins=[str(plugin)], obj=network)
+    config = build_config(precision, profiles, workspace_mib, timing_cache, version_compatible, dla_core)
+    cache = str(timing_cache) if timing_cache is not None else None
+    try:
+        SaveEngine(EngineBytesFromNetwork(network, config, save_timing_cache=cache), str(engine_path))()
+    except Exception as err:  # Polygraphy reports a parser or builder failure as PolygraphyException
+        raise BackendUnavailable(f"TensorRT could not build {onnx_path}: {err}") from None
 
 
 class TensorRTRunner(Runner):
-    """Runs a serialized engine with torch CUDA tensors as device buffers."""
+    """Runs a serialized engine with Polygraphy's ``TrtRunner`` (device buffers, data-dependent
+    output shapes such as the Edge-LLM graph's ``[sum K, hidden]``), plugins loaded first."""
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | Path, plugin: Path | None = None):
-        super().__init__()
+    def __init__(self, engine_path: str | Path, plugin: Path | None = None, name: str | None = None):
+        super().__init__(name)
         self.engine_path = Path(engine_path)
         self.plugin = plugin
-        self.engine = self.context = None
+        self.runner = None
 
     def activate_impl(self) -> None:
-        trt = import_tensorrt()
-        import torch  # noqa: PLC0415
+        import_tensorrt()
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, LoadPlugins, TrtRunner
 
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("TensorRT engines need a CUDA device")
+        if self.plugin is not None and not Path(self.plugin).is_file():
+            raise BackendUnavailable(f"plugin library {self.plugin} not found: run `par-export plugin build`")
+        engine = EngineFromBytes(BytesFromPath(str(self.engine_path)))
         if self.plugin is not None:
-            load_plugin_library(trt, self.plugin)
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
-        if self.engine is None:
-            raise BackendUnavailable(f"{self.engine_path}: TensorRT could not deserialize the engine")
-        self.context = self.engine.create_execution_context()
-        self._trt = trt
-
-    def _names(self, mode) -> list[str]:
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        return [n for n in names if self.engine.get_tensor_mode(n) == mode]
+            engine = LoadPlugins(plugins=[str(self.plugin)], obj=engine)
+        self.runner = TrtRunner(engine, name=f"tensorrt:{self.engine_path.name}")
+        self.runner.activate()
 
     def input_names(self) -> list[str]:
-        return self._names(self._trt.TensorIOMode.INPUT)
+        return list(self.runner.get_input_metadata(use_numpy_dtypes=False).keys())
+
+    def get_input_metadata_impl(self):
+        return self.runner.get_input_metadata(use_numpy_dtypes=False)
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch  # noqa: PLC0415
-
-        keep = []
-        for name, value in feed.items():
-            tensor = torch.from_numpy(np.ascontiguousarray(value)).cuda()
-            keep.append(tensor)
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        outputs = {}
-        for name in self._names(self._trt.TensorIOMode.OUTPUT):
-            dtype = torch.from_numpy(np.empty(0, dtype=self._trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
-            outputs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
-            self.context.set_tensor_address(name, outputs[name].data_ptr())
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"{self.engine_path}: TensorRT execution failed")
-        stream.synchronize()
-        return {name: t.cpu().numpy() for name, t in outputs.items()}
+        # copies: TrtRunner reuses its output buffers between calls
+        return {name: np.array(value) for name, value in self.runner.infer(feed, check_inputs=False).items()}
 
     def deactivate_impl(self) -> None:
-        self.context = self.engine = None
+        self.runner.deactivate()
+        self.runner = None
 
 
-__all__ = ["TensorRTRunner", "build_engine", "import_tensorrt", "load_plugin_library", "tensorrt_version"]
+__all__ = ["TensorRTRunner", "build_config", "build_engine", "import_tensorrt", "tensorrt_version"]

@@ -11,20 +11,27 @@ from par_export.backends.base import Runner
 
 
 class TorchRunner(Runner):
-    """Runs a traced module (``VisionParGraph``/``QueryGraph``) eagerly in fp32.
+    """Runs a traced module (``VisionParGraph``/``QueryGraph``) eagerly in fp32: the reference, as a
+    Polygraphy runner (Polygraphy has none for PyTorch modules).
 
     Args:
         module: the ``nn.Module``.
         output_names: names of its outputs, in order.
+        input_metadata: Polygraphy ``TensorMetadata`` of its inputs (:func:`feed_metadata`), for
+            ``Comparator.run``; ``None``: names only.
     """
 
     name = "torch"
 
-    def __init__(self, module: torch.nn.Module, output_names: list[str]):
-        super().__init__()
+    def __init__(self, module: torch.nn.Module, output_names: list[str], input_metadata=None, name: str | None = None):
+        super().__init__(name)
         self.module = module.eval()
         self.output_names = output_names
+        self.input_metadata = input_metadata
         self._inputs = [p for p in inspect.signature(module.forward).parameters]
+
+    def get_input_metadata_impl(self):
+        return self.input_metadata if self.input_metadata is not None else super().get_input_metadata_impl()
 
     def input_names(self) -> list[str]:
         return self._inputs
@@ -43,3 +50,13 @@ class TorchRunner(Runner):
             outputs = self.module(*args)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         return {name: out.numpy() for name, out in zip(self.output_names, outputs)}
+
+
+def feed_metadata(feed: dict) -> "TensorMetadata":
+    """Input names and dtypes of a feed (shapes left open: feeds of several sizes follow)."""
+    from polygraphy.common import TensorMetadata
+
+    metadata = TensorMetadata()
+    for name, value in feed.items():
+        metadata.add(name, dtype=np.asarray(value).dtype, shape=[-1] * np.ndim(value))
+    return metadata

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from par_export.backends.onnxruntime import OnnxRuntimeRunner
-from par_export.backends.torch import TorchRunner
+from par_export.backends.torch import TorchRunner, feed_metadata
 from par_export.engine.load import artifact_runners
 from par_export.engine.manifest import inside
 from par_export.export.validate import TOLERANCES, compare_outputs, error_limit
@@ -56,34 +57,65 @@ def verify(folder: str | Path, count: int = 3, allow_unverified: bool = True, at
     verdict against the artifact precision's tolerance, and the precision. ``atol`` / ``rtol``
     (relative to the largest reference output) replace the precision's error bound when given;
     with both, their sum applies (``atol + rtol * |ref| max``, as ``numpy.isclose``)."""
+    from polygraphy.comparator import Comparator
+
     manifest, runners = artifact_runners(folder, allow_unverified=allow_unverified)
     metadata = manifest["metadata"]
     precision = manifest["precision"]
-    feeds = verification_feeds(metadata, count)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp, runners["vision_par"] as artifact:
+    cases = verification_feeds(metadata, count)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp, quiet_polygraphy():
         source = inside(Path(folder), manifest["graphs"]["vision_par"]["source"])  # sealed with the artifact
-        references = {"onnx-fp32": OnnxRuntimeRunner(source)}
+        references = [OnnxRuntimeRunner(source, name="onnx-fp32")]
         module, reason = torch_reference(metadata, Path(tmp))
         if module is not None:
-            references["torch"] = TorchRunner(module, OUTPUTS)
+            references.append(TorchRunner(module, OUTPUTS, feed_metadata(cases[0][1]), name="torch"))
         else:
             rows.append({"reference": "torch", "skipped": reason})
-        for name, reference in references.items():
-            with reference:
-                for case, feed in feeds:
-                    expected = reference.infer(feed)
-                    got = artifact.infer(cast_feed(feed, manifest["graphs"]["vision_par"]))
-                    rows.append({"reference": name, "case": case, **compare_outputs(expected, got)})
-    bounds = TOLERANCES[precision]
-    measured = [r for r in rows if "skipped" not in r]
-    scale = max(r["reference_max_abs"] for r in measured)
-    limit = error_limit(precision, scale)
-    if atol is not None or rtol is not None:
-        limit = (atol or 0.0) + (rtol or 0.0) * scale
-    passed = all(r["max_abs_error"] <= limit and r["index_agreement"] >= bounds["index_agreement"]
-                 and r["num_kept_equal"] for r in measured)
-    return rows, passed, precision
+        # Polygraphy runs every runner on the same feeds (cast to each one's input dtypes)
+        results = Comparator.run([runners["vision_par"], *references], data_loader=[feed for _, feed in cases])
+        scale = max(float(np.abs(it["image_embeds"]).max()) for _, its in list(results.items())[1:] for it in its)
+        limit = error_limit(precision, scale)
+        if atol is not None or rtol is not None:
+            limit = (atol or 0.0) + (rtol or 0.0) * scale
+        labels = {id(it): (name, case) for name, its in list(results.items())[1:]
+                  for (case, _), it in zip(cases, its)}
+        compare = KeptTokensCompare(limit, TOLERANCES[precision]["index_agreement"], labels, rows)
+        accuracy = Comparator.compare_accuracy(results, compare_func=compare,
+                                               comparisons=[(0, i) for i in range(1, len(results))])
+    order = {name: i for i, name in enumerate(["onnx-fp32", "torch"])}
+    rows.sort(key=lambda r: order.get(r["reference"], len(order)))  # reference by reference, cases in order
+    return rows, bool(accuracy), precision
+
+
+class KeptTokensCompare:
+    """Polygraphy compare function (artifact iteration, reference iteration) -> ``{output: passed}``:
+    ``image_embeds`` within ``limit`` (max abs error), ``keep_index`` agreeing on at least
+    ``agreement`` of the kept slots, ``num_kept`` equal. Each comparison's figures are appended to
+    ``rows`` as ``{reference, case, max_abs_error, ...}``, labelled by ``labels`` (``{id(reference
+    iteration result): (reference name, case name)}``)."""
+
+    def __init__(self, limit: float, agreement: float, labels: dict[int, tuple[str, str]], rows: list[dict]):
+        self.limit, self.agreement, self.labels, self.rows = limit, agreement, labels, rows
+
+    def __call__(self, artifact_result, reference_result) -> dict[str, bool]:
+        reference, case = self.labels[id(reference_result)]
+        figures = compare_outputs(dict(reference_result), dict(artifact_result))
+        self.rows.append({"reference": reference, "case": case, **figures})
+        return {"image_embeds": figures["max_abs_error"] <= self.limit,
+                "keep_index": figures["index_agreement"] >= self.agreement, "num_kept": figures["num_kept_equal"]}
+
+
+@contextlib.contextmanager
+def quiet_polygraphy():
+    """Polygraphy's logger at errors only: its per-input cast notices would bury the table."""
+    from polygraphy.logger import G_LOGGER
+
+    previous, G_LOGGER.module_severity = G_LOGGER.module_severity, G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        G_LOGGER.module_severity = previous
 
 
 def verification_record(rows: list[dict], passed: bool, precision: str) -> dict:
