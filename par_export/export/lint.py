@@ -1,7 +1,9 @@
 """Warnings for what TensorRT 10.x's ONNX parser will reject or needs told.
 
-The op list is the parser's support matrix (onnx-tensorrt ``docs/operators.md``):
-ops it marks unsupported. A custom-domain op needs a TensorRT plugin.
+Where TensorRT imports, its own ONNX parser answers (``supports_model_v2``: the subgraphs it
+cannot take, :func:`tensorrt_parser_warnings`). Elsewhere this module is the fallback: the op
+list is the parser's support matrix (onnx-tensorrt ``docs/operators.md``), ops it marks
+unsupported; a custom-domain op needs a TensorRT plugin.
 """
 
 from __future__ import annotations
@@ -100,12 +102,38 @@ def lint_model(model: onnx.ModelProto, shape_bounds: dict | None = None) -> list
     return warnings
 
 
+def tensorrt_parser_warnings(path: str | Path) -> list[LintWarning] | None:
+    """What TensorRT's own ONNX parser cannot take (``OnnxParser.supports_model_v2``), or ``None``
+    where TensorRT does not import (the rule-based lint then stands alone)."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return None
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    parser = trt.OnnxParser(builder.create_network(0), logger)
+    if parser.supports_model_v2(Path(path).read_bytes(), str(Path(path).parent)):
+        return []
+    found = []
+    for index in range(parser.num_subgraphs):
+        if not parser.is_subgraph_supported(index):
+            nodes = parser.get_subgraph_nodes(index)
+            found.append(LintWarning("tensorrt-parser", f"subgraph {index} ({len(nodes)} nodes)",
+                                     "TensorRT's ONNX parser cannot take it"))
+    for index in range(parser.num_errors):
+        found.append(LintWarning("tensorrt-parser", str(parser.get_error(index).node_name()),
+                                 parser.get_error(index).desc()))
+    return found
+
+
 def lint_file(path: str | Path) -> list[LintWarning]:
-    """Lint an ONNX file, taking shape bounds from its ``par.shape_bounds`` metadata."""
+    """Lint an ONNX file, taking shape bounds from its ``par.shape_bounds`` metadata; plus TensorRT's
+    own parser verdict where TensorRT is installed."""
+    parser_warnings = tensorrt_parser_warnings(path) or []
     model = load_graph_only(path)
     bounds = metadata_from_model(model).get("shape_bounds")
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # lint what we have; shape inference failures are reported by validation
         pass
-    return lint_model(model, bounds)
+    return parser_warnings + lint_model(model, bounds)
