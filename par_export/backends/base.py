@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -60,3 +61,15 @@ class Runner(BaseRunner):
 
     def __exit__(self, *exc) -> None:
         self.deactivate()
+
+
+@contextlib.contextmanager
+def quiet_polygraphy():
+    """Polygraphy's logger at errors only: its per-input cast notices would bury our tables."""
+    from polygraphy.logger import G_LOGGER
+
+    previous, G_LOGGER.module_severity = G_LOGGER.module_severity, G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        G_LOGGER.module_severity = previous

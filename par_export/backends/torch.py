@@ -7,6 +7,8 @@ import inspect
 import numpy as np
 import torch
 
+from polygraphy.common import TensorMetadata
+
 from par_export.backends.base import Runner
 
 
@@ -52,10 +54,8 @@ class TorchRunner(Runner):
         return {name: out.numpy() for name, out in zip(self.output_names, outputs)}
 
 
-def feed_metadata(feed: dict) -> "TensorMetadata":
+def feed_metadata(feed: dict) -> TensorMetadata:
     """Input names and dtypes of a feed (shapes left open: feeds of several sizes follow)."""
-    from polygraphy.common import TensorMetadata
-
     metadata = TensorMetadata()
     for name, value in feed.items():
         metadata.add(name, dtype=np.asarray(value).dtype, shape=[-1] * np.ndim(value))

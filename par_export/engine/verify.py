@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from par_export.backends.base import quiet_polygraphy
 from par_export.backends.onnxruntime import OnnxRuntimeRunner
 from par_export.backends.torch import TorchRunner, feed_metadata
 from par_export.engine.load import artifact_runners
@@ -104,18 +104,6 @@ class KeptTokensCompare:
         self.rows.append({"reference": reference, "case": case, **figures})
         return {"image_embeds": figures["max_abs_error"] <= self.limit,
                 "keep_index": figures["index_agreement"] >= self.agreement, "num_kept": figures["num_kept_equal"]}
-
-
-@contextlib.contextmanager
-def quiet_polygraphy():
-    """Polygraphy's logger at errors only: its per-input cast notices would bury the table."""
-    from polygraphy.logger import G_LOGGER
-
-    previous, G_LOGGER.module_severity = G_LOGGER.module_severity, G_LOGGER.ERROR
-    try:
-        yield
-    finally:
-        G_LOGGER.module_severity = previous
 
 
 def verification_record(rows: list[dict], passed: bool, precision: str) -> dict:

@@ -20,8 +20,7 @@ from par_export.export.metadata import set_metadata
 from par_export.export.onnx_io import save_onnx
 from par_export.files import atomic_folder
 from par_export.export.modules import QueryGraph
-from par_export.backends.onnxruntime import ort_session
-from par_export.export.validate import check_graph, compare_query, compare_vision, summarize
+from par_export.export.validate import check_graph, compare_with_torch, summarize
 from par_export.models.families import family_for
 from par_export.reduce import PARConfig, reducer_class
 from par_export.reduce.checks import dynamic_token_axis
@@ -247,13 +246,12 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
         budgets = [b for b in cfg.validation_budgets if b <= common["width"]]
         if len(budgets) < 2:  # a narrow graph: still a K below the width (merging) and the width itself
             budgets = sorted({max(1, common["width"] // 2), *budgets, common["width"]})
-    session = ort_session(final / spec.filename)
-    cases = [compare_vision(vision_module, session, c, spec.inputs)
-             for c in cfg.vision_cases(common, query_dim, budgets)]
+    cases = compare_with_torch(vision_module, final / spec.filename, cfg.vision_cases(common, query_dim, budgets),
+                               list(spec.outputs))
     graphs["vision_par"] = {**check_graph(final / spec.filename), **summarize(cases, precision, True), "cases": cases}
     if query_module is not None:
-        session = ort_session(final / cfg.query_encoder.filename)
-        cases = [compare_query(query_module, session, c) for c in cfg.query_cases(reference)]
+        cases = compare_with_torch(query_module, final / cfg.query_encoder.filename, cfg.query_cases(reference),
+                                   list(cfg.query_encoder.outputs))
         graphs["query_encoder"] = {**check_graph(final / cfg.query_encoder.filename),
                                    **summarize(cases, precision, False), "cases": cases}
     steps.update()

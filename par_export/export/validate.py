@@ -61,29 +61,26 @@ def compare_outputs(reference: dict[str, np.ndarray], outputs: dict[str, np.ndar
     return result
 
 
-def compare_vision(module: torch.nn.Module, session, case: Case, input_names=("pixel_values", "query_embeds",
-                                                                            "budget")) -> dict:
-    """ORT vs torch on one case: max abs error of the embeddings, kept-index agreement.
+def compare_with_torch(module: torch.nn.Module, path, cases: list[Case], output_names: list[str]) -> list[dict]:
+    """The exported graph at ``path`` (ONNX Runtime) against the PyTorch ``module`` it came from, on
+    every case, run by Polygraphy's ``Comparator``: ``{case, max_abs_error, ...}`` per case.
 
-    ``input_names``: the graph's inputs in the module's argument order (those in the feed)."""
-    # The reference runs in fp32 whatever the graph's precision, so fp16 error is the real error.
-    inputs = [torch.from_numpy(case.feed[name]) for name in input_names if name in case.feed]
-    inputs = [t.float() if t.is_floating_point() else t for t in inputs]
-    with torch.no_grad():
-        reference = dict(zip(("image_embeds", "num_kept", "keep_index"), (t.numpy() for t in module(*inputs)[:3])))
-    # Prompt-agnostic reducers never read query_embeds, so the exporter drops that input.
-    declared = {i.name for i in session.get_inputs()}
-    feed = {name: value for name, value in case.feed.items() if name in declared}
-    outputs = dict(zip(("image_embeds", "num_kept", "keep_index"),
-                       session.run(["image_embeds", "num_kept", "keep_index"], feed)))
-    return {"case": case.name, **compare_outputs(reference, outputs)}
+    The reference runs in fp32 whatever the graph's precision, so fp16 error is the real error;
+    inputs a graph does not declare (a prompt-agnostic reducer's ``query_embeds``) are not fed to it.
+    """
+    from polygraphy.comparator import Comparator
 
+    from par_export.backends.base import quiet_polygraphy
+    from par_export.backends.onnxruntime import OnnxRuntimeRunner
+    from par_export.backends.torch import TorchRunner, feed_metadata
 
-def compare_query(module: torch.nn.Module, session, case: Case) -> dict:
-    with torch.no_grad():
-        ref = module(*(torch.from_numpy(case.feed[n]) for n in ("input_ids", "attention_mask"))).numpy()
-    (out,) = session.run(["query_embeds"], case.feed)
-    return {"case": case.name, **compare_outputs({"query_embeds": ref}, {"query_embeds": out})}
+    runners = [OnnxRuntimeRunner(path, name="onnxruntime"),
+               TorchRunner(module, output_names, feed_metadata(cases[0].feed), name="torch")]
+    with quiet_polygraphy():
+        results = Comparator.run(runners, data_loader=[case.feed for case in cases])
+    graph, reference = (iterations for _, iterations in results.items())
+    return [{"case": case.name, **compare_outputs(dict(ref), dict(out))}
+            for case, out, ref in zip(cases, graph, reference)]
 
 
 def error_limit(precision: str, scale: float) -> float:
