@@ -319,8 +319,7 @@ def cmd_emit(args) -> int:
         model, tokenizer = family.load_model(llava_dir), family.inputs(llava_dir).tokenizer
     pipe = VisionLanguagePipeline(args.artifact, model, tokenizer, allow_unverified=args.allow_unverified)
     pixels = pipe.inputs.pixel_values([picture])
-    budget = None if args.budget == "auto" else args.budget
-    arrays, meta = emit(pipe, pixels, args.prompt, args.runtime, budget)
+    arrays, meta = emit(pipe, pixels, args.prompt, args.runtime, args.budget)
     print(f"{args.runtime}: K = {meta['num_kept']} visual rows of {meta['hidden_size']}, "
           f"{len(arrays['input_ids'])} prompt ids")
     for path in write_emitted(args.out, arrays, meta, args.overwrite, inputs=[args.artifact, args.image]):
@@ -492,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help=ARTIFACT)
     p.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
     p.add_argument("--prompt", required=True, help="the question the image is reduced for")
-    p.add_argument("--budget", type=POSITIVE, help="K (default: the artifact's)")
+    p.add_argument("--budget", type=_budget, help="K, or 'auto' for an artifact exported with --budget auto "
+                   "(default: the artifact's)")
     add_device(p)
     p.add_argument("--heatmap", help="PNG path (default ./kept_tokens.png; never inside the sealed artifact)")
     p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED)
@@ -524,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
     p.add_argument("--prompt", required=True, help="the question")
     p.add_argument("--method", default="par", choices=methods, help="token reducer")
-    p.add_argument("--budget", type=_budget, default="auto", help="K, or 'auto' (adaptive)")
+    p.add_argument("--budget", type=_budget, help="K, or 'auto' (adaptive); default: 'auto' when chat exports "
+                   "the graph itself, the artifact's with --artifact")
     p.add_argument("--artifact", help="a `par-export build` folder (default: export + build into a temp folder)")
     add_device(p)
     p.add_argument("--compare-full", action="store_true", help="also answer with the full visual context")
@@ -544,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
     p.add_argument("--prompt", required=True, help="prompt with one <image> placeholder, in the LLM's chat format")
     p.add_argument("--runtime", required=True, choices=["tensorrt-llm", "edge-llm"], help="layout to write")
-    p.add_argument("--budget", type=_budget, default="auto", help="K, or 'auto' (the artifact's)")
+    p.add_argument("--budget", type=_budget, help="K, or 'auto' for an artifact exported with --budget auto "
+                   "(default: the artifact's)")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED)

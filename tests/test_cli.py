@@ -245,3 +245,27 @@ def test_each_subcommand_refuses_bad_input_with_one_line(command, tmp_path, caps
     except SystemExit as exit_:  # argparse's own errors
         rc = exit_.code
     one_error(capsys, rc, fragment)
+
+
+def test_one_budget_rule_for_run_and_chat(tiny_artifact, tmp_path, capsys):
+    """'auto' only where the artifact is adaptive; an int K only where it takes a budget input."""
+    art, image = tiny_artifact  # exported with a budget input (K = 16 by default)
+    heat = ["--heatmap", str(tmp_path / "h.png")]
+    one_error(capsys, main(["run", str(art), "--image", str(image), "--prompt", "red", "--budget", "auto", *heat]),
+              "this artifact keeps a fixed K")
+    assert main(["run", str(art), "--image", str(image), "--prompt", "red", "--budget", "8", *heat]) == 0
+    assert "kept 8/64" in capsys.readouterr().out
+    one_error(capsys, main(["chat", "--artifact", str(art), "--image", str(image), "--prompt", "red",
+                            "--budget", "auto", "--max-new-tokens", "1"]), "this artifact keeps a fixed K")
+
+    auto = tmp_path / "auto"
+    assert main(["build", "--model", "tiny", "--precision", "fp32", "--backend", "onnxruntime", "--out", str(auto)]) == 0
+    if json.loads((auto / "manifest.json").read_text())["metadata"]["budget"] != "auto":
+        assert main(["export", "--model", "tiny", "--budget", "auto", "--out", str(tmp_path / "auto-onnx")]) == 0
+        assert main(["build", str(tmp_path / "auto-onnx"), "--precision", "fp32", "--backend", "onnxruntime",
+                     "--out", str(tmp_path / "auto2")]) == 0
+        auto = tmp_path / "auto2"
+    capsys.readouterr()
+    assert main(["run", str(auto), "--image", str(image), "--prompt", "red", "--budget", "auto", *heat]) == 0
+    one_error(capsys, main(["run", str(auto), "--image", str(image), "--prompt", "red", "--budget", "8", *heat]),
+              "fixed at export; it takes no other")

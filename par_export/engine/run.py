@@ -49,6 +49,26 @@ def query_inputs(folder: Path, manifest: dict) -> QueryInputs | None:
     return QueryInputs(folder, settings, manifest["metadata"]["query_dim"])
 
 
+def budget_feed(meta: dict, budget: int | str | None) -> np.ndarray | None:
+    """The ``budget`` input for a call, or ``None`` where the graph takes none; one rule for run,
+    chat, emit and eval. ``None``: the artifact's own budget. ``"auto"``: only an artifact exported
+    with ``--budget auto`` (adaptive K, no budget input). An int K: only an artifact with a budget
+    input, K in ``[1, width]``."""
+    if budget is None:
+        return np.array(int(meta["budget"]), np.int64) if meta["budget_input"] else None
+    if budget == "auto":
+        if meta["budget"] != "auto":
+            raise ValueError(f"budget 'auto': this artifact keeps a fixed K (its budget is {meta['budget']!r}); pass "
+                             "--budget K, or export with --budget auto for an adaptive K")
+        return None
+    if not meta["budget_input"]:
+        raise ValueError(f"budget {budget}: this artifact's budget is {meta['budget']!r}, fixed at export; it takes no "
+                         "other")
+    if not 1 <= int(budget) <= meta["width"]:
+        raise ValueError(f"budget must be in [1, {meta['width']}] for this artifact, got {budget}")
+    return np.array(int(budget), np.int64)
+
+
 def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | None = None,
               heatmap: str | Path | None = None, allow_unverified: bool = False) -> dict:
     """Reduced embeddings for one image: K, the kept indices, timings; optional PNG heatmap.
@@ -71,13 +91,9 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
             query, rewritten = encoder.embed(prompt, runner)
             timings["query_encoder_ms"] = runner.last_inference_ms
     feed = {**image_feed, "query_embeds": query}
-    if meta["budget_input"]:
-        k = int(budget if budget is not None else meta["budget"])
-        if not 1 <= k <= meta["width"]:
-            raise ValueError(f"budget must be in [1, {meta['width']}] for this artifact, got {k}")
-        feed["budget"] = np.array(k, dtype=np.int64)
-    elif budget is not None:
-        raise ValueError(f"this artifact's budget is {meta['budget']!r}, fixed at export; it takes no --budget")
+    k = budget_feed(meta, budget)
+    if k is not None:
+        feed["budget"] = k
     with runners["vision_par"] as runner:
         out = runner.infer(cast_feed(feed, manifest["graphs"]["vision_par"]))
         timings["vision_reduce_ms"] = runner.last_inference_ms

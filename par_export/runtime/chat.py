@@ -31,7 +31,7 @@ def _row(name: str, vision_ms: float, context: int, ttft: float, total: float, n
 
 
 @torch.no_grad()
-def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", budget="auto",
+def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", budget=None,
          artifact: str | Path | None = None, compare_full: bool = False, max_new_tokens: int = 16,
          llm: str = "transformers", allow_unverified: bool = False) -> dict:
     from par_export.engine.build import BuildOptions, build
@@ -49,7 +49,7 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
         picture = open_image(image)
         text = inputs.chat_prompt(prompt)
         if artifact is None:  # export + ONNX Runtime fp32 build for this method and budget
-            export_model(llava_dir, Path(tmp) / "onnx", method=method, budget=budget, clip_path=clip_dir,
+            export_model(llava_dir, Path(tmp) / "onnx", method=method, budget=budget or "auto", clip_path=clip_dir,
                          progress=False)
             artifact = Path(tmp) / "art"
             build(Path(tmp) / "onnx", artifact, BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
@@ -71,9 +71,8 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
             ort_llm = GenaiLLM(Path(tmp) / "genai")
         pipe = VisionLanguagePipeline(artifact, model, tokenizer, ort_llm, allow_unverified)
         pixels = pipe.inputs.pixel_values([picture])
-        budget_value = None if budget == "auto" or not pipe.manifest["metadata"]["budget_input"] else budget
         start = time.perf_counter()
-        image_embeds, num_kept = pipe.reduce(pixels, [text], budget_value)
+        image_embeds, num_kept = pipe.reduce(pixels, [text], budget)  # "auto" only on an adaptive artifact
         vision_ms = (time.perf_counter() - start) * 1e3
         embeds, mask = pipe.splice([text], image_embeds, num_kept)
         pad = tokenizer.pad_token_id
@@ -118,8 +117,7 @@ def _chat_per_image(family, model, inputs, artifact, image, picture, prompt: str
     from par_export.reduce import PARConfig
 
     start = time.perf_counter()
-    result = run_image(artifact, image, prompt, None if budget == "auto" else budget,
-                       allow_unverified=allow_unverified)
+    result = run_image(artifact, image, prompt, budget, allow_unverified=allow_unverified)
     vision_ms = (time.perf_counter() - start) * 1e3
     encoded = inputs.encode([text], [picture])
     adapter = family.adapter(model, method, PARConfig(space="llm"), inputs.tokenizer)  # places rows only

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from par_export.engine.load import artifact_runners
-from par_export.engine.run import query_inputs
+from par_export.engine.run import budget_feed, query_inputs
 from par_export.engine.verify import cast_feed
 from par_export.processing import PROCESSOR_DIR, ModelInputs
 
@@ -80,13 +80,9 @@ class VisionLanguagePipeline:
             for i, prompt in enumerate(prompts):
                 queries[i] = self.query.embed(prompt.replace(IMAGE, " "), self.runners["query_encoder"])[0][0]
         feed = {"pixel_values": pixel_values.astype(np.float32), "query_embeds": queries}
-        if meta["budget_input"]:
-            k = int(budget if budget is not None else meta["budget"])
-            if not 1 <= k <= meta["width"]:
-                raise ValueError(f"budget must be in [1, {meta['width']}] for this artifact, got {k}")
-            feed["budget"] = np.array(k, dtype=np.int64)
-        elif budget is not None and budget != meta["budget"]:
-            raise ValueError(f"this artifact's budget is {meta['budget']!r}, fixed at export; it takes no other")
+        k = budget_feed(meta, None if budget == meta["budget"] and not meta["budget_input"] else budget)
+        if k is not None:
+            feed["budget"] = k
         out = self.runners["vision_par"].infer(cast_feed(feed, self.manifest["graphs"]["vision_par"]))
         return out["image_embeds"], out["num_kept"]
 
