@@ -269,8 +269,11 @@ def cmd_eval(args) -> int:
         llava_dir, clip_dir = resolve_model(args.model, Path(tmp))
         methods, budgets = args.methods.split(","), _budgets(args.budgets)
         if args.data:
+            if args.backend != "torch":  # refused, not silently ignored
+                raise ValueError(f"--backend {args.backend}: --data FILE.jsonl reduces in PyTorch only so far; "
+                                 "leave --backend out")
             results = evaluate_jsonl(llava_dir, args.clip or clip_dir, Path(args.data), Path(args.images), methods,
-                                     budgets, batch=min(args.batch, 8))
+                                     budgets, config=PARConfig().with_overrides(args.par), batch=min(args.batch, 8))
             print(f"{results['records']} records; skipped: {results['skipped'] or 'none'}")
         else:
             config, artifacts = PARConfig().with_overrides(args.par), None
