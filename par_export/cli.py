@@ -262,7 +262,8 @@ def cmd_eval(args) -> int:
     if bool(args.data) != bool(args.images):
         raise ValueError("--data FILE.jsonl and --images DIR go together")
     inputs = [p for p in (args.model, args.clip, args.data, args.images) if p]
-    out = check_out(args.out, inputs)  # before the evaluation, not after it
+    sealed = [args.backend] if args.backend not in ("torch", "onnxruntime") else []  # an artifact
+    out = check_out(args.out, inputs, sealed)  # before the evaluation, not after it
     if out.exists() and not args.overwrite:
         raise ValueError(f"{args.out} exists; pass --overwrite to replace it (or another --out)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -291,7 +292,7 @@ def cmd_eval(args) -> int:
                                allow_unverified=args.allow_unverified)
     rows = result_rows(results)
     print(format_rows(rows))
-    for path in write_outputs(rows, results, Path(args.out), args.overwrite, inputs):
+    for path in write_outputs(rows, results, Path(args.out), args.overwrite, inputs, sealed):
         print(f"wrote {path}")
     return 0
 
@@ -325,7 +326,8 @@ def cmd_emit(args) -> int:
     arrays, meta = emit(pipe, pixels, args.prompt, args.runtime, args.budget)
     print(f"{args.runtime}: K = {meta['num_kept']} visual rows of {meta['hidden_size']}, "
           f"{len(arrays['input_ids'])} prompt ids")
-    for path in write_emitted(args.out, arrays, meta, args.overwrite, inputs=[args.artifact, args.image]):
+    for path in write_emitted(args.out, arrays, meta, args.overwrite, inputs=[args.artifact, args.image],
+                              artifact=args.artifact):
         print(f"wrote {path}")
     return 0
 

@@ -23,10 +23,10 @@ MARKER = ".par-export"
 _LEGACY_MARKERS = ("manifest.json", "report.json", "results.json")
 
 
-def check_out(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+def check_out(path: str | Path, inputs: Iterable[str | Path] = (), sealed: Iterable[str | Path] = ()) -> Path:
     """``path`` resolved, or :class:`ValueError` when it may not be an output folder: ``/``, the home
     folder, the current folder or one above it, a folder holding (or equal to) one of ``inputs``,
-    or an existing file."""
+    a folder inside one of the ``sealed`` artifacts (it would break their seal), or an existing file."""
     raw = Path(path).expanduser()
     resolved = raw.resolve()
     # the last component unresolved: a symlink at --out is refused below, never followed
@@ -42,6 +42,11 @@ def check_out(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
         source = Path(item).expanduser().resolve()
         if source == resolved or resolved in source.parents:
             raise ValueError(f"--out {path}: holds the input {item}; name a folder outside it")
+    for item in sealed:
+        artifact = Path(item).expanduser().resolve()
+        if artifact in resolved.parents:
+            raise ValueError(f"--out {path}: is inside the artifact {item}, whose files are sealed; name a folder "
+                             "outside it")
     if target.is_symlink():
         raise ValueError(f"--out {path}: is a symbolic link; name a real folder")
     if target.exists() and not target.is_dir():
@@ -104,17 +109,17 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_folder(path: str | Path, overwrite: bool, error: type[Exception] = FileExistsError,
-                  inputs: Iterable[str | Path] = ()):
+                  inputs: Iterable[str | Path] = (), sealed: Iterable[str | Path] = ()):
     """Yield ``(final, scratch)`` folders beside ``path``; on success ``final`` becomes ``path``.
 
-    ``path`` is checked with :func:`check_out` against ``inputs``. It must not exist unless
+    ``path`` is checked with :func:`check_out` against ``inputs`` and ``sealed``. It must not exist unless
     ``overwrite``, and then only an empty folder or one par-export wrote is replaced. Writers
     to one ``path`` exclude each other (:func:`output_lock`). The final rename never deletes a
     folder that appeared meanwhile: it fails instead. On any failure neither a new ``path`` nor
     the scratch folders remain; the old ``path`` is kept.
     """
     try:
-        target = check_out(path, inputs)
+        target = check_out(path, inputs, sealed)
     except ValueError as err:
         raise error(str(err)) from None
     target.parent.mkdir(parents=True, exist_ok=True)

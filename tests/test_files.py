@@ -110,3 +110,12 @@ def test_failure_keeps_the_old_folder(tmp_path):
             raise RuntimeError("build failed")
     assert sorted(tree(target)) == [MARKER, "v1"]
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_an_output_inside_a_sealed_artifact_is_refused(tmp_path):
+    art = tmp_path / "art"
+    art.mkdir()
+    with pytest.raises(ValueError, match="inside the artifact"):
+        with atomic_folder(art / "emitted", False, ValueError, sealed=[art]):
+            pass
+    assert sorted(p.name for p in art.iterdir()) == []

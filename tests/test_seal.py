@@ -125,3 +125,8 @@ def test_an_unverified_artifact_is_refused_unless_allowed(art, built, capsys):
     assert main(["verify", str(art), "-n", "1"]) == 0
     assert json.loads((art / "manifest.json").read_text())["verification"]["passed"] is True
     assert run(art, built[1], capsys)[0] == 0
+
+
+def test_run_does_not_write_into_the_artifact(art, built, capsys):
+    rc = main(["run", str(art), "--image", str(built[1]), "--prompt", PROMPT, "--heatmap", str(art / "h.png")])
+    assert rc == 2 and "whose files are sealed" in capsys.readouterr().err and not (art / "h.png").exists()

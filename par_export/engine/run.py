@@ -78,6 +78,8 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
     from par_export.models.families import export_config
 
     folder = Path(folder)
+    if heatmap is not None and Path(folder).resolve() in Path(heatmap).resolve().parents:
+        raise ValueError(f"--heatmap {heatmap}: inside the artifact {folder}, whose files are sealed; write it elsewhere")
     manifest, runners = artifact_runners(folder, allow_unverified)
     meta = manifest["metadata"]
     cfg = export_config(meta)

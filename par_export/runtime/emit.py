@@ -96,9 +96,9 @@ def emit(pipe, pixel_values: np.ndarray, prompt: str, runtime: str, budget: int 
     return arrays, meta
 
 
-def write_emitted(folder, arrays: dict, meta: dict, overwrite: bool = False, inputs=()) -> list:
+def write_emitted(folder, arrays: dict, meta: dict, overwrite: bool = False, inputs=(), artifact=None) -> list:
     """``inputs.safetensors`` + ``inputs.json`` in ``folder``, written whole or not at all; ``inputs``:
-    the paths read (the output may not hold them)."""
+    the paths read (the output may not hold them); ``artifact``: the sealed folder it may not be in."""
     import json
     from pathlib import Path
 
@@ -106,7 +106,7 @@ def write_emitted(folder, arrays: dict, meta: dict, overwrite: bool = False, inp
 
     from par_export.files import atomic_folder
 
-    with atomic_folder(folder, overwrite, ValueError, inputs=inputs) as (final, _):
+    with atomic_folder(folder, overwrite, ValueError, inputs=inputs, sealed=[artifact] if artifact else []) as (final, _):
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(final / "inputs.safetensors"))
         (final / "inputs.json").write_text(json.dumps(meta, indent=2) + "\n")
     return [Path(folder) / "inputs.safetensors", Path(folder) / "inputs.json"]
