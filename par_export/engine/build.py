@@ -267,28 +267,28 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
                 onnx_path = src / f"{name}.onnx"
                 if not onnx_path.is_file():
                     continue
+                graph = onnx.load(str(onnx_path), load_external_data=False)
+                profiles = _profiles(metadata, options, graph)
                 if backend == "tensorrt":
                     artifact = final / f"{name}.engine"
-                    graph = onnx.load(str(onnx_path), load_external_data=False)
+                    engine_source = onnx_path
                     if options.precision in ("int8", "fp8") and name == "vision_par":
-                        quantized = work / f"{name}.qdq.onnx"
-                        _quantize_for_tensorrt(onnx_path, quantized, options.precision, metadata, options.calib_images,
-                                               src / "processor")
-                        onnx_path = quantized
-                    build_engine(onnx_path, artifact, options.precision, _profiles(metadata, options, graph),
-                                 options.workspace_mib or 4096, Path(options.timing_cache) if options.timing_cache else None,
+                        engine_source = work / f"{name}.qdq.onnx"
+                        _quantize_for_tensorrt(onnx_path, engine_source, options.precision, metadata,
+                                               options.calib_images, src / "processor")
+                    build_engine(engine_source, artifact, options.precision, profiles, options.workspace_mib or 4096,
+                                 Path(options.timing_cache) if options.timing_cache else None,
                                  options.version_compatible, options.dla_core, plugin_path() if plugin_needed else None)
                     io = _io(graph)
                 else:
                     artifact = final / f"{name}.ort.onnx"
                     _build_onnxruntime(onnx_path, artifact, options.precision, work)
                     io = _io(onnx.load(str(artifact), load_external_data=False))
-                graphs[name] = {"file": artifact.name, "sha256": sha256(artifact), "source": f"onnx/{onnx_path.name}",
-                                "source_sha256": sha256(onnx_path),
-                                "data_files": {p.name: sha256(p) for p in onnx_files(artifact)[1:]},
-                                "profiles": {k: [list(s) for s in v] for k, v in _profiles(
-                                    metadata, options, onnx.load(str(onnx_path), load_external_data=False)).items()},
-                                **io}
+                # source: the fp32 graph copied into onnx/ below (verify's second reference); the
+                # hashes are filled from the seal, so every file is read once
+                graphs[name] = {"file": artifact.name, "source": f"onnx/{onnx_path.name}",
+                                "data_files": [p.name for p in onnx_files(artifact)[1:]],
+                                "profiles": {k: [list(s) for s in v] for k, v in profiles.items()}, **io}
                 steps.update()
             (final / "onnx").mkdir()  # the fp32 source graphs: verify's second reference
             for item in src.iterdir():
@@ -314,6 +314,10 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
                 "metadata": metadata,
                 "files": seal(final),
             }
+            files = manifest["files"]
+            for graph in graphs.values():
+                graph.update(sha256=files[graph["file"]], source_sha256=files[graph["source"]],
+                             data_files={d: files[d] for d in graph["data_files"]})
             (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
             steps.update()
         # verified before it is put in place; a failed verification is recorded, and `run` refuses it
