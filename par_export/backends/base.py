@@ -45,13 +45,6 @@ class Runner(BaseRunner):
     def input_names(self) -> list[str]:
         raise NotImplementedError
 
-    def get_input_metadata_impl(self) -> TensorMetadata:
-        """Names only (dtypes and shapes are the backend's to check)."""
-        metadata = TensorMetadata()
-        for name in self.input_names():
-            metadata.add(name, dtype=None, shape=None)
-        return metadata
-
     def deactivate_impl(self) -> None:
         pass
 
@@ -61,6 +54,38 @@ class Runner(BaseRunner):
 
     def __exit__(self, *exc) -> None:
         self.deactivate()
+
+
+class PolygraphyRunner(Runner):
+    """One of Polygraphy's own runners (``OnnxrtRunner``, ``TrtRunner``) behind :class:`Runner`:
+    subclasses make it in :meth:`make_runner`; its input metadata is read once, at activation."""
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name)
+        self.runner = None
+        self.metadata: TensorMetadata | None = None
+
+    def make_runner(self) -> BaseRunner:
+        raise NotImplementedError
+
+    def activate_impl(self) -> None:
+        self.runner = self.make_runner()
+        self.runner.activate()
+        self.metadata = self.runner.get_input_metadata(use_numpy_dtypes=False)
+
+    def input_names(self) -> list[str]:
+        return list(self.metadata.keys())
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return self.metadata  # dtypes and shapes: Comparator casts feeds to them
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # copies: Polygraphy runners may reuse their output buffers between calls
+        return {name: np.array(value) for name, value in self.runner.infer(feed, check_inputs=False).items()}
+
+    def deactivate_impl(self) -> None:
+        self.runner.deactivate()
+        self.runner = self.metadata = None
 
 
 @contextlib.contextmanager

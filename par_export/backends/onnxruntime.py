@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-from par_export.backends.base import BackendUnavailable, Runner
+from par_export.backends.base import BackendUnavailable, PolygraphyRunner
 
 
 # Execution providers per ``--device``, most preferred first (ONNX Runtime falls back along the list).
@@ -47,7 +46,7 @@ def ort_session(path: str | Path, providers: list[str] | None = None):
     return ort.InferenceSession(str(path), options, providers=wanted)
 
 
-class OnnxRuntimeRunner(Runner):
+class OnnxRuntimeRunner(PolygraphyRunner):
     """Polygraphy's ``OnnxrtRunner`` on :func:`ort_session` (the ``--device`` execution providers, and
     the Python CPU op for ``par::TopKCluster`` graphs)."""
 
@@ -57,23 +56,8 @@ class OnnxRuntimeRunner(Runner):
         super().__init__(name)
         self.path = Path(path)
         self.providers = providers
-        self.runner = None
 
-    def activate_impl(self) -> None:
+    def make_runner(self):
         from polygraphy.backend.onnxrt import OnnxrtRunner
 
-        self.runner = OnnxrtRunner(ort_session(self.path, self.providers), name=f"onnxruntime:{self.path.name}")
-        self.runner.activate()
-
-    def input_names(self) -> list[str]:
-        return list(self.runner.get_input_metadata(use_numpy_dtypes=False).keys())
-
-    def get_input_metadata_impl(self):
-        return self.runner.get_input_metadata(use_numpy_dtypes=False)  # dtypes and shapes: Comparator casts to them
-
-    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(self.runner.infer(feed, check_inputs=False))
-
-    def deactivate_impl(self) -> None:
-        self.runner.deactivate()
-        self.runner = None
+        return OnnxrtRunner(ort_session(self.path, self.providers), name=f"onnxruntime:{self.path.name}")

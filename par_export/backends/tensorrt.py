@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
-from par_export.backends.base import BackendUnavailable, Runner
+from par_export.backends.base import BackendUnavailable, PolygraphyRunner
 
 _TRT_HINT = ("TensorRT's Python package is not installed: on x86 `pip install tensorrt` (served from NVIDIA's "
              "index), on Jetson it comes with JetPack (python3-libnvinfer)")
@@ -80,7 +79,7 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, profiles: d
         raise BackendUnavailable(f"TensorRT could not build {onnx_path}: {err}") from None
 
 
-class TensorRTRunner(Runner):
+class TensorRTRunner(PolygraphyRunner):
     """Runs a serialized engine with Polygraphy's ``TrtRunner`` (device buffers, data-dependent
     output shapes such as the Edge-LLM graph's ``[sum K, hidden]``), plugins loaded first."""
 
@@ -90,9 +89,8 @@ class TensorRTRunner(Runner):
         super().__init__(name)
         self.engine_path = Path(engine_path)
         self.plugin = plugin
-        self.runner = None
 
-    def activate_impl(self) -> None:
+    def make_runner(self):
         import_tensorrt()
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, LoadPlugins, TrtRunner
@@ -102,22 +100,7 @@ class TensorRTRunner(Runner):
         engine = EngineFromBytes(BytesFromPath(str(self.engine_path)))
         if self.plugin is not None:
             engine = LoadPlugins(plugins=[str(self.plugin)], obj=engine)
-        self.runner = TrtRunner(engine, name=f"tensorrt:{self.engine_path.name}")
-        self.runner.activate()
-
-    def input_names(self) -> list[str]:
-        return list(self.runner.get_input_metadata(use_numpy_dtypes=False).keys())
-
-    def get_input_metadata_impl(self):
-        return self.runner.get_input_metadata(use_numpy_dtypes=False)
-
-    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # copies: TrtRunner reuses its output buffers between calls
-        return {name: np.array(value) for name, value in self.runner.infer(feed, check_inputs=False).items()}
-
-    def deactivate_impl(self) -> None:
-        self.runner.deactivate()
-        self.runner = None
+        return TrtRunner(engine, name=f"tensorrt:{self.engine_path.name}")
 
 
 __all__ = ["TensorRTRunner", "build_config", "build_engine", "import_tensorrt", "tensorrt_version"]

@@ -19,8 +19,8 @@ class TorchRunner(Runner):
     Args:
         module: the ``nn.Module``.
         output_names: names of its outputs, in order.
-        input_metadata: Polygraphy ``TensorMetadata`` of its inputs (:func:`feed_metadata`), for
-            ``Comparator.run``; ``None``: names only.
+        input_metadata: Polygraphy ``TensorMetadata`` of its inputs (:func:`feed_metadata`); needed
+            only by ``Comparator.run``.
     """
 
     name = "torch"
@@ -32,8 +32,10 @@ class TorchRunner(Runner):
         self.input_metadata = input_metadata
         self._inputs = [p for p in inspect.signature(module.forward).parameters]
 
-    def get_input_metadata_impl(self):
-        return self.input_metadata if self.input_metadata is not None else super().get_input_metadata_impl()
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        if self.input_metadata is None:
+            raise ValueError("TorchRunner: pass input_metadata (feed_metadata(feed)) to run it under Comparator")
+        return self.input_metadata
 
     def input_names(self) -> list[str]:
         return self._inputs
