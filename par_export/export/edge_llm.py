@@ -114,13 +114,12 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
     from par_export.export.exporter import ExportError, _export, resolve_model
     from par_export.export.metadata import set_metadata
     from par_export.export.onnx_io import save_onnx
-    from par_export.export.validate import check_graph, compare_outputs, summarize
+    from par_export.export.validate import Case, check_graph, compare_with_torch, summarize
     from par_export.files import atomic_folder
     from par_export.models.families import family_for
     from par_export.models.qwen2_5_vl import Qwen2_5_VLOnnxConfig, QwenVisionParGraph
     from par_export.reduce import PARConfig, reducer_class
     from par_export.reduce.checks import dynamic_token_axis
-    from par_export.backends.onnxruntime import ort_session
 
     opset = opset or DEFAULT_OPSET
     if not isinstance(budget, int) or budget < 1:
@@ -178,18 +177,13 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
         set_metadata(graph, metadata)
         save_onnx(graph, visual_dir / "model.onnx")
 
-        session = ort_session(visual_dir / "model.onnx")
-        declared = {i.name for i in session.get_inputs()}
-        cases = []
-        for i, call in enumerate([[grid] for grid in grids] + [pair]):
-            feed = feed_for(call, query_on=i not in (1, 3))
-            with torch.no_grad():
-                expected = module(*(torch.from_numpy(feed[n]) for n in names))
-            got = session.run(list(OUTPUTS), {k: v for k, v in feed.items() if k in declared})
-            reference = padded_outputs(expected[0].float().numpy(), expected[1].numpy(), expected[2].numpy())
-            result = padded_outputs(got[0].astype(np.float32), got[1], got[2])
-            cases.append({"case": " + ".join(f"grid={h}x{w}" for h, w in call) + f" budget={budget}",
-                          **compare_outputs(reference, result)})
+        calls = [[grid] for grid in grids] + [pair]
+        cases = compare_with_torch(
+            module, visual_dir / "model.onnx",
+            [Case(" + ".join(f"grid={h}x{w}" for h, w in call) + f" budget={budget}",
+                  feed_for(call, query_on=i not in (1, 3))) for i, call in enumerate(calls)],
+            list(OUTPUTS), layout=lambda out: padded_outputs(out["output"].astype(np.float32), out["num_kept"],
+                                                             out["keep_index"]))
         report = {**check_graph(visual_dir / "model.onnx"), **summarize(cases, "fp16", True), "cases": cases,
                   "metadata": metadata}
         if not report["passed"]:

@@ -61,12 +61,14 @@ def compare_outputs(reference: dict[str, np.ndarray], outputs: dict[str, np.ndar
     return result
 
 
-def compare_with_torch(module: torch.nn.Module, path, cases: list[Case], output_names: list[str]) -> list[dict]:
+def compare_with_torch(module: torch.nn.Module, path, cases: list[Case], output_names: list[str],
+                       layout=None) -> list[dict]:
     """The exported graph at ``path`` (ONNX Runtime) against the PyTorch ``module`` it came from, on
     every case, run by Polygraphy's ``Comparator``: ``{case, max_abs_error, ...}`` per case.
 
     The reference runs in fp32 whatever the graph's precision, so fp16 error is the real error;
     inputs a graph does not declare (a prompt-agnostic reducer's ``query_embeds``) are not fed to it.
+    ``layout``: maps both sides' outputs to the ``vision_par`` names first (the Edge-LLM graph's).
     """
     from polygraphy.comparator import Comparator
 
@@ -79,7 +81,8 @@ def compare_with_torch(module: torch.nn.Module, path, cases: list[Case], output_
     with quiet_polygraphy():
         results = Comparator.run(runners, data_loader=[case.feed for case in cases])
     graph, reference = (iterations for _, iterations in results.items())
-    return [{"case": case.name, **compare_outputs(dict(ref), dict(out))}
+    layout = layout or dict
+    return [{"case": case.name, **compare_outputs(layout(ref), layout(out))}
             for case, out, ref in zip(cases, graph, reference)]
 
 
