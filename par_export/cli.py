@@ -252,7 +252,7 @@ def _budgets(text: str) -> list:
 def cmd_eval(args) -> int:
     import tempfile
 
-    from par_export.files import check_out
+    from par_export.files import check_out, check_replaceable
 
     from par_export.eval.vqa import (artifact_budgets, build_eval_artifacts, evaluate, evaluate_jsonl, format_rows,
                                      result_rows, write_outputs)
@@ -263,9 +263,8 @@ def cmd_eval(args) -> int:
         raise ValueError("--data FILE.jsonl and --images DIR go together")
     inputs = [p for p in (args.model, args.clip, args.data, args.images) if p]
     sealed = [args.backend] if args.backend not in ("torch", "onnxruntime") else []  # an artifact
-    out = check_out(args.out, inputs, sealed)  # before the evaluation, not after it
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"{args.out} exists; pass --overwrite to replace it (or another --out)")
+    # before the evaluation, not after it
+    check_replaceable(check_out(args.out, inputs, sealed), args.overwrite, ValueError)
     with tempfile.TemporaryDirectory() as tmp:
         llava_dir, clip_dir = resolve_model(args.model, Path(tmp))
         methods, budgets = args.methods.split(","), _budgets(args.budgets)
@@ -343,7 +342,6 @@ def cmd_triton_repo(args) -> int:
 OVERWRITE = "replace --out if it exists (only a folder par-export wrote, or an empty one)"
 ARTIFACT = "a `par-export build` folder"
 UNVERIFIED = "use an artifact whose verification failed or never ran (refused by default)"
-DEVICES = ("cpu", "cuda", "tensorrt")
 
 
 def _pool_limit(text: str) -> int:
@@ -367,7 +365,9 @@ def add_tolerances(p: argparse.ArgumentParser) -> None:
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=DEVICES, default="cpu",
+    from par_export.backends.onnxruntime import PROVIDERS
+
+    p.add_argument("--device", choices=list(PROVIDERS), default="cpu",
                    help="ONNX Runtime execution provider for ONNX Runtime artifacts: CPU, CUDA or TensorRT "
                    "(cuda/tensorrt need par-export[gpu])")
 

@@ -125,14 +125,14 @@ def atomic_folder(path: str | Path, overwrite: bool, error: type[Exception] = Fi
     target.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(target, error):
         remove_stale_scratch(target)
-        _check_replaceable(target, overwrite, error)
+        check_replaceable(target, overwrite, error)
         work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
             final = work / "final"
             final.mkdir()
             (final / MARKER).write_text(json.dumps({"written_by": "par-export"}) + "\n")
             yield final, work
-            _check_replaceable(target, overwrite, error)  # again: something may have appeared meanwhile
+            check_replaceable(target, overwrite, error)  # again: something may have appeared meanwhile
             if target.exists():
                 target.rename(work / "old")  # out of the way first: a failed rename below keeps it
             try:
@@ -145,7 +145,8 @@ def atomic_folder(path: str | Path, overwrite: bool, error: type[Exception] = Fi
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _check_replaceable(target: Path, overwrite: bool, error: type[Exception]) -> None:
+def check_replaceable(target: Path, overwrite: bool, error: type[Exception]) -> None:
+    """Refuse an existing ``target`` unless ``overwrite`` and it is ours (:func:`is_ours`)."""
     if not target.exists() and not target.is_symlink():
         return
     if target.is_symlink() or not target.is_dir():

@@ -48,7 +48,8 @@ def density_peaks(
         nearest = torch.topk(distance.masked_fill(self_mask | ~real_j, float("inf")), k, dim=-1, largest=False).values
         count = (token_mask.sum(dim=-1) - 1).clamp(1, k).view(-1, 1, 1)  # [B, 1, 1] neighbours per image
         taken = torch.arange(k, device=similarity.device).view(1, 1, -1) < count
-        density = torch.exp(-torch.where(taken, nearest, torch.zeros_like(nearest)).sum(dim=-1) / count.squeeze(-1).to(nearest.dtype))
+        total = torch.where(taken, nearest, torch.zeros_like(nearest)).sum(dim=-1)
+        density = torch.exp(-total / count.squeeze(-1).to(nearest.dtype))
         distance = distance.masked_fill(~real_j, float("-inf"))  # padded tokens are nobody's denser neighbour
 
     rho_i = density.unsqueeze(-1)  # [B, N, 1]

@@ -42,22 +42,21 @@ class PARReducer(TokenReducer):
 
     def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask):
         cfg = self.config
-        mask = token_mask
         query_tokens = None if prompt_embedding is None else self.query_projection(visual_tokens)
-        z = standardized_relevance(query_tokens, prompt_embedding, prompt_mask, attn, cfg.eps, mask)  # [B, N]
-        num_kept = resolve_num_kept(budget, z, cfg, mask)
+        z = standardized_relevance(query_tokens, prompt_embedding, prompt_mask, attn, cfg.eps, token_mask)  # [B, N]
+        num_kept = resolve_num_kept(budget, z, cfg, token_mask)
 
         similarity = cosine_similarity_matrix(visual_tokens, cfg.eps)  # [B, N, N]
-        density, separation = density_peaks(similarity, cfg.k_nn, mask)
-        scores = cfg.beta * min_max(z, cfg.eps, mask) + (1.0 - cfg.beta) * distinctiveness(
-            density, separation, cfg.eps, mask
+        density, separation = density_peaks(similarity, cfg.k_nn, token_mask)
+        scores = cfg.beta * min_max(z, cfg.eps, token_mask) + (1.0 - cfg.beta) * distinctiveness(
+            density, separation, cfg.eps, token_mask
         )
         # A (near-)duplicate of a denser token ranks below every other token (scores
         # are in [0, 1]): it becomes a center only when K leaves no other choice.
-        scores = mask_scores(scores - 2.0 * (separation <= cfg.duplicate_distance).float(), mask)
+        scores = mask_scores(scores - 2.0 * (separation <= cfg.duplicate_distance).float(), token_mask)
         # Padded tokens get relevance -inf: below any -gamma, so TopKCluster drops them (its
         # semantics, and the plugin's, need no mask input).
-        relevance = mask_scores(z, mask)
+        relevance = mask_scores(z, token_mask)
         merged, keep_index, assignment, num_kept = self.topk_cluster(
             visual_tokens, scores, relevance, num_kept, width, cfg.gamma, cfg.tau, cfg.router, similarity
         )
