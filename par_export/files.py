@@ -42,16 +42,21 @@ def check_out(path: str | Path, inputs: Iterable[str | Path] = (), sealed: Itera
         source = Path(item).expanduser().resolve()
         if source == resolved or resolved in source.parents:
             raise ValueError(f"--out {path}: holds the input {item}; name a folder outside it")
-    for item in sealed:
-        artifact = Path(item).expanduser().resolve()
-        if artifact in resolved.parents:
-            raise ValueError(f"--out {path}: is inside the artifact {item}, whose files are sealed; name a folder "
-                             "outside it")
+    artifact = inside_any(resolved, sealed)
+    if artifact is not None:
+        raise ValueError(f"--out {path}: is inside the artifact {artifact}, whose files are sealed; name a folder "
+                         "outside it")
     if target.is_symlink():
         raise ValueError(f"--out {path}: is a symbolic link; name a real folder")
     if target.exists() and not target.is_dir():
         raise ValueError(f"--out {path}: is a file; name a folder")
     return target
+
+
+def inside_any(path: str | Path, folders: Iterable[str | Path]) -> str | Path | None:
+    """The first of ``folders`` that ``path`` lies inside (below, not equal), or ``None``."""
+    resolved = Path(path).expanduser().resolve()
+    return next((f for f in folders if Path(f).expanduser().resolve() in resolved.parents), None)
 
 
 def is_ours(folder: Path) -> bool:

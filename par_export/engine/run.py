@@ -8,6 +8,7 @@ import numpy as np
 
 from par_export.engine.load import artifact_runners
 from par_export.engine.verify import cast_feed
+from par_export.files import inside_any
 from par_export.processing import PROCESSOR_DIR, ModelInputs, hub_kwargs, open_image
 from par_export.reduce.prompt import rewrite_prompt
 
@@ -52,8 +53,8 @@ def query_inputs(folder: Path, manifest: dict) -> QueryInputs | None:
 def budget_feed(meta: dict, budget: int | str | None) -> np.ndarray | None:
     """The ``budget`` input for a call, or ``None`` where the graph takes none; one rule for run,
     chat, emit and eval. ``None``: the artifact's own budget. ``"auto"``: only an artifact exported
-    with ``--budget auto`` (adaptive K, no budget input). An int K: only an artifact with a budget
-    input, K in ``[1, width]``."""
+    with ``--budget auto`` (adaptive K, no budget input). An int K: an artifact with a budget input,
+    K in ``[1, width]``, or one whose K was fixed at export to that same K."""
     if budget is None:
         return np.array(int(meta["budget"]), np.int64) if meta["budget_input"] else None
     if budget == "auto":
@@ -62,6 +63,8 @@ def budget_feed(meta: dict, budget: int | str | None) -> np.ndarray | None:
                              "--budget K, or export with --budget auto for an adaptive K")
         return None
     if not meta["budget_input"]:
+        if budget == meta["budget"]:
+            return None
         raise ValueError(f"budget {budget}: this artifact's budget is {meta['budget']!r}, fixed at export; it takes no "
                          "other")
     if not 1 <= int(budget) <= meta["width"]:
@@ -78,7 +81,7 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
     from par_export.models.families import export_config
 
     folder = Path(folder)
-    if heatmap is not None and Path(folder).resolve() in Path(heatmap).resolve().parents:
+    if heatmap is not None and inside_any(heatmap, [folder]):
         raise ValueError(f"--heatmap {heatmap}: inside the artifact {folder}, whose files are sealed; write it elsewhere")
     manifest, runners = artifact_runners(folder, allow_unverified)
     meta = manifest["metadata"]

@@ -80,7 +80,7 @@ class VisionLanguagePipeline:
             for i, prompt in enumerate(prompts):
                 queries[i] = self.query.embed(prompt.replace(IMAGE, " "), self.runners["query_encoder"])[0][0]
         feed = {"pixel_values": pixel_values.astype(np.float32), "query_embeds": queries}
-        k = budget_feed(meta, None if budget == meta["budget"] and not meta["budget_input"] else budget)
+        k = budget_feed(meta, budget)
         if k is not None:
             feed["budget"] = k
         out = self.runners["vision_par"].infer(cast_feed(feed, self.manifest["graphs"]["vision_par"]))
