@@ -109,6 +109,27 @@ def test_fp16_export_validates_within_documented_bounds(model_dirs, tmp_path):
     assert vision.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     graph = report["graphs"]["vision_par"]
     assert graph["max_abs_error"] <= 0.05 * graph["reference_max_abs"]
+    assert_reducer_stays_fp32(vision)
+
+
+def assert_reducer_stays_fp32(model: onnx.ModelProto) -> None:
+    """No reducer value goes through fp16: no ``Cast(fp16)`` between two reducer nodes and no
+    ``Cast(fp16) -> Cast(fp32)`` round trip; nodes in topological order (the checker's rule)."""
+    onnx.checker.check_model(model)
+    producer = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    to = {n.name: next(a.i for a in n.attribute if a.name == "to") for n in model.graph.node if n.op_type == "Cast"}
+    for node in model.graph.node:
+        if to.get(node.name) != onnx.TensorProto.FLOAT16:
+            continue
+        source = producer.get(node.input[0])
+        users = consumers.get(node.output[0], [])
+        assert not any(to.get(u.name) == onnx.TensorProto.FLOAT for u in users), f"round trip at {node.name}"
+        assert not (source is not None and source.name.startswith("/reducer/")
+                    and any(u.name.startswith("/reducer/") for u in users)), f"reducer value rounded at {node.name}"
 
 
 def test_metadata_round_trip(model_dirs, tmp_path):

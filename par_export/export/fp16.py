@@ -1,12 +1,26 @@
 """``--fp16``: convert an exported fp32 graph, keeping numerically sensitive parts in fp32.
 
-The conversion is ONNX Runtime's float16 converter plus two passes of ours (topological
-sort, fp16 round-trip removal). onnxconverter-common (1.16.0), which has both passes built
-in, was tried on these graphs and fails them: it converts a weight the exporter shares
-between the projector and the reducer (through an ``Identity``) to fp16 while the blocked
-reducer side stays typed fp32, and it retypes a ``Cast``'s output without changing its
-``to`` attribute, so ONNX Runtime refuses both models; with ``Cast`` in the block list its
-conversion of the tiny 475-node graph did not finish in 60 s.
+The conversion is ONNX Runtime's mixed-precision converter (``onnxruntime.transformers``:
+``float16.convert_float_to_float16`` with op and node block lists, then ``OnnxModel``'s
+``prune_graph`` and ``topological_sort``) plus one pass of ours, :func:`remove_fp16_round_trips`.
+
+Why not onnxconverter-common (1.16.0, the newest release), and why our pass: tried on the
+tiny vision+PAR graph (466 nodes, 258 of them the reducer's),
+- it retypes the output of a ``Cast(to=float)`` to fp16 without changing ``to``, so ONNX
+  Runtime refuses the model (microsoft/onnxconverter-common#320; fixes #326/#328 unmerged);
+  putting ``Cast`` in its op block list makes it loop forever, because the ``Cast`` nodes it
+  inserts are blocked in turn;
+- an initializer shared by a blocked and a converted node stays fp32 for both, so the
+  converted ``MatMul`` gets mixed types;
+- its ``remove_unnecessary_cast_node`` compares the ``to`` of casts with several consumers
+  against 16/32 (bit widths) instead of FLOAT16/FLOAT, so 88 ``fp32 -> fp16 -> fp32`` round
+  trips stay inside the reducer and its float32-min sentinels become -inf: the converted
+  graph returns NaN embeddings.
+ONNX Runtime's ``OnnxModel.convert_float_to_float16`` follows its conversion with
+``remove_cascaded_cast_nodes``, which leaves 6 such round trips in the reducer and, as its
+docstring warns, would also collapse a ``float -> int -> float`` chain (a floor). Our pass
+removes only a ``Cast(fp16) -> Cast(fp32)`` pair whose source is already fp32, which is exact.
+``tests/test_export.py::test_fp16_graph_keeps_reducer_fp32`` checks the result.
 """
 
 from __future__ import annotations
@@ -22,17 +36,20 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """fp16 weights and activations, except :data:`FP32_OPS` and the reducer subgraph
     (its scores and merge stay fp32, as in the PyTorch reducer)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     reducer_nodes = [n.name for n in model.graph.node if n.name.startswith("/reducer/")]
-    converted = convert_float_to_float16(model, keep_io_types=False, op_block_list=FP32_OPS,
-                                         node_block_list=reducer_nodes)
-    topological_sort(converted.graph)  # the converter appends its Cast nodes at the end
-    remove_fp16_round_trips(converted)
-    return converted
+    converted = OnnxModel(convert_float_to_float16(model, keep_io_types=False, op_block_list=FP32_OPS,
+                                                   node_block_list=reducer_nodes))
+    remove_fp16_round_trips(converted.model)
+    converted.prune_graph(allow_remove_graph_inputs=False)
+    converted.topological_sort()  # the converter appends its Cast nodes at the end
+    return converted.model
 
 
 def remove_fp16_round_trips(model: onnx.ModelProto) -> None:
-    """Bypass ``fp32 -> Cast(fp16) -> Cast(fp32)`` pairs.
+    """Bypass ``fp32 -> Cast(fp16) -> Cast(fp32)`` pairs (the bypassed casts are left
+    without consumers, for ``prune_graph``).
 
     The converter casts every blocked node's output to fp16 and back before the next
     blocked node, which would round the reducer's fp32 scores (and turn its
@@ -66,45 +83,4 @@ def remove_fp16_round_trips(model: onnx.ModelProto) -> None:
         for i, name in enumerate(node.input):
             if name in replace:
                 node.input[i] = replace[name]
-    _drop_dead_nodes(graph)
 
-
-def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
-    used = {o.name for o in graph.output}
-    keep = []
-    for node in reversed(graph.node):
-        if any(out in used for out in node.output):
-            keep.append(node)
-            used.update(node.input)
-    del graph.node[:]
-    graph.node.extend(reversed(keep))
-
-
-def topological_sort(graph: onnx.GraphProto) -> None:
-    """Reorder ``graph.node`` in place so every node follows the producers of its inputs."""
-    produced_by = {out: i for i, node in enumerate(graph.node) for out in node.output}
-    order: list[int] = []
-    state: dict[int, int] = {}  # 1 = visiting, 2 = done
-
-    def visit(index: int) -> None:
-        stack = [(index, False)]
-        while stack:
-            i, expanded = stack.pop()
-            if expanded:
-                state[i] = 2
-                order.append(i)
-                continue
-            if state.get(i):
-                continue
-            state[i] = 1
-            stack.append((i, True))
-            for name in graph.node[i].input:
-                producer = produced_by.get(name)
-                if producer is not None and not state.get(producer):
-                    stack.append((producer, False))
-
-    for i in range(len(graph.node)):
-        visit(i)
-    nodes = [graph.node[i] for i in order]
-    del graph.node[:]
-    graph.node.extend(nodes)
