@@ -117,14 +117,15 @@ def cmd_export(args) -> int:
     from par_export.export import export_model
     from par_export.reduce import PARConfig
 
-    config = PARConfig(k_max=args.k_max) if args.k_max else None
+    config = PARConfig().with_overrides(args.par)
+    if args.k_max:
+        config = config.replace(k_max=args.k_max)
     if args.format == "edge-llm":
         from par_export.export.edge_llm import export_edge_llm
 
         report = export_edge_llm(args.model, args.out, args.method, args.budget, config, args.overwrite, args.opset)
         print(f"visual/model.onnx (TensorRT Edge-LLM 0.11 layout + {args.method}, K={args.budget}): "
-              f"{len(report['cases'])} cases, max abs error {report['max_abs_error']:.2e} "
-              f"(<= {report['error_limit']:.2g}), kept-index agreement {report['min_index_agreement']:.2%}: ok")
+              f"{len(report['cases'])} cases, {agreement_summary(report)}: ok")
         print(f"wrote {args.out}/ (visual/model.onnx, visual/config.json, processor/, report.json)")
         return 0
     report = export_model(
@@ -133,10 +134,7 @@ def cmd_export(args) -> int:
     )
     print(f"validation ({report['precision']}, ONNX Runtime CPU vs PyTorch):")
     for name, graph in report["graphs"].items():
-        agreement = graph.get("min_index_agreement")
-        extra = f", kept-index agreement {agreement:.2%}" if agreement is not None else ""
-        print(f"  {name}.onnx: {len(graph['cases'])} cases, max abs error {graph['max_abs_error']:.2e} "
-              f"(<= {graph['error_limit']:.2g}; outputs up to {graph['reference_max_abs']:.2e}){extra}: "
+        print(f"  {name}.onnx: {len(graph['cases'])} cases, {agreement_summary(graph)}: "
               f"{'ok' if graph['passed'] else 'FAILED'}")
     for name, warnings in report["lint"].items():
         for warning in warnings:
@@ -192,7 +190,8 @@ def cmd_build(args) -> int:
     options = BuildOptions(precision=args.precision, backend=args.backend, target=args.target, batch=batch,
                            budget=args.budget_range, workspace_mib=args.workspace, timing_cache=args.timing_cache,
                            version_compatible=args.version_compatible, dla_core=args.dla_core, plugin=args.plugin,
-                           calib_images=args.calib_images, clip=args.clip, atol=args.atol, rtol=args.rtol)
+                           calib_images=args.calib_images, clip=args.clip, atol=args.atol, rtol=args.rtol,
+                           par=tuple(args.par))
     source = args.source or args.model
     if source is None:
         raise ValueError("give the exported folder / vision_par.onnx, or --model PATH|tiny")
@@ -216,6 +215,28 @@ def cmd_build(args) -> int:
     return 0 if result["passed"] else 1
 
 
+def agreement_summary(graph: dict) -> str:
+    """One line of an export validation summary (``validate.summarize``)."""
+    if "min_index_agreement" not in graph:
+        return (f"max abs error {graph['max_abs_error']:.2e} (<= {graph['error_limit']:.2g}; "
+                f"outputs up to {graph['reference_max_abs']:.2e})")
+    ties = "" if graph["tied_tokens"] is None else f", {graph['tied_tokens']} near-tied tokens"
+    return (f"max abs error {graph['shared_max_abs_error']:.2e} on the shared kept tokens (<= "
+            f"{graph['error_limit']:.2g}; outputs up to {graph['reference_max_abs']:.2e}), min cosine "
+            f"{graph['min_cosine']:.6f}, kept-index agreement {graph['min_index_agreement']:.2%}{ties}")
+
+
+PAR_GRAPH = "unset options keep PARConfig's defaults (docs/par.md); all are recorded in the graph's metadata"
+PAR_QUERY = ("only rewrite and template (the prompt rewrite, before the query encoder): the artifact's graph fixed "
+             "the other options at export")
+
+
+def add_par(parser: argparse.ArgumentParser, note: str) -> None:
+    """``--par NAME=VALUE`` (repeatable), one spelling for every subcommand that reduces."""
+    parser.add_argument("--par", action="append", default=[], metavar="NAME=VALUE",
+                        help=f"PAR option to override (repeatable), e.g. --par alpha=0.5 --par tau=1.0; {note}")
+
+
 def cmd_verify(args) -> int:
     from par_export.engine.verify import format_rows, record_verification, verification_record, verify
 
@@ -230,7 +251,7 @@ def cmd_run(args) -> int:
     from par_export.engine.run import run_image
 
     heatmap = args.heatmap or "kept_tokens.png"  # never inside the sealed artifact
-    result = run_image(args.artifact, args.image, args.prompt, args.budget, heatmap, args.allow_unverified)
+    result = run_image(args.artifact, args.image, args.prompt, args.budget, heatmap, args.allow_unverified, args.par)
     print(f"query: {result['query']!r}")
     print(f"kept {result['num_kept']}/{result['tokens_per_image']} tokens "
           f"({result['backend']} {result['precision']}); first kept indices {result['keep_index'][:12]}")
@@ -300,7 +321,7 @@ def cmd_chat(args) -> int:
     from par_export.runtime.chat import chat, format_chat
 
     result = chat(args.model, args.image, args.prompt, args.method, args.budget, args.artifact, args.compare_full,
-                  args.max_new_tokens, args.llm, args.allow_unverified)
+                  args.max_new_tokens, args.llm, args.allow_unverified, args.par)
     print(format_chat(result))
     print("(times measured on this machine's CPU with ONNX Runtime and transformers; KV cache in fp32)")
     return 0
@@ -437,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_budget, default="auto", help="'auto' (adaptive K, no budget input) or an int "
                    "K: the graph then takes K as a 0-d int64 input up to --k-max")
     p.add_argument("--k-max", type=POSITIVE, default=None, help="largest K and the padded output width (default 192)")
+    add_par(p, PAR_GRAPH)
     p.add_argument("--clip", default=None, help="local CLIP folder for space=clip (default: llm space)")
     p.add_argument("--opset", type=_at_least(13), default=17, help="ONNX opset (default 17)")
     p.add_argument("--fp16", action="store_true", help="fp16 graph; reducer, norms and softmax stay fp32")
@@ -454,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", nargs="?", help="export folder or its vision_par.onnx")
     p.add_argument("--model", help="instead of SOURCE: a local LLaVA folder or 'tiny', exported first")
     p.add_argument("--clip", help="with --model PATH: local CLIP folder for space=clip (default: llm space)")
+    add_par(p, "with --model (exported first) only; " + PAR_GRAPH)
     p.add_argument("--out", help="artifact folder (default out/<source>-<precision>)")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--precision", default="fp16", choices=list(PRECISIONS),
@@ -500,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the artifact's)")
     add_device(p)
     p.add_argument("--heatmap", help="PNG path (default ./kept_tokens.png; never inside the sealed artifact)")
+    add_par(p, PAR_QUERY)
     p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED)
     p.set_defaults(func=cmd_run)
 
@@ -517,8 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=POSITIVE, default=50, help="questions per forward pass")
     p.add_argument("--data", help="LLaVA-style JSONL (question_id, image, text, answer) instead of the demo VQA")
     p.add_argument("--images", help="folder of the JSONL's images")
-    p.add_argument("--par", action="append", default=[], metavar="NAME=VALUE",
-                   help="PAR option to override (repeatable), e.g. --par alpha=0.5 --par k_max=64")
+    add_par(p, PAR_GRAPH)
     p.add_argument("--out", default="out/eval", help="results folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED)
@@ -532,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_budget, help="K, or 'auto' (adaptive); default: 'auto' when chat exports "
                    "the graph itself, the artifact's with --artifact")
     p.add_argument("--artifact", help="a `par-export build` folder (default: export + build into a temp folder)")
+    add_par(p, PAR_GRAPH + "; with --artifact, " + PAR_QUERY)
     add_device(p)
     p.add_argument("--compare-full", action="store_true", help="also answer with the full visual context")
     p.add_argument("--max-new-tokens", type=POSITIVE, default=16, help="tokens to generate")

@@ -269,3 +269,34 @@ def test_one_budget_rule_for_run_and_chat(tiny_artifact, tmp_path, capsys):
     assert main(["run", str(auto), "--image", str(image), "--prompt", "red", "--budget", "auto", *heat]) == 0
     one_error(capsys, main(["run", str(auto), "--image", str(image), "--prompt", "red", "--budget", "8", *heat]),
               "fixed at export; it takes no other")
+
+
+def test_par_overrides_reach_every_graph_and_are_refused_where_baked(tiny_artifact, tmp_path, capsys):
+    """--par in export, build (--model), run and chat: recorded in the graph's metadata; an artifact
+    takes only the prompt-rewrite options, the rest were traced into its graph."""
+    from par_export.export.metadata import read_metadata
+
+    art, image = tiny_artifact
+    assert json.loads((art / "manifest.json").read_text())["metadata"]["config"]["alpha"] == 1.0  # tuned default
+    assert main(["export", "--model", "tiny", "--out", str(tmp_path / "onnx"), "--budget", "auto",
+                 "--par", "alpha=2.0", "--par", "tau=0.25"]) == 0
+    config = read_metadata(tmp_path / "onnx" / "vision_par.onnx")["config"]
+    assert (config["alpha"], config["tau"]) == (2.0, 0.25)
+    assert main(["build", "--model", "tiny", "--fp32", "--backend", "onnxruntime", "--out", str(tmp_path / "b"),
+                 "--par", "beta=0.5"]) == 0
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["metadata"]["config"]["beta"] == 0.5
+    one_error(capsys, main(["build", str(tmp_path / "onnx"), "--fp32", "--out", str(tmp_path / "c"),
+                            "--par", "beta=0.5"]), "was exported already")
+    assert not (tmp_path / "c").exists()
+
+    heat = ["--heatmap", str(tmp_path / "h.png")]
+    capsys.readouterr()
+    assert main(["run", str(art), "--image", str(image), "--prompt", "what is red ?", "--par",
+                 "template=a picture of {rest}", *heat]) == 0
+    assert "query: 'a picture of " in capsys.readouterr().out
+    one_error(capsys, main(["run", str(art), "--image", str(image), "--prompt", "red", "--par", "alpha=3", *heat]),
+              "--par alpha: fixed in this artifact's graph")
+    one_error(capsys, main(["run", str(art), "--image", str(image), "--prompt", "red", "--par", "nope=1", *heat]),
+              "unknown PARConfig option 'nope'")
+    one_error(capsys, main(["chat", "--artifact", str(art), "--image", str(image), "--prompt", "red",
+                            "--max-new-tokens", "1", "--par", "k_max=32"]), "--par k_max: fixed in this artifact's graph")

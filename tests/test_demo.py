@@ -76,7 +76,7 @@ def test_demo_pipeline_and_onnxruntime_genai_answer_like_the_reference(tmp_path)
     from par_export.runtime.llm_genai import GenaiLLM, export_genai
 
     llava_dir, clip_dir = demo_paths()
-    config = PARConfig(alpha=1.0)
+    config = PARConfig()
     export_model(llava_dir, tmp_path / "onnx", budget="auto", config=config, clip_path=clip_dir, progress=False)
     build(tmp_path / "onnx", tmp_path / "art", BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
     reference = ReducedLlava.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)

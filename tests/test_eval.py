@@ -51,14 +51,14 @@ def test_eval_jsonl_end_to_end(tiny_folders, tmp_path, capsys):
     rows = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [r["n"] for r in rows] == [3, 3]
 
-    # --par reaches the JSONL path (it was ignored): a higher alpha keeps fewer tokens
+    # --par reaches the JSONL path (it was ignored): a lower alpha keeps more tokens
     common = ["eval", "--model", str(llava), "--clip", str(clip), "--data", str(tmp_path / "eval.jsonl"), "--images",
               str(tmp_path), "--methods", "par", "--budgets", "auto"]
     assert main(common + ["--out", str(tmp_path / "a0")]) == 0
-    assert main(common + ["--par", "alpha=1.0", "--out", str(tmp_path / "a1")]) == 0
+    assert main(common + ["--par", "alpha=0.0", "--out", str(tmp_path / "a1")]) == 0
     kept = {name: next(r["mean_kept"] for r in json.loads((tmp_path / name / "results.json").read_text())
                        if r["method"] == "par") for name in ("a0", "a1")}
-    assert kept["a1"] < kept["a0"], kept
+    assert kept["a1"] > kept["a0"], kept
     capsys.readouterr()
     assert main(common + ["--backend", "onnxruntime", "--out", str(tmp_path / "b")]) == 2
     assert "reduces in PyTorch only so far" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx as onnx_lib
 import pytest
 import torch
 from PIL import Image
@@ -55,6 +56,23 @@ def test_llava_1_5_7b_geometry_exports_builds_verifies_and_runs(tmp_path, capsys
                                      budget=64)
     kept = batch.reduction.keep_index[0, :64].tolist()
     assert "kept 64/576 tokens" in printed and f"first kept indices {kept[:12]}" in printed
+
+    # fp16 at this size: routing near-ties move a few merged rows, which the verify rule allows;
+    # slot-wise indices with every row within 5% failed this build
+    assert main(["build", str(onnx), "--fp16", "--backend", "onnxruntime", "--out", str(tmp_path / "art16")]) == 0
+    assert "verify (fp16): PASSED" in capsys.readouterr().out
+    # a planted real error fails it: the tower's pre-LayerNorm epsilon 1.0 instead of 1e-5
+    planted = tmp_path / "planted"
+    shutil.copytree(onnx, planted)
+    graph = onnx_lib.load(str(onnx / "vision_par.onnx"), load_external_data=False)
+    norm = next(n for n in graph.graph.node if n.op_type == "LayerNormalization" and "pre_layrnorm" in n.name)
+    next(a for a in norm.attribute if a.name == "epsilon").f = 1.0
+    onnx_lib.save(graph, str(planted / "vision_par.onnx"))  # the weights stay in the copied .onnx.data
+    shutil.rmtree(tmp_path / "art16")
+    assert main(["build", str(planted), "--fp16", "--backend", "onnxruntime", "--out", str(tmp_path / "bad")]) == 1
+    assert "verify (fp16): FAILED" in capsys.readouterr().out
+    assert main(["run", str(tmp_path / "bad"), "--image", str(image), "--prompt", prompt]) == 2
+    assert "--allow-unverified" in capsys.readouterr().err
 
 
 def test_llava_next_7b_geometry_layout_and_reduction():

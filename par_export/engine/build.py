@@ -52,6 +52,7 @@ class BuildOptions:
     clip: str | None = None  # CLIP folder for space=clip when exporting from a model folder
     atol: float | None = None  # verification bounds (default: the precision's)
     rtol: float | None = None
+    par: tuple[str, ...] = ()  # PARConfig overrides (NAME=VALUE) when exporting from a model folder
 
 
 # Lowest compute capability with hardware support for each reduced precision.
@@ -100,7 +101,11 @@ def export_source(source: str | Path, workdir: Path, options: BuildOptions, prog
     """The folder holding ``vision_par.onnx``: ``source`` itself, the folder of a given
     ``.onnx``, or a fresh export of a model folder / ``tiny``."""
     path = Path(source)
-    if path.is_dir() and (path / "vision_par.onnx").is_file():
+    exported = path.is_dir() and (path / "vision_par.onnx").is_file()
+    if (exported or path.suffix == ".onnx") and options.par:
+        raise BuildError(f"--par: {path} was exported already, with the options its metadata records; pass "
+                         "--par to `par-export export`, or build with --model")
+    if exported:
         return path
     if path.suffix == ".onnx":
         if not path.is_file():
@@ -109,11 +114,13 @@ def export_source(source: str | Path, workdir: Path, options: BuildOptions, prog
             raise BuildError(f"{path}: expected an export's vision_par.onnx (with query_encoder.onnx beside it)")
         return path.parent
     from par_export.export import export_model
+    from par_export.reduce import PARConfig
 
     out = workdir / "onnx"
     # The export's default K: the profile's opt budget, else 64 (16 for the 64-token tiny model).
     budget = options.budget[1] if options.budget else (16 if str(source) == "tiny" else 64)
-    export_model(source, out, budget=budget, plugin=options.plugin, clip_path=options.clip, progress=progress)
+    export_model(source, out, budget=budget, plugin=options.plugin, clip_path=options.clip,
+                 config=PARConfig().with_overrides(list(options.par)), progress=progress)
     return out
 
 

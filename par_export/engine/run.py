@@ -42,12 +42,39 @@ class QueryInputs:
         return out["query_embeds"].astype(np.float32), query
 
 
-def query_inputs(folder: Path, manifest: dict) -> QueryInputs | None:
-    """The artifact's :class:`QueryInputs`, or ``None`` when it has no query encoder."""
+QUERY_OPTIONS = ("rewrite", "template")
+"""The PAR options applied outside an artifact's graphs (to the prompt, before the query encoder);
+every other option is traced into ``vision_par.onnx`` at export."""
+
+
+def query_settings(settings: dict, par: list[str] | tuple = ()) -> dict:
+    """``metadata["query"]`` with ``--par NAME=VALUE`` overrides of :data:`QUERY_OPTIONS` applied;
+    an override of an option the graph fixed at export is refused (one line naming it)."""
+    from par_export.reduce import PARConfig
+
+    if not par:
+        return settings
+    PARConfig().with_overrides(par)  # unknown names and bad values: PARConfig's own message
+    baked = sorted({item.split("=", 1)[0].strip() for item in par} - set(QUERY_OPTIONS))
+    if baked:
+        raise ValueError(f"--par {', '.join(baked)}: fixed in this artifact's graph when it was exported (see its "
+                         f"manifest's metadata.config); export or build again with --par, or change only "
+                         f"{' / '.join(QUERY_OPTIONS)} here")
+    config = PARConfig(rewrite=settings["rewrite"], template=settings["template"]).with_overrides(par)
+    return {**settings, "rewrite": config.rewrite, "template": config.template}
+
+
+def query_inputs(folder: Path, manifest: dict, par: list[str] | tuple = ()) -> QueryInputs | None:
+    """The artifact's :class:`QueryInputs` (``par``: :func:`query_settings` overrides), or ``None``
+    when it has no query encoder."""
     settings = manifest["metadata"].get("query")
     if "query_encoder" not in manifest["graphs"] or not settings:
+        if par:
+            query_settings({"rewrite": "none", "template": "{rest}"}, par)  # still refuse graph options
+            raise ValueError("--par: this artifact has no query encoder (a prompt-agnostic method); "
+                             "it takes no PAR option")
         return None
-    return QueryInputs(folder, settings, manifest["metadata"]["query_dim"])
+    return QueryInputs(folder, query_settings(settings, par), manifest["metadata"]["query_dim"])
 
 
 def budget_feed(meta: dict, budget: int | str | None) -> np.ndarray | None:
@@ -73,9 +100,10 @@ def budget_feed(meta: dict, budget: int | str | None) -> np.ndarray | None:
 
 
 def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | None = None,
-              heatmap: str | Path | None = None, allow_unverified: bool = False) -> dict:
+              heatmap: str | Path | None = None, allow_unverified: bool = False, par: list[str] | tuple = ()) -> dict:
     """Reduced embeddings for one image: K, the kept indices, timings; optional PNG heatmap.
-    An artifact whose verification did not pass is refused unless ``allow_unverified``."""
+    An artifact whose verification did not pass is refused unless ``allow_unverified``;
+    ``par``: ``--par`` overrides of the prompt rewrite (:func:`query_settings`)."""
     from par_export.plots import save_kept_overlay
 
     from par_export.models.families import export_config
@@ -90,7 +118,7 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
     image_feed, layout = cfg.image_feed(meta, inputs.image_features([open_image(image)]))
     timings = {}
     query, rewritten = np.zeros((1, meta["query_dim"]), np.float32), ""
-    encoder = query_inputs(folder, manifest)
+    encoder = query_inputs(folder, manifest, par)
     if encoder is not None:
         with runners["query_encoder"] as runner:
             query, rewritten = encoder.embed(prompt, runner)

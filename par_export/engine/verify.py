@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from par_export.backends.onnxruntime import OnnxRuntimeRunner
 from par_export.backends.torch import TorchRunner, feed_metadata
 from par_export.engine.load import artifact_runners
 from par_export.engine.manifest import inside
-from par_export.export.validate import TOLERANCES, compare_outputs, error_limit
+from par_export.export.modules import reference_scores
+from par_export.export.validate import TOLERANCES, case_verdict, compare_outputs, condensed, error_limit
 
 OUTPUTS = ["image_embeds", "num_kept", "keep_index"]
 
@@ -64,23 +66,29 @@ def verify(folder: str | Path, count: int = 3, allow_unverified: bool = True, at
     precision = manifest["precision"]
     cases = verification_feeds(metadata, count)
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp, quiet_polygraphy():
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        stack.enter_context(quiet_polygraphy())
         source = inside(Path(folder), manifest["graphs"]["vision_par"]["source"])  # sealed with the artifact
         references = [OnnxRuntimeRunner(source, name="onnx-fp32")]
         module, reason = torch_reference(metadata, Path(tmp))
         if module is not None:
-            references.append(TorchRunner(module, OUTPUTS, feed_metadata(cases[0][1]), name="torch"))
+            outputs = stack.enter_context(reference_scores(module, OUTPUTS))
+            references.append(TorchRunner(module, outputs, feed_metadata(cases[0][1]), name="torch"))
         else:
             rows.append({"reference": "torch", "skipped": reason})
         # Polygraphy runs every runner on the same feeds (cast to each one's input dtypes)
         results = Comparator.run([runners["vision_par"], *references], data_loader=[feed for _, feed in cases])
-        scale = max(float(np.abs(it["image_embeds"]).max()) for _, its in list(results.items())[1:] for it in its)
+        iterations = [its for _, its in results.items()]
+        if module is not None:  # the fp32 graph's kept sets are judged against torch's scores too
+            for source_it, torch_it in zip(iterations[1], iterations[2]):
+                source_it["scores"] = torch_it["scores"]
+        scale = max(float(np.abs(it["image_embeds"]).max()) for its in iterations[1:] for it in its)
         limit = error_limit(precision, scale)
         if atol is not None or rtol is not None:
             limit = (atol or 0.0) + (rtol or 0.0) * scale
         labels = {id(it): (name, case) for name, its in list(results.items())[1:]
                   for (case, _), it in zip(cases, its)}
-        compare = KeptTokensCompare(limit, TOLERANCES[precision]["index_agreement"], labels, rows)
+        compare = KeptTokensCompare(limit, TOLERANCES[precision], labels, rows)
         accuracy = Comparator.compare_accuracy(results, compare_func=compare,
                                                comparisons=[(0, i) for i in range(1, len(results))])
     order = {name: i for i, name in enumerate(["onnx-fp32", "torch"])}
@@ -89,21 +97,23 @@ def verify(folder: str | Path, count: int = 3, allow_unverified: bool = True, at
 
 
 class KeptTokensCompare:
-    """Polygraphy compare function (artifact iteration, reference iteration) -> ``{output: passed}``:
-    ``image_embeds`` within ``limit`` (max abs error), ``keep_index`` agreeing on at least
-    ``agreement`` of the kept slots, ``num_kept`` equal. Each comparison's figures are appended to
-    ``rows`` as ``{reference, case, max_abs_error, ...}``, labelled by ``labels`` (``{id(reference
-    iteration result): (reference name, case name)}``)."""
+    """Polygraphy compare function (artifact iteration, reference iteration) -> ``{output: passed}``,
+    by :func:`par_export.export.validate.case_verdict` (``limit``: max-abs bound on the shared kept
+    tokens' embeddings; ``bounds``: the precision's :data:`TOLERANCES` entry, whose ``tie`` tells
+    near-ties from errors where the reference iteration carries ``scores``). Each comparison's
+    figures are appended to ``rows`` as ``{reference, case, max_abs_error, ...}``, labelled by
+    ``labels`` (``{id(reference iteration result): (reference name, case name)}``)."""
 
-    def __init__(self, limit: float, agreement: float, labels: dict[int, tuple[str, str]], rows: list[dict]):
-        self.limit, self.agreement, self.labels, self.rows = limit, agreement, labels, rows
+    def __init__(self, limit: float, bounds: dict, labels: dict[int, tuple[str, str]], rows: list[dict]):
+        self.limit, self.bounds, self.labels, self.rows = limit, bounds, labels, rows
 
     def __call__(self, artifact_result, reference_result) -> dict[str, bool]:
         reference, case = self.labels[id(reference_result)]
-        figures = compare_outputs(dict(reference_result), dict(artifact_result))
-        self.rows.append({"reference": reference, "case": case, **figures})
-        return {"image_embeds": figures["max_abs_error"] <= self.limit,
-                "keep_index": figures["index_agreement"] >= self.agreement, "num_kept": figures["num_kept_equal"]}
+        figures = compare_outputs(dict(reference_result), dict(artifact_result), self.bounds["tie"])
+        verdict = case_verdict(figures, self.limit, self.bounds)
+        self.rows.append({"reference": reference, "case": case, **condensed(figures, self.limit, self.bounds),
+                          "passed": all(verdict.values())})
+        return verdict
 
 
 def verification_record(rows: list[dict], passed: bool, precision: str) -> dict:
@@ -128,13 +138,23 @@ def record_verification(folder: str | Path, record: dict) -> None:
 
 
 def format_rows(rows: list[dict]) -> str:
+    """The verification table: errors over the kept tokens both sides share (rows off the bound,
+    mean and min cosine), kept-set agreement with and without near-ties, and each case's verdict."""
     width = max([9] + [len(r.get("case", "")) for r in rows])
-    lines = [f"{'reference':<10} {'case':<{width}} {'max abs err':>11} {'mean abs err':>12} {'|ref| max':>9} "
-             f"{'kept idx agree':>14} {'K equal':>7}"]
+    lines = [f"{'reference':<10} {'case':<{width}} {'max abs err':>11} {'|ref| max':>9} {'rows off':>8} "
+             f"{'mean cos':>8} {'min cos':>7} {'kept agree':>10} {'ties':>4} {'w/o ties':>8} {'K equal':>7} "
+             f"{'verdict':>7}"]
     for r in rows:
         if "skipped" in r:
             lines.append(f"{r['reference']:<10} skipped: {r['skipped']}")
             continue
-        lines.append(f"{r['reference']:<10} {r['case']:<{width}} {r['max_abs_error']:>11.2e} {r['mean_abs_error']:>12.2e} "
-                     f"{r['reference_max_abs']:>9.2e} {r['index_agreement']:>14.2%} {str(r['num_kept_equal']):>7}")
+        ties = "?" if r["tied_tokens"] is None else str(r["tied_tokens"])
+        lines.append(f"{r['reference']:<10} {r['case']:<{width}} {r['shared_max_abs_error']:>11.2e} "
+                     f"{r['reference_max_abs']:>9.2e} {r['off_rows']:>3}/{r['shared_tokens']:<4} "
+                     f"{r['mean_cosine']:>8.5f} {r['min_cosine']:>7.4f} {r['index_agreement']:>10.2%} {ties:>4} "
+                     f"{r['real_index_agreement']:>8.2%} {str(r['num_kept_equal']):>7} "
+                     f"{'ok' if r['passed'] else 'FAILED':>7}")
+    lines.append("over the kept tokens both sides share: max abs err, rows off the precision's bound (error or "
+                 "cosine), cosines; ties: kept tokens whose reference scores are within the precision's tolerance "
+                 "of the kept/dropped boundary (? = no reference scores), w/o ties: agreement not counting them")
     return "\n".join(lines)

@@ -183,7 +183,7 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
             [Case(" + ".join(f"grid={h}x{w}" for h, w in call) + f" budget={budget}",
                   feed_for(call, query_on=i not in (1, 3))) for i, call in enumerate(calls)],
             list(OUTPUTS), layout=lambda out: padded_outputs(out["output"].astype(np.float32), out["num_kept"],
-                                                             out["keep_index"]))
+                                                             out["keep_index"]), precision="fp16")
         report = {**check_graph(visual_dir / "model.onnx"), **summarize(cases, "fp16", True), "cases": cases,
                   "metadata": metadata}
         if not report["passed"]:

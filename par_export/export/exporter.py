@@ -247,7 +247,7 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
         if len(budgets) < 2:  # a narrow graph: still a K below the width (merging) and the width itself
             budgets = sorted({max(1, common["width"] // 2), *budgets, common["width"]})
     cases = compare_with_torch(vision_module, final / spec.filename, cfg.vision_cases(common, query_dim, budgets),
-                               list(spec.outputs))
+                               list(spec.outputs), precision=precision)
     graphs["vision_par"] = {**check_graph(final / spec.filename), **summarize(cases, precision, True), "cases": cases}
     if query_module is not None:
         cases = compare_with_torch(query_module, final / cfg.query_encoder.filename, cfg.query_cases(reference),

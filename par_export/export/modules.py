@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -30,6 +32,7 @@ class VisionParGraph(nn.Module):
         self.projector = llava.projector
         self.reducer = llava.reducer
         self.budget = budget
+        self.return_scores = False  # reference only (reference_scores): never traced
 
     def forward(self, pixel_values: torch.Tensor, query_embeds: torch.Tensor, budget: torch.Tensor | None = None):
         tokens, attn = self.llava.vision_features(pixel_values)
@@ -43,7 +46,25 @@ class VisionParGraph(nn.Module):
         out = self.reducer(tokens, query_embeds.unsqueeze(1), attn, budget=k, prompt_mask=has_prompt,
                            token_mask=token_mask)
         embeds = self.projector(out.tokens) * out.valid.unsqueeze(-1).to(out.tokens.dtype)
+        if self.return_scores:
+            return embeds, out.num_kept, out.keep_index, out.scores
         return embeds, out.num_kept, out.keep_index
+
+
+@contextlib.contextmanager
+def reference_scores(module: nn.Module, output_names: list[str]):
+    """While open, a :class:`VisionParGraph` ``module`` also returns the reducer's ``scores [B, N]``
+    (what it ranked tokens by; ``-inf`` on padded tokens), for telling near-ties from errors when
+    it serves as the reference. Yields the output names to run it with (``output_names`` plus
+    ``"scores"``; unchanged for other modules)."""
+    if not isinstance(module, VisionParGraph):
+        yield output_names
+        return
+    module.return_scores = True
+    try:
+        yield [*output_names, "scores"]
+    finally:
+        module.return_scores = False
 
 
 class QueryGraph(nn.Module):

@@ -217,8 +217,8 @@ class LlavaNextVisionParGraph(VisionParGraph):
         tokens, attn = self.llava.crop_features(pixel_values)
         tokens = tokens.flatten(0, 1).index_select(0, content_index).unsqueeze(0)  # [1, N, Dv]
         attn = attn.flatten().index_select(0, content_index).unsqueeze(0)  # [1, N]
-        embeds, num_kept, keep_index = self.reduce_and_project(tokens, attn, query_embeds, budget)
-        return embeds, num_kept, keep_index, self.image_newline * 1.0
+        embeds, num_kept, keep_index, *scores = self.reduce_and_project(tokens, attn, query_embeds, budget)
+        return embeds, num_kept, keep_index, self.image_newline * 1.0, *scores  # scores: reference only
 
 
 @dataclass(frozen=True)

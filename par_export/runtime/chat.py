@@ -33,12 +33,13 @@ def _row(name: str, vision_ms: float, context: int, ttft: float, total: float, n
 @torch.no_grad()
 def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", budget=None,
          artifact: str | Path | None = None, compare_full: bool = False, max_new_tokens: int = 16,
-         llm: str = "transformers", allow_unverified: bool = False) -> dict:
+         llm: str = "transformers", allow_unverified: bool = False, par: list[str] | tuple = ()) -> dict:
     from par_export.engine.build import BuildOptions, build
     from par_export.export import export_model
     from par_export.export.exporter import resolve_model
     from par_export.models.families import family_for
     from par_export.processing import open_image
+    from par_export.reduce import PARConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         llava_dir, clip_dir = resolve_model(model_name, Path(tmp))
@@ -50,13 +51,14 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
         text = inputs.chat_prompt(prompt)
         if artifact is None:  # export + ONNX Runtime fp32 build for this method and budget
             export_model(llava_dir, Path(tmp) / "onnx", method=method, budget=budget or "auto", clip_path=clip_dir,
-                         progress=False)
+                         config=PARConfig().with_overrides(par), progress=False)
+            par = ()  # applied in the graph
             artifact = Path(tmp) / "art"
             build(Path(tmp) / "onnx", artifact, BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
         model = family.load_model(llava_dir)
         if not family.pipeline:  # one image per graph call (LLaVA-NeXT, Qwen2.5-VL)
             return _chat_per_image(family, model, inputs, artifact, image, picture, prompt, text, method, budget,
-                                   compare_full, max_new_tokens, allow_unverified)
+                                   compare_full, max_new_tokens, allow_unverified, par)
         tokenizer = inputs.tokenizer
         ort_llm = None
         if llm == "onnxruntime":
@@ -69,7 +71,7 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
 
             export_genai(model, tokenizer, Path(tmp) / "genai")
             ort_llm = GenaiLLM(Path(tmp) / "genai")
-        pipe = VisionLanguagePipeline(artifact, model, tokenizer, ort_llm, allow_unverified)
+        pipe = VisionLanguagePipeline(artifact, model, tokenizer, ort_llm, allow_unverified, par)
         pixels = pipe.inputs.pixel_values([picture])
         start = time.perf_counter()
         image_embeds, num_kept = pipe.reduce(pixels, [text], budget)  # "auto" only on an adaptive artifact
@@ -109,7 +111,8 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
 
 
 def _chat_per_image(family, model, inputs, artifact, image, picture, prompt: str, text: str, method: str, budget,
-                    compare_full: bool, max_new_tokens: int, allow_unverified: bool = False) -> dict:
+                    compare_full: bool, max_new_tokens: int, allow_unverified: bool = False,
+                    par: list[str] | tuple = ()) -> dict:
     """Families whose graph takes one image: reduce through the artifact (``run_image``), place the
     rows (and, for Qwen2.5-VL, their M-RoPE positions) with the family's adapter, answer with
     transformers; ``compare_full`` answers from the stock inputs too."""
@@ -117,7 +120,7 @@ def _chat_per_image(family, model, inputs, artifact, image, picture, prompt: str
     from par_export.reduce import PARConfig
 
     start = time.perf_counter()
-    result = run_image(artifact, image, prompt, budget, allow_unverified=allow_unverified)
+    result = run_image(artifact, image, prompt, budget, allow_unverified=allow_unverified, par=par)
     vision_ms = (time.perf_counter() - start) * 1e3
     encoded = inputs.encode([text], [picture])
     adapter = family.adapter(model, method, PARConfig(space="llm"), inputs.tokenizer)  # places rows only

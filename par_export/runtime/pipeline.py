@@ -37,7 +37,8 @@ class VisionLanguagePipeline:
             generate with instead of transformers.
     """
 
-    def __init__(self, artifact: str | Path, model, tokenizer, llm=None, allow_unverified: bool = False):
+    def __init__(self, artifact: str | Path, model, tokenizer, llm=None, allow_unverified: bool = False,
+                 par: list[str] | tuple = ()):
         from par_export.models.families import family_named
 
         self.folder = Path(artifact)
@@ -50,7 +51,7 @@ class VisionLanguagePipeline:
         for runner in self.runners.values():
             runner.activate()
         self.inputs = ModelInputs.from_folder(self.folder / PROCESSOR_DIR)  # the checkpoint's processor
-        self.query = query_inputs(self.folder, self.manifest)
+        self.query = query_inputs(self.folder, self.manifest, par)  # par: prompt-rewrite overrides
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.embed = model.get_input_embeddings()
