@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -251,12 +252,16 @@ def cmd_run(args) -> int:
     from par_export.engine.run import run_image
 
     heatmap = args.heatmap or "kept_tokens.png"  # never inside the sealed artifact
-    result = run_image(args.artifact, args.image, args.prompt, args.budget, heatmap, args.allow_unverified, args.par)
+    result = run_image(args.artifact, args.image, args.prompt, args.budget, heatmap, args.allow_unverified, args.par,
+                       args.repeat)
     print(f"query: {result['query']!r}")
     print(f"kept {result['num_kept']}/{result['tokens_per_image']} tokens "
           f"({result['backend']} {result['precision']}); first kept indices {result['keep_index'][:12]}")
     print(f"image_embeds [{result['num_kept']}, {result['image_embeds'].shape[-1]}], first values "
           f"{[round(float(v), 4) for v in result['image_embeds'][0, :6]]}")
+    rounds = f"median of {args.repeat} calls after a warm-up" if args.repeat else "one cold call"
+    print(f"timings ({result['backend']} {result['precision']}, {rounds}, {os.cpu_count()} CPU cores, load "
+          f"{os.getloadavg()[0]:.2f}):")
     for name, ms in result["timings_ms"].items():
         print(f"  {name}: {ms:.2f} ms")
     print(f"wrote {heatmap}" if result["heatmap"] else "no heatmap for this model family yet")
@@ -321,9 +326,16 @@ def cmd_chat(args) -> int:
     from par_export.runtime.chat import chat, format_chat
 
     result = chat(args.model, args.image, args.prompt, args.method, args.budget, args.artifact, args.compare_full,
-                  args.max_new_tokens, args.llm, args.allow_unverified, args.par)
+                  args.max_new_tokens, args.llm, args.allow_unverified, args.par, args.repeat)
+    if args.json:
+        import json
+        import platform
+
+        print(json.dumps({**result, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                          f"load {os.getloadavg()[0]:.2f}"}, indent=2))
+        return 0
     print(format_chat(result))
-    print("(times measured on this machine's CPU with ONNX Runtime and transformers; KV cache in fp32)")
+    print(f"(measured on this machine's CPU, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f})")
     return 0
 
 
@@ -523,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the artifact's)")
     add_device(p)
     p.add_argument("--heatmap", help="PNG path (default ./kept_tokens.png; never inside the sealed artifact)")
+    p.add_argument("--repeat", type=NON_NEGATIVE, default=3, help="timed calls of each graph after a warm-up "
+                   "(median and min shown; 0: one cold call; default 3)")
     add_par(p, PAR_QUERY)
     p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED)
     p.set_defaults(func=cmd_run)
@@ -559,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device(p)
     p.add_argument("--compare-full", action="store_true", help="also answer with the full visual context")
     p.add_argument("--max-new-tokens", type=POSITIVE, default=16, help="tokens to generate")
+    p.add_argument("--repeat", type=POSITIVE, default=3, help="timed rounds after one warm-up, interleaved across "
+                   "rows; the table shows the median (default 3)")
+    p.add_argument("--json", action="store_true", help="print the answers and timings as JSON instead of a table")
     p.add_argument("--llm", default="transformers", choices=["transformers", "onnxruntime-genai", "onnxruntime"],
                    help="generate with transformers, or with the LLM exported to ONNX (KV cache) and run by "
                    "onnxruntime-genai or by a greedy loop over ONNX Runtime")

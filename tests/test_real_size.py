@@ -44,7 +44,8 @@ def test_llava_1_5_7b_geometry_exports_builds_verifies_and_runs(tmp_path, capsys
     image = tmp_path / "wide.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8)).save(image)
     prompt = "what color is the circle ?"
-    assert main(["run", str(art), "--image", str(image), "--prompt", prompt, "--budget", "64"]) == 0
+    assert main(["run", str(art), "--image", str(image), "--prompt", prompt, "--budget", "64", "--heatmap",
+                 str(tmp_path / "kept.png")]) == 0
     printed = capsys.readouterr().out
     processor = LlavaProcessor.from_pretrained(llava, local_files_only=True)
     text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},

@@ -111,6 +111,33 @@ def test_chat_cli_prints_answer_and_side_by_side_timings(tmp_path, capsys, llm):
     reduced = next(line for line in out.splitlines() if line.startswith("reduced (par, K="))
     full = next(line for line in out.splitlines() if line.startswith("full "))
     assert int(reduced.split()[4]) < int(full.split()[2])  # fewer context tokens than full
+    assert f"LLM, both rows: {'transformers' if llm == 'transformers' else 'ONNX Runtime'}" in out
+
+
+def test_chat_json_times_both_rows_alike(tmp_path, capsys):
+    """--json --repeat: both rows on one LLM runtime, the requested rounds, decode rates from timed steps;
+    on an artifact whose graph can return every token, the full row's vision runs on the artifact too."""
+    import json
+
+    from PIL import Image
+
+    from par_export.cli import main
+
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(tmp_path / "img.png")
+    assert main(["build", "--model", "tiny", "--fp32", "--backend", "onnxruntime", "--out", str(tmp_path / "art")]) == 0
+    capsys.readouterr()
+    assert main(["chat", "--model", "tiny", "--artifact", str(tmp_path / "art"), "--image", str(tmp_path / "img.png"),
+                 "--prompt", "what color is it ?", "--budget", "8", "--compare-full", "--max-new-tokens", "5",
+                 "--repeat", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    reduced, full = result["rows"]
+    assert result["repeat"] == 2 and reduced["rounds"] == full["rounds"] == 2
+    assert reduced["context_tokens"] < full["context_tokens"] and reduced["context"] == "reduced (par, K=8)"
+    assert reduced["vision_backend"].startswith("onnxruntime fp32") and "K = N = 64" in full["vision_backend"]
+    for row in (reduced, full):
+        assert row["ttft_ms"] >= row["prefill_ms"] > 0 and row["ttft_ms_min"] <= row["ttft_ms"]
+        if row["new_tokens"] > 1:
+            assert row["decode_tok_s"] > 0
 
 
 def _embeds_as_runtime_sees_them(arrays: dict, meta: dict, embed) -> torch.Tensor:

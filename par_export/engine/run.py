@@ -99,11 +99,29 @@ def budget_feed(meta: dict, budget: int | str | None) -> np.ndarray | None:
     return np.array(int(budget), np.int64)
 
 
+def timed(call, runner, repeat: int) -> tuple:
+    """``call()``'s result and the runner's inference times (ms): one call (cold) when ``repeat`` is
+    0, else a warm-up and ``repeat`` timed calls."""
+    result = call()
+    times = [runner.last_inference_ms]
+    if repeat:
+        times = []
+        for _ in range(repeat):
+            result = call()
+            times.append(runner.last_inference_ms)
+    return result, times
+
+
 def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | None = None,
-              heatmap: str | Path | None = None, allow_unverified: bool = False, par: list[str] | tuple = ()) -> dict:
+              heatmap: str | Path | None = None, allow_unverified: bool = False, par: list[str] | tuple = (),
+              repeat: int = 0) -> dict:
     """Reduced embeddings for one image: K, the kept indices, timings; optional PNG heatmap.
     An artifact whose verification did not pass is refused unless ``allow_unverified``;
-    ``par``: ``--par`` overrides of the prompt rewrite (:func:`query_settings`)."""
+    ``par``: ``--par`` overrides of the prompt rewrite (:func:`query_settings`). ``repeat``: time
+    each graph over a warm-up and ``repeat`` calls (``timings_ms``: medians, ``*_min_ms``: minima)
+    instead of one cold call."""
+    import statistics
+
     from par_export.plots import save_kept_overlay
 
     from par_export.models.families import export_config
@@ -119,24 +137,29 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
     timings = {}
     query, rewritten = np.zeros((1, meta["query_dim"]), np.float32), ""
     encoder = query_inputs(folder, manifest, par)
+    samples = {}
     if encoder is not None:
         with runners["query_encoder"] as runner:
-            query, rewritten = encoder.embed(prompt, runner)
-            timings["query_encoder_ms"] = runner.last_inference_ms
+            (query, rewritten), samples["query_encoder"] = timed(lambda: encoder.embed(prompt, runner), runner, repeat)
     feed = {**image_feed, "query_embeds": query}
     k = budget_feed(meta, budget)
     if k is not None:
         feed["budget"] = k
     with runners["vision_par"] as runner:
-        out = runner.infer(cast_feed(feed, manifest["graphs"]["vision_par"]))
-        timings["vision_reduce_ms"] = runner.last_inference_ms
+        feed = cast_feed(feed, manifest["graphs"]["vision_par"])
+        out, samples["vision_reduce"] = timed(lambda: runner.infer(feed), runner, repeat)
+    for name, times in samples.items():
+        timings[f"{name}_ms"] = statistics.median(times)
+    if repeat:
+        timings.update({f"{name}_min_ms": min(times) for name, times in samples.items()})
     kept = int(out["num_kept"][0])
     n = cfg.num_tokens(meta, layout)
     # image_embeds: the rows the LLM receives (LLaVA-NeXT: with its newline rows)
     result = {"num_kept": kept, "tokens_per_image": n, "query": rewritten,
               "keep_index": out["keep_index"][0, :kept].tolist(), "image_embeds": cfg.rows(out, layout),
               "pixel_values": image_feed["pixel_values"],
-              "timings_ms": timings, "backend": manifest["backend"], "precision": manifest["precision"],
+              "timings_ms": timings, "repeat": repeat, "backend": manifest["backend"],
+              "precision": manifest["precision"],
               "heatmap": heatmap if heatmap is not None and cfg.heatmap else None}
     if result["heatmap"] is not None:  # the first crop (LLaVA-NeXT: the base image, whose tokens come first)
         side = int(round(meta["tokens_per_image"] ** 0.5))

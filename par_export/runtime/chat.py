@@ -1,39 +1,96 @@
 """``par-export chat``: one image and prompt, answered with the reduced context (and the full
-one with ``--compare-full``), with a timing table."""
+one with ``--compare-full``), with a timing table measured like for like.
+
+Both rows go through the same LLM runtime (``--llm``), are warmed up once and then timed
+``repeat`` times, interleaved (reduced, full, reduced, full, ...), so that load on the machine
+hits both alike; the table shows the median (and the minimum). Time to first token is the
+vision call plus the LLM's prefill; the decode rate comes from the time each generated token
+arrived (a streamer in transformers, the loop itself in ONNX Runtime / onnxruntime-genai),
+not from subtracting two runs.
+"""
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from par_export.memory import kv_cache_bytes
 from par_export.runtime.pipeline import VisionLanguagePipeline
 
 
-def _timed_generate(model, max_new_tokens: int, **inputs) -> tuple[torch.Tensor, float, float]:
-    """Output ids, time to first token (ms, a 1-token generate) and total time (ms), after a warm-up."""
-    model.generate(**inputs, max_new_tokens=1, do_sample=False)
-    start = time.perf_counter()
-    model.generate(**inputs, max_new_tokens=1, do_sample=False)
-    ttft = (time.perf_counter() - start) * 1e3
-    start = time.perf_counter()
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return out, ttft, (time.perf_counter() - start) * 1e3
+class StepTimes:
+    """A transformers streamer that records ``time.perf_counter()`` as each new token arrives
+    (``generate`` first hands it the prompt, which is skipped)."""
+
+    def __init__(self, times: list):
+        self.times, self._prompt = times, True
+
+    def put(self, value) -> None:
+        if self._prompt:
+            self._prompt = False
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
 
 
-def _row(name: str, vision_ms: float, context: int, ttft: float, total: float, new: int, config) -> dict:
-    decode = (new - 1) / ((total - ttft) / 1e3) if new > 1 and total > ttft else float("nan")
-    return {"context": name, "vision_ms": vision_ms, "context_tokens": context, "ttft_ms": ttft,
-            "decode_tok_s": decode, "kv_cache_mib": kv_cache_bytes(config, context + new, "fp32") / 2**20}
+def transformers_generate(model, max_new_tokens: int, **inputs):
+    """A ``generate(step_times)`` for :func:`measure`: greedy ``model.generate`` on ``inputs``."""
+    def generate(step_times: list):
+        return model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                              streamer=StepTimes(step_times))
+    return generate
+
+
+def measure(contexts: dict, repeat: int) -> dict[str, dict]:
+    """Time each context's ``(vision, generate)`` pair: one warm-up round, then ``repeat`` rounds
+    interleaved across contexts. ``vision()`` returns what ``generate`` needs; ``generate(inputs,
+    step_times)`` returns the new token ids ``[1, new]`` and appends one timestamp per token.
+
+    Returns per context the ids of the last round and ``{vision_ms, prefill_ms, ttft_ms,
+    decode_tok_s}``, each a list over the timed rounds (decode: nan with fewer than 2 tokens).
+    """
+    samples = {name: {"vision_ms": [], "prefill_ms": [], "ttft_ms": [], "decode_tok_s": []} for name in contexts}
+    ids = {}
+    for round_ in range(repeat + 1):
+        for name, (vision, generate) in contexts.items():
+            start = time.perf_counter()
+            inputs = vision()
+            vision_ms = (time.perf_counter() - start) * 1e3
+            steps: list[float] = []
+            start = time.perf_counter()
+            ids[name] = generate(inputs, steps)
+            if round_ == 0:
+                continue  # warm-up
+            prefill = (steps[0] - start) * 1e3 if steps else float("nan")
+            decode = (len(steps) - 1) / (steps[-1] - steps[0]) if len(steps) > 1 else float("nan")
+            for key, value in zip(samples[name], (vision_ms, prefill, vision_ms + prefill, decode)):
+                samples[name][key].append(value)
+    return {name: {"ids": ids[name], **samples[name]} for name in contexts}
+
+
+def summary_row(name: str, tokens: int, new: int, timings: dict, config, vision_backend: str) -> dict:
+    """One table row: median and min of each timing, context length, KV-cache size (fp32)."""
+    row = {"context": name, "context_tokens": tokens, "new_tokens": new, "vision_backend": vision_backend,
+           "kv_cache_mib": kv_cache_bytes(config, tokens + new, "fp32") / 2**20, "rounds": len(timings["ttft_ms"])}
+    for key in ("vision_ms", "prefill_ms", "ttft_ms", "decode_tok_s"):
+        values = [v for v in timings[key] if v == v]  # without nan
+        row[key] = statistics.median(values) if values else float("nan")
+        row[key + "_min"] = min(values) if values else float("nan")
+    return row
 
 
 @torch.no_grad()
 def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", budget=None,
          artifact: str | Path | None = None, compare_full: bool = False, max_new_tokens: int = 16,
-         llm: str = "transformers", allow_unverified: bool = False, par: list[str] | tuple = ()) -> dict:
+         llm: str = "transformers", allow_unverified: bool = False, par: list[str] | tuple = (),
+         repeat: int = 3) -> dict:
     from par_export.engine.build import BuildOptions, build
     from par_export.export import export_model
     from par_export.export.exporter import resolve_model
@@ -58,7 +115,7 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
         model = family.load_model(llava_dir)
         if not family.pipeline:  # one image per graph call (LLaVA-NeXT, Qwen2.5-VL)
             return _chat_per_image(family, model, inputs, artifact, image, picture, prompt, text, method, budget,
-                                   compare_full, max_new_tokens, allow_unverified, par)
+                                   compare_full, max_new_tokens, allow_unverified, par, repeat)
         tokenizer = inputs.tokenizer
         ort_llm = None
         if llm == "onnxruntime":
@@ -71,88 +128,130 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
 
             export_genai(model, tokenizer, Path(tmp) / "genai")
             ort_llm = GenaiLLM(Path(tmp) / "genai")
-        pipe = VisionLanguagePipeline(artifact, model, tokenizer, ort_llm, allow_unverified, par)
-        pixels = pipe.inputs.pixel_values([picture])
-        start = time.perf_counter()
-        image_embeds, num_kept = pipe.reduce(pixels, [text], budget)  # "auto" only on an adaptive artifact
-        vision_ms = (time.perf_counter() - start) * 1e3
-        embeds, mask = pipe.splice([text], image_embeds, num_kept)
-        pad = tokenizer.pad_token_id
-        if ort_llm is not None:
-            def run(new: int):
-                return pipe.onnx_generate([text], image_embeds, num_kept, embeds, mask, new)
+        with VisionLanguagePipeline(artifact, model, tokenizer, ort_llm, allow_unverified, par) as pipe:
+            return _chat_pipeline(pipe, model, text, picture, method, budget, compare_full, max_new_tokens, llm,
+                                  repeat)
 
-            run(1)  # warm-up
-            start = time.perf_counter()
-            run(1)
-            ttft = (time.perf_counter() - start) * 1e3
-            start = time.perf_counter()
-            out = torch.from_numpy(run(max_new_tokens))
-            total = (time.perf_counter() - start) * 1e3
-        else:
-            out, ttft, total = _timed_generate(model, max_new_tokens, inputs_embeds=embeds, attention_mask=mask,
-                                               pad_token_id=pad)
-        answer = tokenizer.decode(out[0], skip_special_tokens=True)
-        rows = [_row(f"reduced ({method}, K={int(num_kept[0])})", vision_ms, int(mask.sum()), ttft, total,
-                     out.shape[1], model.config.text_config)]
-        full_answer = None
-        if compare_full:
-            full_inputs = inputs.encode([text], [picture])  # stock transformers inputs, image tokens expanded
-            ids, pixel_values = full_inputs["input_ids"], full_inputs["pixel_values"]
-            start = time.perf_counter()
-            model.model.get_image_features(pixel_values=pixel_values)
-            full_vision = (time.perf_counter() - start) * 1e3
-            full, ttft, total = _timed_generate(model, max_new_tokens, input_ids=ids, pixel_values=pixel_values,
-                                                pad_token_id=pad)
-            full_answer = tokenizer.decode(full[0, ids.shape[1]:], skip_special_tokens=True)
-            rows.append(_row("full", full_vision, ids.shape[1], ttft, total, full.shape[1] - ids.shape[1],
-                             model.config.text_config))
-    return {"answer": answer, "full_answer": full_answer, "rows": rows}
+
+def _chat_pipeline(pipe: VisionLanguagePipeline, model, text: str, picture, method: str, budget,
+                   compare_full: bool, max_new_tokens: int, llm: str, repeat: int) -> dict:
+    """LLaVA-1.5: the artifact reduces, the pipeline splices the rows, ``llm`` answers; with
+    ``compare_full`` the full context goes through the same splice and the same LLM runtime."""
+    meta, manifest = pipe.manifest["metadata"], pipe.manifest
+    pixels = pipe.inputs.pixel_values([picture])
+    backend = f"{manifest['backend']} {manifest['precision']} (artifact)"
+
+    def answer(image_embeds: np.ndarray, num_kept: np.ndarray):
+        def generate(spliced, steps):
+            embeds, mask = spliced
+            if pipe.llm is not None:
+                return torch.from_numpy(pipe.onnx_generate([text], image_embeds, num_kept, embeds, mask,
+                                                           max_new_tokens, step_times=steps))
+            return transformers_generate(model, max_new_tokens, inputs_embeds=embeds, attention_mask=mask,
+                                         pad_token_id=pipe.tokenizer.pad_token_id)(steps)
+        return generate
+
+    reduced_out = pipe.reduce(pixels, [text], budget)  # "auto" only on an adaptive artifact
+    contexts = {"reduced": (lambda: pipe.splice([text], *pipe.reduce(pixels, [text], budget)), answer(*reduced_out))}
+    n = int(meta["tokens_per_image"])
+    full_backend = None
+    if compare_full:
+        if meta["budget_input"] and meta["width"] >= n:  # the same graph keeps every token: same backend
+            def full_vision():
+                return pipe.reduce(pixels, [text], n)
+            full_backend = backend + f", K = N = {n}"
+        else:  # the graph cannot return all N rows: the stock tower + projector
+            def full_vision():
+                features = model.model.get_image_features(pixel_values=torch.from_numpy(pixels))
+                features = getattr(features, "pooler_output", features)  # transformers 5: an output object
+                rows = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
+                return rows.reshape(1, n, -1).float().numpy(), np.array([n])
+            why = "its K is adaptive" if not meta["budget_input"] else f"its width is {meta['width']}"
+            full_backend = (f"PyTorch (the artifact's graph cannot return all {n} rows: {why}; an artifact "
+                            f"exported with --budget K --k-max {n} times both rows on one backend)")
+        full_out = full_vision()
+        contexts["full"] = (lambda: pipe.splice([text], *full_vision()), answer(*full_out))
+    timings = measure(contexts, repeat)
+    config = model.config.text_config
+    rows, answers = [], {}
+    for name, outputs in (("reduced", reduced_out), ("full", full_out if compare_full else None)):
+        if outputs is None:
+            continue
+        new = timings[name]["ids"]  # given inputs_embeds only, generate() returns just the new tokens
+        answers[name] = pipe.tokenizer.decode(new[0], skip_special_tokens=True)
+        k = int(outputs[1][0])
+        label = f"reduced ({method}, K={k})" if name == "reduced" else "full"
+        tokens = int(pipe.splice([text], *outputs)[1].sum())
+        rows.append(summary_row(label, tokens, int(new.shape[1]), timings[name], config,
+                                backend if name == "reduced" else full_backend))
+    runtime = {"transformers": "transformers (PyTorch)", "onnxruntime": "ONNX Runtime (greedy loop over the "
+               "exported LLM)", "onnxruntime-genai": "onnxruntime-genai"}[llm]
+    return {"answer": answers["reduced"], "full_answer": answers.get("full"), "rows": rows, "llm": runtime,
+            "repeat": repeat}
 
 
 def _chat_per_image(family, model, inputs, artifact, image, picture, prompt: str, text: str, method: str, budget,
                     compare_full: bool, max_new_tokens: int, allow_unverified: bool = False,
-                    par: list[str] | tuple = ()) -> dict:
+                    par: list[str] | tuple = (), repeat: int = 3) -> dict:
     """Families whose graph takes one image: reduce through the artifact (``run_image``), place the
     rows (and, for Qwen2.5-VL, their M-RoPE positions) with the family's adapter, answer with
-    transformers; ``compare_full`` answers from the stock inputs too."""
+    transformers; ``compare_full`` answers from the stock inputs too (its vision runs in PyTorch
+    inside the prefill: these graphs return at most their width of rows)."""
     from par_export.engine.run import run_image
     from par_export.reduce import PARConfig
 
-    start = time.perf_counter()
-    result = run_image(artifact, image, prompt, budget, allow_unverified=allow_unverified, par=par)
-    vision_ms = (time.perf_counter() - start) * 1e3
     encoded = inputs.encode([text], [picture])
     adapter = family.adapter(model, method, PARConfig(space="llm"), inputs.tokenizer)  # places rows only
-    rows = [torch.from_numpy(result["image_embeds"].astype("float32")).to(model.dtype)]
-    reduced = adapter.inputs_from_rows(encoded["input_ids"], encoded["attention_mask"],
-                                       encoded.get("image_grid_thw", encoded.get("image_sizes")), rows,
-                                       [torch.tensor(result["keep_index"])])
     pad = inputs.tokenizer.pad_token_id
-    out, ttft, total = _timed_generate(model, max_new_tokens, **reduced, pad_token_id=pad)
+    first = run_image(artifact, image, prompt, budget, allow_unverified=allow_unverified, par=par)
+
+    def reduced_vision():
+        result = run_image(artifact, image, prompt, budget, allow_unverified=allow_unverified, par=par)
+        rows = [torch.from_numpy(result["image_embeds"].astype("float32")).to(model.dtype)]
+        return adapter.inputs_from_rows(encoded["input_ids"], encoded["attention_mask"],
+                                        encoded.get("image_grid_thw", encoded.get("image_sizes")), rows,
+                                        [torch.tensor(result["keep_index"])])
+
+    def generate(reduced, steps):
+        return transformers_generate(model, max_new_tokens, **reduced, pad_token_id=pad)(steps)
+
+    contexts = {"reduced": (reduced_vision, generate)}
+    if compare_full:  # the stock path: generate() runs the tower inside its prefill
+        contexts["full"] = (lambda: encoded, generate)
+    timings = measure(contexts, repeat)
+    reduced = reduced_vision()
+    config = model.config.text_config
+    ids = timings["reduced"]["ids"]
     length = reduced["input_ids"].shape[1]
-    answer = inputs.tokenizer.decode(out[0, length:], skip_special_tokens=True)
-    rows_table = [_row(f"reduced ({method}, K={result['num_kept']})", vision_ms, int(reduced["attention_mask"].sum()),
-                       ttft, total, out.shape[1] - length, model.config.text_config)]
+    manifest_backend = f"{first['backend']} {first['precision']} (artifact)"
+    rows = [summary_row(f"reduced ({method}, K={first['num_kept']})", int(reduced["attention_mask"].sum()),
+                        ids.shape[1] - length, timings["reduced"], config, manifest_backend)]
+    answer = inputs.tokenizer.decode(ids[0, length:], skip_special_tokens=True)
     full_answer = None
     if compare_full:
-        start = time.perf_counter()
-        model.model.get_image_features(**{k: v for k, v in encoded.items()
-                                          if k in ("pixel_values", "image_sizes", "image_grid_thw")})
-        full_vision = (time.perf_counter() - start) * 1e3
-        full, ttft, total = _timed_generate(model, max_new_tokens, **encoded, pad_token_id=pad)
-        full_answer = inputs.tokenizer.decode(full[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-        rows_table.append(_row("full", full_vision, encoded["input_ids"].shape[1], ttft, total,
-                               full.shape[1] - encoded["input_ids"].shape[1], model.config.text_config))
-    return {"answer": answer, "full_answer": full_answer, "rows": rows_table}
+        full, length = timings["full"]["ids"], encoded["input_ids"].shape[1]
+        full_answer = inputs.tokenizer.decode(full[0, length:], skip_special_tokens=True)
+        rows.append(summary_row("full", length, full.shape[1] - length, timings["full"], config,
+                                "PyTorch, inside the prefill (stock generate() runs the tower itself)"))
+    return {"answer": answer, "full_answer": full_answer, "rows": rows, "llm": "transformers (PyTorch)",
+            "repeat": repeat}
 
 
 def format_chat(result: dict) -> str:
+    """The answers, the timing table (median over the rounds, min in brackets) and a footnote
+    naming what ran each row."""
     lines = [f"answer: {result['answer']!r}"]
     if result["full_answer"] is not None:
         lines.append(f"full-context answer: {result['full_answer']!r}")
-    lines.append(f"{'context':<26} {'vision ms':>9} {'tokens':>6} {'TTFT ms':>8} {'decode tok/s':>12} {'KV MiB':>7}")
+    lines.append(f"{'context':<26} {'vision ms':>9} {'tokens':>6} {'prefill ms':>10} {'TTFT ms':>8} "
+                 f"{'(min)':>8} {'decode tok/s':>12} {'KV MiB':>7}")
     for r in result["rows"]:
-        lines.append(f"{r['context']:<26} {r['vision_ms']:>9.1f} {r['context_tokens']:>6} {r['ttft_ms']:>8.1f} "
-                     f"{r['decode_tok_s']:>12.1f} {r['kv_cache_mib']:>7.2f}")
+        lines.append(f"{r['context']:<26} {r['vision_ms']:>9.1f} {r['context_tokens']:>6} {r['prefill_ms']:>10.1f} "
+                     f"{r['ttft_ms']:>8.1f} {r['ttft_ms_min']:>8.1f} {r['decode_tok_s']:>12.1f} "
+                     f"{r['kv_cache_mib']:>7.2f}")
+    lines.append(f"median of {result['repeat']} interleaved rounds after a warm-up; TTFT = vision + prefill (first "
+                 f"token); decode from the arrival time of each generated token; KV cache in fp32")
+    lines.append(f"LLM, both rows: {result['llm']}")
+    for r in result["rows"]:
+        lines.append(f"vision, {r['context'].split(' (')[0]}: {r['vision_backend']}")
     return "\n".join(lines)

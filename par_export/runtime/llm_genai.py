@@ -20,6 +20,7 @@ loop of generators.
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -135,8 +136,9 @@ class GenaiLLM:
         self.eos_token_id, self.context = config["eos_token_id"], config["context_length"]
 
     def generate(self, prompt_ids: list[list[int]], rows: list[np.ndarray], max_new_tokens: int,
-                 min_new_tokens: int = 0) -> np.ndarray:
-        """``[B, new]`` token ids (rows that stopped early padded with EOS); ``rows[b]`` is ``[K_b, D]``."""
+                 min_new_tokens: int = 0, step_times: list | None = None) -> np.ndarray:
+        """``[B, new]`` token ids (rows that stopped early padded with EOS); ``rows[b]`` is ``[K_b, D]``.
+        ``step_times``: gets the ``time.perf_counter()`` at which each new token was chosen."""
         og, outputs = self.og, []
         for ids, image_rows in zip(prompt_ids, rows):
             params = og.GeneratorParams(self.model)
@@ -152,6 +154,8 @@ class GenaiLLM:
             generator.set_inputs(inputs)
             while not generator.is_done():
                 generator.generate_next_token()
+                if step_times is not None:
+                    step_times.append(time.perf_counter())
             outputs.append(list(generator.get_sequence(0))[len(ids):])
         width = max(map(len, outputs))
         return np.array([row + [self.eos_token_id] * (width - len(row)) for row in outputs], np.int64)

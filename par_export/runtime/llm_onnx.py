@@ -12,6 +12,8 @@ position: onnxruntime-genai preallocates them so), ``present.{l}.key/value [B, k
 
 from __future__ import annotations
 
+import time
+
 import warnings
 from pathlib import Path
 
@@ -92,8 +94,9 @@ class OnnxRuntimeLLM:
         self.eos_token_id = eos_token_id
 
     def generate(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int,
-                 min_new_tokens: int = 0) -> np.ndarray:
-        """``[B, new]`` token ids; rows that reached EOS are padded with it."""
+                 min_new_tokens: int = 0, step_times: list | None = None) -> np.ndarray:
+        """``[B, new]`` token ids; rows that reached EOS are padded with it. ``step_times``: gets the
+        ``time.perf_counter()`` at which each new token was chosen."""
         batch = inputs_embeds.shape[0]
         mask = attention_mask.astype(np.int64)
         positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
@@ -111,6 +114,8 @@ class OnnxRuntimeLLM:
                 token = np.where(done, self.eos_token_id, token)
                 done |= token == self.eos_token_id
             tokens.append(token)
+            if step_times is not None:
+                step_times.append(time.perf_counter())
             if done.all():
                 break
             past = dict(zip(self.past_names, presents))

@@ -58,6 +58,18 @@ class VisionLanguagePipeline:
         self.context = model.config.text_config.max_position_embeddings
         self.llm = llm
 
+    def close(self) -> None:
+        """Release the artifact's sessions (Polygraphy runners are activated for the pipeline's life)."""
+        for runner in self.runners.values():
+            if runner.is_active:
+                runner.deactivate()
+
+    def __enter__(self) -> VisionLanguagePipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _check_model(self, model, tokenizer) -> None:
         """Refuse, before any output, a model the artifact was not exported from: the LLM width must
         be the rows' width and the image token the same id in the model, tokenizer and artifact."""
@@ -124,7 +136,8 @@ class VisionLanguagePipeline:
         return embeds, mask
 
     def onnx_generate(self, prompts: list[str], image_embeds: np.ndarray, num_kept: np.ndarray, embeds: torch.Tensor,
-                      mask: torch.Tensor, max_new_tokens: int, min_new_tokens: int = 0) -> np.ndarray:
+                      mask: torch.Tensor, max_new_tokens: int, min_new_tokens: int = 0,
+                      step_times: list | None = None) -> np.ndarray:
         """New token ids ``[B, new]`` from ``self.llm``: onnxruntime-genai takes the prompt ids with K
         image tokens and the K rows of each image (it splices them itself); the ONNX Runtime loop
         takes the spliced ``embeds`` and ``mask``."""
@@ -133,8 +146,8 @@ class VisionLanguagePipeline:
             ids = [before + [image_id] * int(k) + after
                    for (before, after), k in zip(self.split_prompts(prompts, num_kept), num_kept)]
             rows = [image_embeds[b, :int(k)].astype(np.float32) for b, k in enumerate(num_kept)]
-            return self.llm.generate(ids, rows, max_new_tokens, min_new_tokens)
-        return self.llm.generate(embeds.float().numpy(), mask.numpy(), max_new_tokens, min_new_tokens)
+            return self.llm.generate(ids, rows, max_new_tokens, min_new_tokens, step_times)
+        return self.llm.generate(embeds.float().numpy(), mask.numpy(), max_new_tokens, min_new_tokens, step_times)
 
     @torch.no_grad()
     def generate(self, pixel_values: np.ndarray, prompts: list[str], budget: int | None = None,

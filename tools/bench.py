@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""par-export benchmarks: every figure a ratio of two things measured side by side in one run.
+
+Sub-benchmarks (pick any; each prints a table and writes ``OUT/<name>.json`` and a PNG):
+
+- ``reducer``: each token reducer against the CLIP-L/336 tower it follows (random weights), for
+  batch sizes and token counts N (N = c x 576 is c tower crops, as LLaVA-NeXT's anyres), with the
+  exponent of a power-law fit of reducer time against N.
+- ``prefill``: an LLM at LLaVA-1.5-7B's geometry (Vicuna-7B: width 4096, 32 heads, MLP 11008,
+  random weights) prefilling K visual + T text tokens against 576 + T, with ``logits_to_keep=1``
+  (only the last position's logits, as generation needs). Run at 1 and 2 layers: the per-layer
+  cost is the difference, the rest (embedding, final norm, LM head) is fixed, and the ratio at
+  full depth (32 layers) is extrapolated as ``fixed + 32 x per-layer`` on each side.
+- ``kv``: KV-cache bytes (fp16) at that geometry for each K against 576 (computed, not timed).
+- ``ttft``: end-to-end time to first token on the shipped demo model, reduced against full
+  context through the same LLM runtime (``par-export chat``'s measurement).
+
+Timing protocol: one warm-up, then ``--rounds`` rounds in which the two sides of every ratio run
+back to back (interleaved), so load hits both alike; median and min over the rounds; the load
+average before and after is recorded; absolute times are labelled with the device.
+
+    python tools/bench.py reducer prefill kv ttft --out out/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SUBS = ("reducer", "prefill", "kv", "ttft")
+
+
+def device_label() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def side_by_side(sides: dict, rounds: int, progress: str = "") -> dict[str, list[float]]:
+    """Seconds per call of each ``{name: fn}``: one warm-up call each, then ``rounds`` rounds
+    calling every side once, in order (interleaved)."""
+    for fn in sides.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(rounds):
+        for name, fn in sides.items():
+            times[name].append(seconds(fn))
+        if progress:
+            print(f"  {progress}: round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+    return times
+
+
+def ratio_stats(numerator: list[float], denominator: list[float]) -> dict:
+    """Median and min of the per-round ratios, with each side's median time (ms)."""
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    return {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
+            "a_ms": statistics.median(numerator) * 1e3, "b_ms": statistics.median(denominator) * 1e3}
+
+
+# ----------------------------------------------------------------------------- reducer vs tower
+def bench_reducer(args) -> dict:
+    from torch import nn
+    from transformers import CLIPVisionModel
+
+    from par_export.models.geometries import clip_l14_336_vision
+    from par_export.reduce import PARConfig, available_methods, create_reducer
+
+    torch.manual_seed(0)
+    config = clip_l14_336_vision()
+    tower = CLIPVisionModel._from_config(config, attn_implementation="sdpa").eval()
+    projection = nn.Sequential(nn.LayerNorm(config.hidden_size),
+                               nn.Linear(config.hidden_size, config.projection_dim, bias=False)).eval()
+    methods = list(available_methods()) if args.methods == "all" else args.methods.split(",")
+    per_crop = (config.image_size // config.patch_size) ** 2
+    rows = []
+    for batch in args.batch:
+        for crops in args.crops:
+            n = crops * per_crop
+            if batch * crops > args.max_images:
+                print(f"  skipped batch {batch} x N {n}: {batch * crops} tower crops > --max-images "
+                      f"{args.max_images}", file=sys.stderr)
+                continue
+            pixels = torch.randn(batch * crops, 3, config.image_size, config.image_size)
+            tokens = torch.randn(batch, n, config.hidden_size)
+            prompt = torch.randn(batch, 1, config.projection_dim)
+            attn = torch.softmax(torch.randn(batch, n), dim=-1)
+            sides = {"tower": lambda: tower(pixels, output_hidden_states=True)}
+            for name in methods:
+                reducer = create_reducer(name, config=PARConfig(), query_projection=projection)
+                if name in ("pool", "prumerge") and crops > 1:
+                    continue  # one image's grid: not defined over several crops
+                k = "auto" if reducer.supports_auto else args.budget
+                sides[name] = (lambda r=reducer, k=k: r(tokens, prompt, attn, budget=k))
+            with torch.no_grad():
+                times = side_by_side(sides, args.rounds, f"reducer batch {batch} N {n}")
+            for name in sides:
+                if name != "tower":
+                    rows.append({"method": name, "batch": batch, "n": n,
+                                 **ratio_stats(times[name], times["tower"])})
+    fits = {}
+    for name in {r["method"] for r in rows}:
+        for batch in args.batch:
+            points = [(r["n"], r["a_ms"]) for r in rows if r["method"] == name and r["batch"] == batch]
+            if len(points) >= 2:
+                slope = np.polyfit(np.log([p[0] for p in points]), np.log([p[1] for p in points]), 1)[0]
+                fits[f"{name} batch {batch}"] = float(slope)
+    print(f"{'method':<10} {'batch':>5} {'N':>5} {'reducer ms':>10} {'tower ms':>9} {'reducer/tower':>13} {'(min)':>7}")
+    for r in sorted(rows, key=lambda r: (r["batch"], r["n"], r["method"])):
+        print(f"{r['method']:<10} {r['batch']:>5} {r['n']:>5} {r['a_ms']:>10.2f} {r['b_ms']:>9.0f} "
+              f"{r['ratio_median']:>13.2%} {r['ratio_min']:>7.2%}")
+    print("reducer time ~ N^p, fitted p: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(fits.items())))
+    plot_reducer(rows, args)
+    return {"rows": rows, "exponents": fits, "budget": args.budget}
+
+
+def plot_reducer(rows: list[dict], args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(args.batch), figsize=(6 * len(args.batch), 4), squeeze=False)
+    for ax, batch in zip(axes[0], args.batch):
+        for name in sorted({r["method"] for r in rows}):
+            points = sorted((r["n"], r["ratio_median"] * 100) for r in rows if r["method"] == name and r["batch"] == batch)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=name)
+        ax.set(xlabel="visual tokens N", ylabel="reducer time / tower time (%)", yscale="log",
+               title=f"batch {batch}, median of {args.rounds} rounds (n={args.rounds} per point)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"token reducers vs CLIP-L/336 tower, {device_label()}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(args.out / "reducer.png", dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- LLM prefill
+def bench_prefill(args) -> dict:
+    from transformers import LlamaForCausalLM
+
+    from par_export.models.geometries import LLAVA_GEOMETRIES
+
+    config = LLAVA_GEOMETRIES["llava-1.5-7b"]()
+    full_depth = config.num_hidden_layers
+    text, full_visual = args.text_tokens, 576
+    contexts = {k: k + text for k in args.kept} | {"full": full_visual + text}
+    times = {}
+    for layers in (1, 2):
+        config.num_hidden_layers = layers
+        torch.manual_seed(0)
+        model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa").eval()
+        embeds = {name: torch.randn(1, length, config.hidden_size) * 0.02 for name, length in contexts.items()}
+        sides = {name: (lambda e=e: model(inputs_embeds=e, logits_to_keep=1, use_cache=True))
+                 for name, e in embeds.items()}
+        with torch.no_grad():
+            times[layers] = side_by_side(sides, args.rounds, f"prefill {layers} layer(s)")
+        del model
+    rows = []
+    for name in args.kept:
+        measured = ratio_stats(times[2][name], times[2]["full"])
+        per_layer = {side: statistics.median(times[2][side]) - statistics.median(times[1][side])
+                     for side in (name, "full")}
+        fixed = {side: statistics.median(times[1][side]) - per_layer[side] for side in (name, "full")}
+        at_depth = {side: fixed[side] + full_depth * per_layer[side] for side in (name, "full")}
+        rows.append({"kept": name, "context": contexts[name], "full_context": contexts["full"],
+                     "ratio_2_layers": measured["ratio_median"], "ratio_2_layers_min": measured["ratio_min"],
+                     "per_layer_ms": per_layer[name] * 1e3, "full_per_layer_ms": per_layer["full"] * 1e3,
+                     "per_layer_ratio": per_layer[name] / per_layer["full"],
+                     "ratio_32_layers": at_depth[name] / at_depth["full"],
+                     "flops_ratio": flops_ratio(config, contexts[name], contexts["full"], full_depth)})
+    print(f"{'K':>4} {'tokens':>6} {'full':>5} {'2-layer ratio':>13} {'(min)':>6} {'per-layer ms':>12} "
+          f"{'full per-layer':>14} {'per-layer ratio':>15} {'32-layer ratio':>14} {'FLOPs ratio':>11}")
+    for r in rows:
+        print(f"{r['kept']:>4} {r['context']:>6} {r['full_context']:>5} {r['ratio_2_layers']:>13.3f} "
+              f"{r['ratio_2_layers_min']:>6.3f} {r['per_layer_ms']:>12.1f} {r['full_per_layer_ms']:>14.1f} "
+              f"{r['per_layer_ratio']:>15.3f} {r['ratio_32_layers']:>14.3f} {r['flops_ratio']:>11.3f}")
+    plot_prefill(rows, args)
+    return {"rows": rows, "text_tokens": text, "geometry": "llava-1.5-7b (Vicuna-7B), fp32, random weights"}
+
+
+def flops_ratio(config, tokens: int, full_tokens: int, layers: int) -> float:
+    from par_export.flops import llm_prefill_flops
+
+    config.num_hidden_layers = layers
+    return llm_prefill_flops(config, tokens) / llm_prefill_flops(config, full_tokens)
+
+
+def plot_prefill(rows: list[dict], args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    kept = [r["kept"] for r in rows]
+    for key, label in (("ratio_2_layers", "measured, 2 layers"), ("ratio_32_layers", "extrapolated to 32 layers"),
+                       ("per_layer_ratio", "per layer"), ("flops_ratio", "FLOPs (32 layers)")):
+        ax.plot(kept, [r[key] for r in rows], marker="o", label=label)
+    ax.axhline(0.2, color="grey", linestyle=":", label="goal 0.2 at K=64")
+    ax.set(xlabel="kept visual tokens K (of 576)", ylabel="prefill time, reduced / full",
+           title=f"Vicuna-7B geometry prefill, median of {args.rounds} rounds (n={args.rounds})")
+    ax.legend(fontsize=8)
+    fig.suptitle(device_label(), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out / "prefill.png", dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- KV cache
+def bench_kv(args) -> dict:
+    from par_export.memory import kv_cache_bytes
+    from par_export.models.geometries import LLAVA_GEOMETRIES
+
+    config = LLAVA_GEOMETRIES["llava-1.5-7b"]()
+    full = kv_cache_bytes(config, 576 + args.text_tokens, "fp16")
+    rows = [{"kept": k, "mib": kv_cache_bytes(config, k + args.text_tokens, "fp16") / 2**20,
+             "full_mib": full / 2**20, "ratio": kv_cache_bytes(config, k + args.text_tokens, "fp16") / full}
+            for k in args.kept]
+    print(f"{'K':>4} {'KV MiB (fp16)':>13} {'full MiB':>8} {'ratio':>6}")
+    for r in rows:
+        print(f"{r['kept']:>4} {r['mib']:>13.1f} {r['full_mib']:>8.1f} {r['ratio']:>6.3f}")
+    return {"rows": rows, "text_tokens": args.text_tokens}
+
+
+# ----------------------------------------------------------------------------- end-to-end TTFT
+def bench_ttft(args) -> dict:
+    from par_export.data.vqa import render, sample
+    from par_export.runtime.chat import chat
+
+    from par_export.engine.build import BuildOptions, build
+    from par_export.export import export_model
+    from par_export.export.exporter import resolve_model
+    from par_export.reduce import PARConfig
+
+    image = args.out / "scene.png"
+    render(sample(2_000_003)).save(image)
+    work = args.out / "ttft"
+    llava, clip = resolve_model("demo", work)
+    # a budget input as wide as the image's 256 tokens: the full row runs through the same graph (K = N)
+    export_model(llava, work / "onnx", budget=args.ttft_budget, config=PARConfig(k_max=256), clip_path=clip,
+                 overwrite=True, progress=False)
+    build(work / "onnx", work / "art", BuildOptions(precision="fp32", backend="onnxruntime"), overwrite=True,
+          progress=False)
+    results = {}
+    for llm in args.llm:
+        result = chat("demo", image, "what shape is the red object ?", budget=args.ttft_budget,
+                      artifact=work / "art", compare_full=True, max_new_tokens=8, llm=llm, repeat=args.rounds)
+        results[llm] = result
+        reduced, full = result["rows"]
+        print(f"{llm}: TTFT reduced {reduced['ttft_ms']:.1f} ms (K={reduced['context']}) vs full "
+              f"{full['ttft_ms']:.1f} ms: ratio {reduced['ttft_ms'] / full['ttft_ms']:.3f}; prefill ratio "
+              f"{reduced['prefill_ms'] / full['prefill_ms']:.3f}; full row's vision: {full['vision_backend']}")
+    return {"runs": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("benchmarks", nargs="+", choices=SUBS, help="which sub-benchmarks to run")
+    parser.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for JSON and PNG results")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after a warm-up (default 3)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="reducer: batch sizes")
+    parser.add_argument("--crops", type=int, nargs="+", default=[1, 2, 5],
+                        help="reducer: N = crops x 576 tokens (default 1 2 5: N 576 to 2880)")
+    parser.add_argument("--max-images", type=int, default=16, help="reducer: skip batch x crops above this many "
+                        "tower images (a CPU takes minutes per call there)")
+    parser.add_argument("--methods", default="all", help="reducer: comma-separated methods, or 'all'")
+    parser.add_argument("--budget", type=int, default=64, help="reducer: K for methods without an adaptive budget")
+    parser.add_argument("--kept", type=int, nargs="+", default=[16, 32, 64, 128, 192], help="prefill/kv: K values")
+    parser.add_argument("--text-tokens", type=int, default=40, help="prefill/kv: text tokens beside the image")
+    parser.add_argument("--llm", nargs="+", default=["transformers", "onnxruntime"],
+                        choices=["transformers", "onnxruntime", "onnxruntime-genai"], help="ttft: LLM runtimes")
+    parser.add_argument("--ttft-budget", type=int, default=26, help="ttft: K (default 26: the demo's mean "
+                        "adaptive K)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runners = {"reducer": bench_reducer, "prefill": bench_prefill, "kv": bench_kv, "ttft": bench_ttft}
+    for name in args.benchmarks:
+        before = load()
+        print(f"== {name} ({device_label()}; torch {torch.__version__}; load average {before:.2f})", flush=True)
+        result = runners[name](args)
+        result.update({"device": device_label(), "load_before": before, "load_after": load(), "rounds": args.rounds,
+                       "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        print(f"   load average after: {result['load_after']:.2f}; wrote {args.out / (name + '.json')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
