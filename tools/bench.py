@@ -168,7 +168,7 @@ def bench_prefill(args) -> dict:
         torch.manual_seed(0)
         model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa").eval()
         embeds = {name: torch.randn(1, length, config.hidden_size) * 0.02 for name, length in contexts.items()}
-        sides = {name: (lambda e=e: model(inputs_embeds=e, logits_to_keep=1, use_cache=True))
+        sides = {name: (lambda e=e, m=model: m(inputs_embeds=e, logits_to_keep=1, use_cache=True))
                  for name, e in embeds.items()}
         with torch.no_grad():
             times[layers] = side_by_side(sides, args.rounds, f"prefill {layers} layer(s)")
