@@ -41,20 +41,23 @@ class StepTimes:
 
 
 def transformers_generate(model, max_new_tokens: int, **inputs):
-    """A ``generate(step_times)`` for :func:`measure`: greedy ``model.generate`` on ``inputs``."""
-    def generate(step_times: list):
-        return model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                              streamer=StepTimes(step_times))
+    """A ``generate(step_times, min_new_tokens)`` for :func:`measure`: greedy ``model.generate``."""
+    def generate(step_times: list, min_new_tokens: int):
+        return model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                              do_sample=False, streamer=StepTimes(step_times))
     return generate
 
 
-def measure(contexts: dict, repeat: int) -> dict[str, dict]:
+def measure(contexts: dict, repeat: int, max_new_tokens: int) -> dict[str, dict]:
     """Time each context's ``(vision, generate)`` pair: one warm-up round, then ``repeat`` rounds
     interleaved across contexts. ``vision()`` returns what ``generate`` needs; ``generate(inputs,
-    step_times)`` returns the new token ids ``[1, new]`` and appends one timestamp per token.
+    step_times, min_new_tokens)`` returns the new token ids ``[1, new]`` and appends one timestamp
+    per token. The warm-up answers as the model would (its ids are returned); the timed rounds
+    generate all ``max_new_tokens`` (EOS suppressed) so that every row's decode rate is measured
+    over the same number of steps.
 
-    Returns per context the ids of the last round and ``{vision_ms, prefill_ms, ttft_ms,
-    decode_tok_s}``, each a list over the timed rounds (decode: nan with fewer than 2 tokens).
+    Returns per context the warm-up's ids and ``{vision_ms, prefill_ms, ttft_ms, decode_tok_s}``,
+    each a list over the timed rounds (decode: nan with fewer than 2 tokens).
     """
     samples = {name: {"vision_ms": [], "prefill_ms": [], "ttft_ms": [], "decode_tok_s": []} for name in contexts}
     ids = {}
@@ -65,9 +68,10 @@ def measure(contexts: dict, repeat: int) -> dict[str, dict]:
             vision_ms = (time.perf_counter() - start) * 1e3
             steps: list[float] = []
             start = time.perf_counter()
-            ids[name] = generate(inputs, steps)
-            if round_ == 0:
-                continue  # warm-up
+            new = generate(inputs, steps, max_new_tokens if round_ else 0)
+            if round_ == 0:  # warm-up: the answer
+                ids[name] = new
+                continue
             prefill = (steps[0] - start) * 1e3 if steps else float("nan")
             decode = (len(steps) - 1) / (steps[-1] - steps[0]) if len(steps) > 1 else float("nan")
             for key, value in zip(samples[name], (vision_ms, prefill, vision_ms + prefill, decode)):
@@ -142,13 +146,13 @@ def _chat_pipeline(pipe: VisionLanguagePipeline, model, text: str, picture, meth
     backend = f"{manifest['backend']} {manifest['precision']} (artifact)"
 
     def answer(image_embeds: np.ndarray, num_kept: np.ndarray):
-        def generate(spliced, steps):
+        def generate(spliced, steps, min_new_tokens):
             embeds, mask = spliced
             if pipe.llm is not None:
                 return torch.from_numpy(pipe.onnx_generate([text], image_embeds, num_kept, embeds, mask,
-                                                           max_new_tokens, step_times=steps))
+                                                           max_new_tokens, min_new_tokens, step_times=steps))
             return transformers_generate(model, max_new_tokens, inputs_embeds=embeds, attention_mask=mask,
-                                         pad_token_id=pipe.tokenizer.pad_token_id)(steps)
+                                         pad_token_id=pipe.tokenizer.pad_token_id)(steps, min_new_tokens)
         return generate
 
     reduced_out = pipe.reduce(pixels, [text], budget)  # "auto" only on an adaptive artifact
@@ -171,7 +175,7 @@ def _chat_pipeline(pipe: VisionLanguagePipeline, model, text: str, picture, meth
                             f"exported with --budget K --k-max {n} times both rows on one backend)")
         full_out = full_vision()
         contexts["full"] = (lambda: pipe.splice([text], *full_vision()), answer(*full_out))
-    timings = measure(contexts, repeat)
+    timings = measure(contexts, repeat, max_new_tokens)
     config = model.config.text_config
     rows, answers = [], {}
     for name, outputs in (("reduced", reduced_out), ("full", full_out if compare_full else None)):
@@ -182,7 +186,7 @@ def _chat_pipeline(pipe: VisionLanguagePipeline, model, text: str, picture, meth
         k = int(outputs[1][0])
         label = f"reduced ({method}, K={k})" if name == "reduced" else "full"
         tokens = int(pipe.splice([text], *outputs)[1].sum())
-        rows.append(summary_row(label, tokens, int(new.shape[1]), timings[name], config,
+        rows.append(summary_row(label, tokens, max_new_tokens, timings[name], config,
                                 backend if name == "reduced" else full_backend))
     runtime = {"transformers": "transformers (PyTorch)", "onnxruntime": "ONNX Runtime (greedy loop over the "
                "exported LLM)", "onnxruntime-genai": "onnxruntime-genai"}[llm]
@@ -212,26 +216,26 @@ def _chat_per_image(family, model, inputs, artifact, image, picture, prompt: str
                                         encoded.get("image_grid_thw", encoded.get("image_sizes")), rows,
                                         [torch.tensor(result["keep_index"])])
 
-    def generate(reduced, steps):
-        return transformers_generate(model, max_new_tokens, **reduced, pad_token_id=pad)(steps)
+    def generate(reduced, steps, min_new_tokens):
+        return transformers_generate(model, max_new_tokens, **reduced, pad_token_id=pad)(steps, min_new_tokens)
 
     contexts = {"reduced": (reduced_vision, generate)}
     if compare_full:  # the stock path: generate() runs the tower inside its prefill
         contexts["full"] = (lambda: encoded, generate)
-    timings = measure(contexts, repeat)
+    timings = measure(contexts, repeat, max_new_tokens)
     reduced = reduced_vision()
     config = model.config.text_config
     ids = timings["reduced"]["ids"]
     length = reduced["input_ids"].shape[1]
     manifest_backend = f"{first['backend']} {first['precision']} (artifact)"
     rows = [summary_row(f"reduced ({method}, K={first['num_kept']})", int(reduced["attention_mask"].sum()),
-                        ids.shape[1] - length, timings["reduced"], config, manifest_backend)]
+                        max_new_tokens, timings["reduced"], config, manifest_backend)]
     answer = inputs.tokenizer.decode(ids[0, length:], skip_special_tokens=True)
     full_answer = None
     if compare_full:
         full, length = timings["full"]["ids"], encoded["input_ids"].shape[1]
         full_answer = inputs.tokenizer.decode(full[0, length:], skip_special_tokens=True)
-        rows.append(summary_row("full", length, full.shape[1] - length, timings["full"], config,
+        rows.append(summary_row("full", length, max_new_tokens, timings["full"], config,
                                 "PyTorch, inside the prefill (stock generate() runs the tower itself)"))
     return {"answer": answer, "full_answer": full_answer, "rows": rows, "llm": "transformers (PyTorch)",
             "repeat": repeat}
@@ -249,8 +253,9 @@ def format_chat(result: dict) -> str:
         lines.append(f"{r['context']:<26} {r['vision_ms']:>9.1f} {r['context_tokens']:>6} {r['prefill_ms']:>10.1f} "
                      f"{r['ttft_ms']:>8.1f} {r['ttft_ms_min']:>8.1f} {r['decode_tok_s']:>12.1f} "
                      f"{r['kv_cache_mib']:>7.2f}")
-    lines.append(f"median of {result['repeat']} interleaved rounds after a warm-up; TTFT = vision + prefill (first "
-                 f"token); decode from the arrival time of each generated token; KV cache in fp32")
+    lines.append(f"median of {result['repeat']} interleaved rounds after a warm-up (which gave the answers); TTFT = "
+                 f"vision + prefill (first token); decode from the arrival time of each generated token, all "
+                 f"--max-new-tokens generated in the timed rounds; KV cache in fp32")
     lines.append(f"LLM, both rows: {result['llm']}")
     for r in result["rows"]:
         lines.append(f"vision, {r['context'].split(' (')[0]}: {r['vision_backend']}")
