@@ -11,6 +11,8 @@ Sub-benchmarks (pick any; each prints a table and writes ``OUT/<name>.json`` and
   (only the last position's logits, as generation needs). Run at 1 and 2 layers: the per-layer
   cost is the difference, the rest (embedding, final norm, LM head) is fixed, and the ratio at
   full depth (32 layers) is extrapolated as ``fixed + 32 x per-layer`` on each side.
+- ``graph``: built artifacts' vision+PAR graph (e.g. ONNX Runtime fp32 and fp16 builds of a
+  CLIP-L/336 export) against the PyTorch module they were exported from, same feeds.
 - ``kv``: KV-cache bytes (fp16) at that geometry for each K against 576 (computed, not timed).
 - ``ttft``: end-to-end time to first token on the shipped demo model, reduced against full
   context through the same LLM runtime (``par-export chat``'s measurement).
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SUBS = ("reducer", "prefill", "kv", "ttft")
+SUBS = ("reducer", "graph", "prefill", "kv", "ttft")
 
 
 def device_label() -> str:
@@ -224,6 +226,49 @@ def plot_prefill(rows: list[dict], args) -> None:
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------- vision+PAR graph
+def bench_graph(args) -> dict:
+    """Each ``--artifacts`` folder's vision+PAR graph (ONNX Runtime, or TensorRT where built so)
+    against the PyTorch module it was exported from, on one verification feed per batch size."""
+    import tempfile
+
+    from par_export.engine.load import artifact_runners
+    from par_export.engine.verify import cast_feed, torch_reference, verification_feeds
+
+    if not args.artifacts:
+        raise SystemExit("graph: pass --artifacts FOLDER [FOLDER ...] (par-export build outputs of one export)")
+    loaded = {}
+    for folder in args.artifacts:
+        manifest, runners = artifact_runners(folder, allow_unverified=True)
+        runner = runners["vision_par"]
+        runner.activate()
+        loaded[f"{manifest['backend']} {manifest['precision']}"] = (manifest, runner)
+    metadata = next(iter(loaded.values()))[0]["metadata"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        module, reason = torch_reference(metadata, Path(tmp))
+        if module is None:
+            raise SystemExit(f"graph: no PyTorch reference: {reason}")
+        feeds = verification_feeds(metadata, 3)
+        for case, feed in feeds:
+            args_torch = [torch.from_numpy(np.asarray(feed[name])) for name in ("pixel_values", "query_embeds", "budget")
+                          if name in feed]
+            sides = {"torch": lambda a=args_torch: module(*a)}
+            for label, (manifest, runner) in loaded.items():
+                typed = cast_feed(feed, manifest["graphs"]["vision_par"])
+                sides[label] = lambda r=runner, f=typed: r.infer(f)
+            times = side_by_side(sides, args.rounds, f"graph {case}")
+            for label in loaded:
+                rows.append({"graph": label, "case": case, **ratio_stats(times[label], times["torch"])})
+    for _, runner in loaded.values():
+        runner.deactivate()
+    print(f"{'graph':<22} {'case':<20} {'graph ms':>9} {'torch ms':>9} {'graph/torch':>11} {'(min)':>6}")
+    for r in rows:
+        print(f"{r['graph']:<22} {r['case']:<20} {r['a_ms']:>9.1f} {r['b_ms']:>9.1f} {r['ratio_median']:>11.3f} "
+              f"{r['ratio_min']:>6.3f}")
+    return {"rows": rows, "model": metadata["model"], "method": metadata["method"], "budget": metadata["budget"]}
+
+
 # ----------------------------------------------------------------------------- KV cache
 def bench_kv(args) -> dict:
     from par_export.memory import kv_cache_bytes
@@ -287,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-tokens", type=int, default=40, help="prefill/kv: text tokens beside the image")
     parser.add_argument("--llm", nargs="+", default=["transformers", "onnxruntime"],
                         choices=["transformers", "onnxruntime", "onnxruntime-genai"], help="ttft: LLM runtimes")
+    parser.add_argument("--artifacts", nargs="+", type=Path, help="graph: `par-export build` folders of one export "
+                        "(e.g. its fp32 and fp16 builds)")
     parser.add_argument("--ttft-budget", type=int, default=26, help="ttft: K (default 26: the demo's mean "
                         "adaptive K)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -294,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    runners = {"reducer": bench_reducer, "prefill": bench_prefill, "kv": bench_kv, "ttft": bench_ttft}
+    runners = {"reducer": bench_reducer, "graph": bench_graph, "prefill": bench_prefill, "kv": bench_kv,
+               "ttft": bench_ttft}
     for name in args.benchmarks:
         before = load()
         print(f"== {name} ({device_label()}; torch {torch.__version__}; load average {before:.2f})", flush=True)
