@@ -622,10 +622,21 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     Python warnings are shown (through logging)."""
     import logging
 
+    class StderrHandler(logging.StreamHandler):
+        """Writes to ``sys.stderr`` as it is when a message comes (tests and embedding code swap it)."""
+
+        @property
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _):
+            pass
+
     logger = logging.getLogger("par_export")
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logging.captureWarnings(True)

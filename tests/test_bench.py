@@ -41,6 +41,6 @@ def test_reducer_benchmark_writes_rows_and_a_plot(tmp_path):
     assert bench_main(["reducer", "--methods", "par,random", "--batch", "1", "--crops", "1", "2", "--rounds", "1",
                        "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "reducer.json").read_text())
-    assert {(r["method"], r["n"]) for r in result["rows"]} == {("par", 576), ("random", 576), ("par", 1152),
-                                                               ("random", 1152)}
-    assert set(result["exponents"]) == {"par batch 1", "random batch 1"} and (tmp_path / "reducer.png").stat().st_size
+    methods = ("par", "random", "query_encoder")
+    assert {(r["method"], r["n"]) for r in result["rows"]} == {(m, n) for m in methods for n in (576, 1152)}
+    assert set(result["exponents"]) == {f"{m} batch 1" for m in methods} and (tmp_path / "reducer.png").stat().st_size

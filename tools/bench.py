@@ -3,7 +3,8 @@
 
 Sub-benchmarks (pick any; each prints a table and writes ``OUT/<name>.json`` and a PNG):
 
-- ``reducer``: each token reducer against the CLIP-L/336 tower it follows (random weights), for
+- ``reducer``: each token reducer, and PAR's query encoder (CLIP-L text tower, 16 tokens),
+  against the CLIP-L/336 tower they follow (random weights), for
   batch sizes and token counts N (N = c x 576 is c tower crops, as LLaVA-NeXT's anyres), with the
   exponent of a power-law fit of reducer time against N.
 - ``prefill``: an LLM at LLaVA-1.5-7B's geometry (Vicuna-7B: width 4096, 32 heads, MLP 11008,
@@ -80,14 +81,16 @@ def ratio_stats(numerator: list[float], denominator: list[float]) -> dict:
 # ----------------------------------------------------------------------------- reducer vs tower
 def bench_reducer(args) -> dict:
     from torch import nn
-    from transformers import CLIPVisionModel
+    from transformers import CLIPTextModelWithProjection, CLIPVisionModel
 
-    from par_export.models.geometries import clip_l14_336_vision
+    from par_export.models.geometries import clip_l14_336_vision, clip_l14_text
     from par_export.reduce import PARConfig, available_methods, create_reducer
 
     torch.manual_seed(0)
     config = clip_l14_336_vision()
     tower = CLIPVisionModel._from_config(config, attn_implementation="sdpa").eval()
+    # PAR's query encoder in CLIP space: CLIP-L's text tower on a 16-token rewritten prompt
+    text_tower = CLIPTextModelWithProjection._from_config(clip_l14_text(), attn_implementation="sdpa").eval()
     projection = nn.Sequential(nn.LayerNorm(config.hidden_size),
                                nn.Linear(config.hidden_size, config.projection_dim, bias=False)).eval()
     methods = list(available_methods()) if args.methods == "all" else args.methods.split(",")
@@ -104,7 +107,9 @@ def bench_reducer(args) -> dict:
             tokens = torch.randn(batch, n, config.hidden_size)
             prompt = torch.randn(batch, 1, config.projection_dim)
             attn = torch.softmax(torch.randn(batch, n), dim=-1)
-            sides = {"tower": lambda: tower(pixels, output_hidden_states=True)}
+            query_ids = torch.randint(0, 49408, (batch, 16))
+            sides = {"tower": lambda: tower(pixels, output_hidden_states=True),
+                     "query_encoder": lambda: text_tower(input_ids=query_ids)}
             for name in methods:
                 reducer = create_reducer(name, config=PARConfig(), query_projection=projection)
                 if name in ("pool", "prumerge") and crops > 1:
@@ -164,21 +169,24 @@ def bench_prefill(args) -> dict:
     full_depth = config.num_hidden_layers
     text, full_visual = args.text_tokens, 576
     contexts = {k: k + text for k in args.kept} | {"full": full_visual + text}
-    times = {}
+    # 1- and 2-layer models side by side in the same rounds: the per-layer cost is the difference
+    # of two calls made back to back, not of two separate runs (whose noise can exceed one layer)
+    models, embeds = {}, {}
     for layers in (1, 2):
         config.num_hidden_layers = layers
         torch.manual_seed(0)
-        model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa").eval()
-        embeds = {name: torch.randn(1, length, config.hidden_size) * 0.02 for name, length in contexts.items()}
-        sides = {name: (lambda e=e, m=model: m(inputs_embeds=e, logits_to_keep=1, use_cache=True))
-                 for name, e in embeds.items()}
-        with torch.no_grad():
-            times[layers] = side_by_side(sides, args.rounds, f"prefill {layers} layer(s)")
-        del model
+        models[layers] = LlamaForCausalLM._from_config(config, attn_implementation="sdpa").eval()
+    embeds = {name: torch.randn(1, length, config.hidden_size) * 0.02 for name, length in contexts.items()}
+    sides = {(layers, name): (lambda e=e, m=m: m(inputs_embeds=e, logits_to_keep=1, use_cache=True))
+             for layers, m in models.items() for name, e in embeds.items()}
+    with torch.no_grad():
+        measured = side_by_side(sides, args.rounds, "prefill")
+    times = {layers: {name: measured[(layers, name)] for name in contexts} for layers in models}
+    del models, sides
     rows = []
     for name in args.kept:
         measured = ratio_stats(times[2][name], times[2]["full"])
-        per_layer = {side: statistics.median(times[2][side]) - statistics.median(times[1][side])
+        per_layer = {side: statistics.median(b - a for a, b in zip(times[1][side], times[2][side]))
                      for side in (name, "full")}
         fixed = {side: statistics.median(times[1][side]) - per_layer[side] for side in (name, "full")}
         at_depth = {side: fixed[side] + full_depth * per_layer[side] for side in (name, "full")}
