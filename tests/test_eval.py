@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from par_export.cli import main
@@ -25,6 +26,9 @@ def test_eval_writes_all_outputs(tiny_folders, tmp_path, capsys):
     assert all(r["n"] == 12 for r in rows)
     par16 = next(r for r in rows if (r["method"], r["budget"]) == ("par", 16))
     assert par16["mean_kept"] == 16 and 0 < par16["flops_relative"] < 1
+    assert all(r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"] for r in rows)
+    header = (tmp_path / "o" / "results.csv").read_text().splitlines()[0]
+    assert "accuracy_low" in header and "accuracy_high" in header
     assert "mean K" in capsys.readouterr().out
     # an existing results folder is refused before the evaluation runs, replaced with --overwrite
     again = ["eval", "--model", str(llava), "--clip", str(clip), "--methods", "par", "--budgets", "16", "--n", "2",
@@ -91,3 +95,26 @@ def test_eval_refuses_an_unknown_backend(tiny_folders, tmp_path, capsys):
     assert main(["eval", "--model", str(llava), "--clip", str(clip), "--backend", "tensorrtt", "--n", "2",
                  "--out", str(tmp_path / "o")]) == 2
     assert "expected torch, onnxruntime or a `par-export build` folder" in capsys.readouterr().err
+
+
+def test_bootstrap_intervals_are_paired_and_shrink_with_n():
+    from par_export.eval.vqa import Tally, accuracy_interval, bootstrap_indices
+
+    rng = np.random.default_rng(0)
+    right = rng.random(400) < 0.7
+    a, b = Tally(), Tally()
+    a.add(right)
+    b.add(right)
+    indices = bootstrap_indices(400)
+    assert accuracy_interval(a, indices) == accuracy_interval(b, indices)  # same questions resampled alike
+    low, high = accuracy_interval(a, indices)
+    assert low < a.accuracy < high and 0.06 < high - low < 0.12  # ~ 2 x 1.96 x sqrt(0.21 / 400) = 0.09
+    small = Tally()
+    small.add(right[:100])
+    s_low, s_high = accuracy_interval(small, bootstrap_indices(100))
+    assert s_high - s_low > high - low
+    perfect = Tally()
+    perfect.add([True] * 400)
+    assert accuracy_interval(perfect, indices) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="100 outcomes for resamples of 400"):
+        accuracy_interval(small, indices)

@@ -28,13 +28,44 @@ from par_export.reduce import PARConfig, reducer_class
 
 @dataclass
 class Tally:
-    correct: int = 0
-    total: int = 0
+    """One method and budget's answers: ``outcomes[i]`` is whether sample ``i`` was answered right
+    (samples in the same order for every method: intervals are paired), ``kept`` its K."""
+
+    outcomes: list[bool] = field(default_factory=list)
     kept: list[int] = field(default_factory=list)
+
+    def add(self, right) -> None:
+        self.outcomes += [bool(r) for r in right]
+
+    @property
+    def correct(self) -> int:
+        return sum(self.outcomes)
+
+    @property
+    def total(self) -> int:
+        return len(self.outcomes)
 
     @property
     def accuracy(self) -> float:
         return self.correct / max(self.total, 1)
+
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def bootstrap_indices(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """``[resamples, n]`` sample indices drawn with replacement, shared by every method of an
+    evaluation so that their intervals come from the same resampled question sets."""
+    return np.random.default_rng(seed).integers(0, n, (resamples, n))
+
+
+def accuracy_interval(tally: Tally, indices: np.ndarray) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of ``tally``'s accuracy over the resampled ``indices``."""
+    outcomes = np.asarray(tally.outcomes, np.float64)
+    if len(outcomes) != indices.shape[1]:
+        raise ValueError(f"{len(outcomes)} outcomes for resamples of {indices.shape[1]} samples")
+    low, high = np.percentile(outcomes[indices].mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
 
 
 def check_methods_and_budgets(methods: list[str], budgets: list) -> None:
@@ -154,8 +185,7 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
     for start in tqdm(range(0, len(seeds), batch), desc=f"eval {split}", disable=not progress):
         samples, ids, mask, pixels, answers = vqa_batch(base, inputs, seeds[start:start + batch])
         full = base.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[:, -1].argmax(-1)
-        tallies["full"].correct += int((full == answers).sum())
-        tallies["full"].total += len(samples)
+        tallies["full"].add(full == answers)
         features = base.vision_features(pixels)
         for method, adapter in adapters.items():
             for budget in budgets:
@@ -170,8 +200,7 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
                     reduced = adapter.prepare_inputs(ids, mask, pixels, budget=k, features=features)
                     logits, kept = base.model(**reduced.model_inputs).logits[:, -1], reduced.reduction.num_kept.tolist()
                 predicted = logits.argmax(-1)
-                tally.correct += int((predicted == answers).sum())
-                tally.total += len(samples)
+                tally.add(predicted == answers)
                 tally.kept += kept
                 if reduced is not None and method == "par" and budget == budgets[0] and len(examples) < keep_examples:
                     for b in range(min(keep_examples - len(examples), len(samples))):
@@ -186,16 +215,20 @@ def result_rows(results: dict) -> list[dict]:
     n = results.get("full_tokens") or base.tokens_per_image
     full = results["tallies"]["full"]
     full_flops = llm_prefill_flops(text_config, n + results["text_tokens"])
-    rows = [{"method": "full", "budget": n, "accuracy": full.accuracy, "relative": 1.0, "mean_kept": n,
-             "kept_fraction": 1.0, "llm_prefill_flops": full_flops, "flops_relative": 1.0, "n": full.total}]
+    indices = bootstrap_indices(full.total)
+    low, high = accuracy_interval(full, indices)
+    rows = [{"method": "full", "budget": n, "accuracy": full.accuracy, "accuracy_low": low, "accuracy_high": high,
+             "relative": 1.0, "mean_kept": n, "kept_fraction": 1.0, "llm_prefill_flops": full_flops,
+             "flops_relative": 1.0, "n": full.total}]
     for key, tally in results["tallies"].items():
         if key == "full":
             continue
         method, budget = key
         mean_kept = float(np.mean(tally.kept))
         flops = llm_prefill_flops(text_config, round(mean_kept) + results["text_tokens"])
-        rows.append({"method": method, "budget": budget, "accuracy": tally.accuracy,
-                     "relative": tally.accuracy / max(full.accuracy, 1e-9), "mean_kept": mean_kept,
+        low, high = accuracy_interval(tally, indices)
+        rows.append({"method": method, "budget": budget, "accuracy": tally.accuracy, "accuracy_low": low,
+                     "accuracy_high": high, "relative": tally.accuracy / max(full.accuracy, 1e-9), "mean_kept": mean_kept,
                      "kept_fraction": mean_kept / n, "llm_prefill_flops": flops, "flops_relative": flops / full_flops,
                      "n": tally.total})
     return rows
@@ -229,13 +262,17 @@ def plot_accuracy(rows: list[dict], path: Path, full_tokens: int) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     full = next(r for r in rows if r["method"] == "full")
     ax.axhline(full["accuracy"], color="black", linestyle="--", linewidth=1, label=f"full ({full_tokens} tokens)")
+    ax.axhspan(full["accuracy_low"], full["accuracy_high"], color="black", alpha=0.08)
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "full"):
-        points = sorted((r["mean_kept"], r["accuracy"]) for r in rows if r["method"] == method)
-        ax.plot(*zip(*points), marker="o", linewidth=2.2 if method == "par" else 1.2, label=method)
+        points = sorted((r["mean_kept"], r["accuracy"], r["accuracy_low"], r["accuracy_high"])
+                        for r in rows if r["method"] == method)
+        kept, accuracy, low, high = (np.array(v) for v in zip(*points))
+        ax.errorbar(kept, accuracy, yerr=[accuracy - low, high - accuracy], marker="o", capsize=3,
+                    linewidth=2.2 if method == "par" else 1.2, label=method)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("kept visual tokens (mean K)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("demo VQA: accuracy vs kept tokens")
+    ax.set_ylabel("accuracy (95% bootstrap interval)")
+    ax.set_title(f"accuracy vs kept tokens (n={full['n']} questions, same for every method)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)
@@ -267,10 +304,14 @@ def plot_examples(examples: list, path: Path, full_tokens: int) -> None:
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'method':<10} {'budget':>6} {'mean K':>7} {'acc':>6} {'rel. to full':>12} {'LLM FLOPs rel.':>14}"]
+    lines = [f"{'method':<10} {'budget':>6} {'mean K':>7} {'acc':>6} {'95% interval':>13} {'rel. to full':>12} "
+             f"{'LLM FLOPs rel.':>14}"]
     for r in rows:
+        interval = f"{r['accuracy_low']:.3f}-{r['accuracy_high']:.3f}"
         lines.append(f"{r['method']:<10} {str(r['budget']):>6} {r['mean_kept']:>7.1f} {r['accuracy']:>6.3f} "
-                     f"{r['relative']:>12.1%} {r['flops_relative']:>14.1%}")
+                     f"{interval:>13} {r['relative']:>12.1%} {r['flops_relative']:>14.1%}")
+    lines.append(f"intervals: percentile bootstrap, {BOOTSTRAP_RESAMPLES} resamples of the same questions for every "
+                 f"method (n = {rows[0]['n']})")
     return "\n".join(lines)
 
 
@@ -347,5 +388,4 @@ def kept_counts(reduction) -> list[int]:
 
 
 def _score(tally: Tally, predictions: list[str], records, is_correct) -> None:
-    tally.correct += sum(is_correct(p, r.answer) for p, r in zip(predictions, records))
-    tally.total += len(records)
+    tally.add(is_correct(p, r.answer) for p, r in zip(predictions, records))
