@@ -56,11 +56,12 @@ def measure(contexts: dict, repeat: int, max_new_tokens: int) -> dict[str, dict]
     generate all ``max_new_tokens`` (EOS suppressed) so that every row's decode rate is measured
     over the same number of steps.
 
-    Returns per context the warm-up's ids and ``{vision_ms, prefill_ms, ttft_ms, decode_tok_s}``,
-    each a list over the timed rounds (decode: nan with fewer than 2 tokens).
+    Returns per context the warm-up's ``vision()`` result as ``inputs`` and its ``ids``, and
+    ``{vision_ms, prefill_ms, ttft_ms, decode_tok_s}``, each a list over the timed rounds (decode:
+    nan with fewer than 2 tokens).
     """
     samples = {name: {"vision_ms": [], "prefill_ms": [], "ttft_ms": [], "decode_tok_s": []} for name in contexts}
-    ids = {}
+    warm_up = {}
     for round_ in range(repeat + 1):
         for name, (vision, generate) in contexts.items():
             start = time.perf_counter()
@@ -70,13 +71,13 @@ def measure(contexts: dict, repeat: int, max_new_tokens: int) -> dict[str, dict]
             start = time.perf_counter()
             new = generate(inputs, steps, max_new_tokens if round_ else 0)
             if round_ == 0:  # warm-up: the answer
-                ids[name] = new
+                warm_up[name] = {"inputs": inputs, "ids": new}
                 continue
             prefill = (steps[0] - start) * 1e3 if steps else float("nan")
             decode = (len(steps) - 1) / (steps[-1] - steps[0]) if len(steps) > 1 else float("nan")
             for key, value in zip(samples[name], (vision_ms, prefill, vision_ms + prefill, decode)):
                 samples[name][key].append(value)
-    return {name: {"ids": ids[name], **samples[name]} for name in contexts}
+    return {name: {**warm_up[name], **samples[name]} for name in contexts}
 
 
 def summary_row(name: str, tokens: int, new: int, timings: dict, config, vision_backend: str) -> dict:
@@ -145,49 +146,47 @@ def _chat_pipeline(pipe: VisionLanguagePipeline, model, text: str, picture, meth
     pixels = pipe.inputs.pixel_values([picture])
     backend = f"{manifest['backend']} {manifest['precision']} (artifact)"
 
-    def answer(image_embeds: np.ndarray, num_kept: np.ndarray):
-        def generate(spliced, steps, min_new_tokens):
-            embeds, mask = spliced
-            if pipe.llm is not None:
-                return torch.from_numpy(pipe.onnx_generate([text], image_embeds, num_kept, embeds, mask,
-                                                           max_new_tokens, min_new_tokens, step_times=steps))
-            return transformers_generate(model, max_new_tokens, inputs_embeds=embeds, attention_mask=mask,
-                                         pad_token_id=pipe.tokenizer.pad_token_id)(steps, min_new_tokens)
-        return generate
+    def spliced(rows):
+        """``rows`` (``image_embeds``, ``num_kept``) with the prompt spliced around them: ``generate``'s input."""
+        image_embeds, num_kept = rows()
+        return image_embeds, num_kept, *pipe.splice([text], image_embeds, num_kept)
 
-    reduced_out = pipe.reduce(pixels, [text], budget)  # "auto" only on an adaptive artifact
-    contexts = {"reduced": (lambda: pipe.splice([text], *pipe.reduce(pixels, [text], budget)), answer(*reduced_out))}
+    def generate(inputs, steps, min_new_tokens):
+        image_embeds, num_kept, embeds, mask = inputs
+        if pipe.llm is not None:
+            return torch.from_numpy(pipe.onnx_generate([text], image_embeds, num_kept, embeds, mask,
+                                                       max_new_tokens, min_new_tokens, step_times=steps))
+        return transformers_generate(model, max_new_tokens, inputs_embeds=embeds, attention_mask=mask,
+                                     pad_token_id=pipe.tokenizer.pad_token_id)(steps, min_new_tokens)
+
+    # "auto" only on an adaptive artifact
+    contexts = {"reduced": (lambda: spliced(lambda: pipe.reduce(pixels, [text], budget)), generate)}
+    backends = {"reduced": backend}
     n = int(meta["tokens_per_image"])
-    full_backend = None
     if compare_full:
         if meta["budget_input"] and meta["width"] >= n:  # the same graph keeps every token: same backend
-            def full_vision():
+            def full_rows():
                 return pipe.reduce(pixels, [text], n)
-            full_backend = backend + f", K = N = {n}"
+            backends["full"] = backend + f", K = N = {n}"
         else:  # the graph cannot return all N rows: the stock tower + projector
-            def full_vision():
+            def full_rows():
                 features = model.model.get_image_features(pixel_values=torch.from_numpy(pixels))
                 features = getattr(features, "pooler_output", features)  # transformers 5: an output object
                 rows = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
                 return rows.reshape(1, n, -1).float().numpy(), np.array([n])
             why = "its K is adaptive" if not meta["budget_input"] else f"its width is {meta['width']}"
-            full_backend = (f"PyTorch (the artifact's graph cannot return all {n} rows: {why}; an artifact "
-                            f"exported with --budget K --k-max {n} times both rows on one backend)")
-        full_out = full_vision()
-        contexts["full"] = (lambda: pipe.splice([text], *full_vision()), answer(*full_out))
+            backends["full"] = (f"PyTorch (the artifact's graph cannot return all {n} rows: {why}; an artifact "
+                                f"exported with --budget K --k-max {n} times both rows on one backend)")
+        contexts["full"] = (lambda: spliced(full_rows), generate)
     timings = measure(contexts, repeat, max_new_tokens)
     config = model.config.text_config
     rows, answers = [], {}
-    for name, outputs in (("reduced", reduced_out), ("full", full_out if compare_full else None)):
-        if outputs is None:
-            continue
-        new = timings[name]["ids"]  # given inputs_embeds only, generate() returns just the new tokens
+    for name, timing in timings.items():
+        _, num_kept, _, mask = timing["inputs"]
+        new = timing["ids"]  # given inputs_embeds only, generate() returns just the new tokens
         answers[name] = pipe.tokenizer.decode(new[0], skip_special_tokens=True)
-        k = int(outputs[1][0])
-        label = f"reduced ({method}, K={k})" if name == "reduced" else "full"
-        tokens = int(pipe.splice([text], *outputs)[1].sum())
-        rows.append(summary_row(label, tokens, max_new_tokens, timings[name], config,
-                                backend if name == "reduced" else full_backend))
+        label = f"reduced ({method}, K={int(num_kept[0])})" if name == "reduced" else "full"
+        rows.append(summary_row(label, int(mask.sum()), max_new_tokens, timing, config, backends[name]))
     runtime = {"transformers": "transformers (PyTorch)", "onnxruntime": "ONNX Runtime (greedy loop over the "
                "exported LLM)", "onnxruntime-genai": "onnxruntime-genai"}[llm]
     return {"answer": answers["reduced"], "full_answer": answers.get("full"), "rows": rows, "llm": runtime,
@@ -207,28 +206,31 @@ def _chat_per_image(family, model, inputs, artifact, image, picture, prompt: str
     encoded = inputs.encode([text], [picture])
     adapter = family.adapter(model, method, PARConfig(space="llm"), inputs.tokenizer)  # places rows only
     pad = inputs.tokenizer.pad_token_id
-    first = run_image(artifact, image, prompt, budget, allow_unverified=allow_unverified, par=par)
 
     def reduced_vision():
+        """``(run_image's result, the model inputs with its rows placed)``."""
         result = run_image(artifact, image, prompt, budget, allow_unverified=allow_unverified, par=par)
         rows = [torch.from_numpy(result["image_embeds"].astype("float32")).to(model.dtype)]
-        return adapter.inputs_from_rows(encoded["input_ids"], encoded["attention_mask"],
-                                        encoded.get("image_grid_thw", encoded.get("image_sizes")), rows,
-                                        [torch.tensor(result["keep_index"])])
+        return result, adapter.inputs_from_rows(encoded["input_ids"], encoded["attention_mask"],
+                                                encoded.get("image_grid_thw", encoded.get("image_sizes")), rows,
+                                                [torch.tensor(result["keep_index"])])
 
-    def generate(reduced, steps, min_new_tokens):
-        return transformers_generate(model, max_new_tokens, **reduced, pad_token_id=pad)(steps, min_new_tokens)
+    def generate(model_inputs, steps, min_new_tokens):
+        return transformers_generate(model, max_new_tokens, **model_inputs, pad_token_id=pad)(steps, min_new_tokens)
 
-    contexts = {"reduced": (reduced_vision, generate)}
+    def generate_reduced(vision_out, steps, min_new_tokens):
+        return generate(vision_out[1], steps, min_new_tokens)
+
+    contexts = {"reduced": (reduced_vision, generate_reduced)}
     if compare_full:  # the stock path: generate() runs the tower inside its prefill
         contexts["full"] = (lambda: encoded, generate)
     timings = measure(contexts, repeat, max_new_tokens)
-    reduced = reduced_vision()
+    result, reduced = timings["reduced"]["inputs"]
     config = model.config.text_config
     ids = timings["reduced"]["ids"]
     length = reduced["input_ids"].shape[1]
-    manifest_backend = f"{first['backend']} {first['precision']} (artifact)"
-    rows = [summary_row(f"reduced ({method}, K={first['num_kept']})", int(reduced["attention_mask"].sum()),
+    manifest_backend = f"{result['backend']} {result['precision']} (artifact)"
+    rows = [summary_row(f"reduced ({method}, K={result['num_kept']})", int(reduced["attention_mask"].sum()),
                         max_new_tokens, timings["reduced"], config, manifest_backend)]
     answer = inputs.tokenizer.decode(ids[0, length:], skip_special_tokens=True)
     full_answer = None
