@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from par_export.backends.base import BackendUnavailable, PolygraphyRunner
 
 _TRT_HINT = ("TensorRT's Python package is not installed: on x86 `pip install tensorrt` (served from NVIDIA's "

@@ -109,10 +109,10 @@ class KeptTokensCompare:
 
     def __call__(self, artifact_result, reference_result) -> dict[str, bool]:
         reference, case = self.labels[id(reference_result)]
-        figures = compare_outputs(dict(reference_result), dict(artifact_result), self.bounds["tie"])
+        figures = condensed(compare_outputs(dict(reference_result), dict(artifact_result), self.bounds["tie"]),
+                            self.limit, self.bounds)
         verdict = case_verdict(figures, self.limit, self.bounds)
-        self.rows.append({"reference": reference, "case": case, **condensed(figures, self.limit, self.bounds),
-                          "passed": all(verdict.values())})
+        self.rows.append({"reference": reference, "case": case, **figures, "passed": all(verdict.values())})
         return verdict
 
 

@@ -13,7 +13,6 @@ position: onnxruntime-genai preallocates them so), ``present.{l}.key/value [B, k
 from __future__ import annotations
 
 import time
-
 import warnings
 from pathlib import Path
 
