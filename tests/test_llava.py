@@ -134,6 +134,28 @@ def test_llm_space_config_needs_no_clip(tiny_folders):
     assert model.prepare_inputs(ids, mask, pixels, budget=8).reduction.num_kept.tolist() == [8]
 
 
+def test_llm_space_projects_every_token_once_and_reduces_the_projected_rows(tiny_folders):
+    model = ReducedLlava.from_pretrained(tiny_folders[0], config=PARConfig(space="llm"))
+    ids, mask, pixels = chat_batch(model, QUESTIONS[:2])
+    rows_seen = []
+    hook = model.projector.register_forward_hook(lambda module, args, out: rows_seen.append(args[0].shape[:-1]))
+    try:
+        batch = model.prepare_inputs(ids, mask, pixels, budget=8)
+    finally:
+        hook.remove()
+    n = model.tokens_per_image
+    assert rows_seen == [torch.Size([2, n])]  # one call, all N tokens of both images, no second pass for K
+    d_llm = model.model.config.text_config.hidden_size
+    assert batch.reduction.tokens.shape[-1] == d_llm  # merged in the LLM's space
+    # the rows are the reducer's output on the projected tokens (not the projection of a merge)
+    tokens, attn = model.vision_features(pixels)
+    embedding, prompt_mask = model.query_encoder(batch.prompts)
+    expected = model.reducer(model.projector(tokens), embedding, attn, budget=8, prompt_mask=prompt_mask)
+    assert torch.equal(batch.reduction.keep_index, expected.keep_index)
+    for image, features in enumerate(batch.image_features):
+        torch.testing.assert_close(features, expected.tokens[image, :8])
+
+
 def test_placeholder_mismatch_errors(llava):
     ids, mask, pixels = chat_batch(llava, QUESTIONS[:2])
     with pytest.raises(ValueError, match="1 images were given but input_ids hold 2 image placeholders"):

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """par-export benchmarks: every figure a ratio of two things measured side by side in one run.
 
-Sub-benchmarks (pick any; each prints a table and writes ``OUT/<name>.json`` and a PNG):
+Sub-benchmarks (pick any; each prints a table and writes ``OUT/<name>.json``; reducer and prefill also a PNG):
 
 - ``reducer``: each token reducer, and PAR's query encoder (CLIP-L text tower, 16 tokens),
   against the CLIP-L/336 tower they follow (random weights), for
   batch sizes and token counts N (N = c x 576 is c tower crops, as LLaVA-NeXT's anyres), with the
   exponent of a power-law fit of reducer time against N.
+- ``space``: PAR with ``space=llm`` at LLaVA-1.5-7B's geometry (the 1024 -> 4096 -> 4096 MLP
+  projector, random weights): project every token once and reduce the projector's output,
+  against projecting every token (what the unreduced model does anyway); for reference, the
+  earlier form (project all N to score them, reduce the tower's tokens, project the K kept again)
+  and ``space=clip`` (reduce, then project the K kept).
 - ``prefill``: an LLM at LLaVA-1.5-7B's geometry (Vicuna-7B: width 4096, 32 heads, MLP 11008,
   random weights) prefilling K visual + T text tokens against 576 + T, with ``logits_to_keep=1``
   (only the last position's logits, as generation needs). Run at 1 and 2 layers: the per-layer
@@ -39,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SUBS = ("reducer", "graph", "prefill", "kv", "ttft")
+SUBS = ("reducer", "space", "graph", "prefill", "kv", "ttft")
 
 
 def device_label() -> str:
@@ -157,6 +162,55 @@ def plot_reducer(rows: list[dict], args) -> None:
     fig.tight_layout()
     fig.savefig(args.out / "reducer.png", dpi=120)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- space=llm vs projecting
+def bench_space(args) -> dict:
+    from torch import nn
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    from par_export.models.geometries import llava_config
+    from par_export.reduce import PARConfig, create_reducer
+
+    torch.manual_seed(0)
+    config = llava_config("llava-1.5-7b")
+    projector = LlavaMultiModalProjector(config).eval()
+    width, d_llm = config.vision_config.hidden_size, config.text_config.hidden_size
+    clip_projection = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 768, bias=False)).eval()
+    llm_par = create_reducer("par", config=PARConfig(space="llm"))
+    scored_par = create_reducer("par", config=PARConfig(space="llm"), query_projection=projector)
+    clip_par = create_reducer("par", config=PARConfig(), query_projection=clip_projection)
+    per_crop = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    rows = []
+    for batch in args.batch:
+        for crops in args.crops:
+            n = crops * per_crop
+            tokens = torch.randn(batch, n, width)
+            attn = torch.softmax(torch.randn(batch, n), dim=-1)
+            query_llm = torch.randn(batch, 16, d_llm)  # 16 prompt tokens' input embeddings
+            query_clip = torch.randn(batch, 1, 768)
+
+            def project_once_then_reduce():
+                return llm_par(projector(tokens), query_llm, attn, budget="auto").tokens
+
+            def project_to_score_then_again():
+                return projector(scored_par(tokens, query_llm, attn, budget="auto").tokens)
+
+            def clip_then_project():
+                return projector(clip_par(tokens, query_clip, attn, budget="auto").tokens)
+
+            sides = {"project all N": lambda: projector(tokens), "space=llm (project once)": project_once_then_reduce,
+                     "space=llm, projected twice": project_to_score_then_again,
+                     "space=clip + project K": clip_then_project}
+            with torch.no_grad():
+                times = side_by_side(sides, args.rounds, f"space batch {batch} N {n}")
+            rows += [{"path": name, "batch": batch, "n": n, **ratio_stats(times[name], times["project all N"])}
+                     for name in sides if name != "project all N"]
+    print(f"{'path':<28} {'batch':>5} {'N':>5} {'path ms':>8} {'project ms':>10} {'ratio':>6} {'(min)':>6}")
+    for r in rows:
+        print(f"{r['path']:<28} {r['batch']:>5} {r['n']:>5} {r['a_ms']:>8.1f} {r['b_ms']:>10.1f} "
+              f"{r['ratio_median']:>6.2f} {r['ratio_min']:>6.2f}")
+    return {"rows": rows, "geometry": "llava-1.5-7b projector (1024 -> 4096 -> 4096), budget auto"}
 
 
 # ----------------------------------------------------------------------------- LLM prefill
@@ -329,9 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("benchmarks", nargs="+", choices=SUBS, help="which sub-benchmarks to run")
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for JSON and PNG results")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after a warm-up (default 3)")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="reducer: batch sizes")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="reducer, space: batch sizes")
     parser.add_argument("--crops", type=int, nargs="+", default=[1, 2, 5],
-                        help="reducer: N = crops x 576 tokens (default 1 2 5: N 576 to 2880)")
+                        help="reducer, space: N = crops x 576 tokens (default 1 2 5: N 576 to 2880)")
     parser.add_argument("--max-images", type=int, default=16, help="reducer: skip batch x crops above this many "
                         "tower images (a CPU takes minutes per call there)")
     parser.add_argument("--methods", default="all", help="reducer: comma-separated methods, or 'all'")
@@ -349,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    runners = {"reducer": bench_reducer, "graph": bench_graph, "prefill": bench_prefill, "kv": bench_kv,
+    runners = {"reducer": bench_reducer, "space": bench_space, "graph": bench_graph, "prefill": bench_prefill, "kv": bench_kv,
                "ttft": bench_ttft}
     for name in args.benchmarks:
         before = load()

@@ -13,7 +13,8 @@ from par_export.reduce.retrieval import pool_prompt
 
 
 class VisionParGraph(nn.Module):
-    """``vision_par.onnx``: vision tower -> reducer -> projector.
+    """``vision_par.onnx``: vision tower -> reducer -> projector (``space=clip``), or vision tower ->
+    projector -> reducer (``space=llm``, and Qwen2.5-VL whose merger is its projector).
 
     Inputs: ``pixel_values [B, 3, H, W]``, ``query_embeds [B, Dq]`` (all zeros = no
     prompt: CLS-attention fallback), and ``budget`` (0-d int64) when
@@ -32,6 +33,7 @@ class VisionParGraph(nn.Module):
         self.projector = llava.projector
         self.reducer = llava.reducer
         self.budget = budget
+        self.project_first = llava.config.space == "llm"  # see ReducedLlava.to_reducer_space
         self.return_scores = False  # reference only (reference_scores): never traced
 
     def forward(self, pixel_values: torch.Tensor, query_embeds: torch.Tensor, budget: torch.Tensor | None = None):
@@ -43,9 +45,12 @@ class VisionParGraph(nn.Module):
         ``token_mask [B, N]``: images with fewer than N tokens, padded (see ``TokenReducer``)."""
         has_prompt = query_embeds.abs().amax(dim=-1, keepdim=True) > 0  # [B, 1]
         k = budget if self.budget == "input" else self.budget
+        if self.project_first:
+            tokens = self.projector(tokens)
         out = self.reducer(tokens, query_embeds.unsqueeze(1), attn, budget=k, prompt_mask=has_prompt,
                            token_mask=token_mask)
-        embeds = self.projector(out.tokens) * out.valid.unsqueeze(-1).to(out.tokens.dtype)
+        embeds = out.tokens if self.project_first else self.projector(out.tokens)
+        embeds = embeds * out.valid.unsqueeze(-1).to(embeds.dtype)
         if self.return_scores:
             return embeds, out.num_kept, out.keep_index, out.scores
         return embeds, out.num_kept, out.keep_index

@@ -127,7 +127,10 @@ class ReducedLlava:
     Args:
         model: the LLaVA model (CLIP vision tower, ``vision_feature_select_strategy="default"``).
         method: a registered reducer name or a :class:`TokenReducer` instance.
-        config: PAR options; ``config.space`` picks the retrieval space.
+        config: PAR options; ``config.space`` picks where tokens are reduced: ``"clip"``
+            reduces the tower's tokens (retrieval in CLIP's joint space) and projects the K
+            kept; ``"llm"`` projects all N once, as the unreduced model does, and reduces the
+            projector's output (:meth:`to_reducer_space`).
         tokenizer: the LLaVA tokenizer: decodes prompts from ``input_ids`` and, for
             ``space=llm``, tokenizes the query.
         clip: a :class:`ClipQueryEncoder` for ``space=clip``. Without one the adapter
@@ -154,7 +157,7 @@ class ReducedLlava:
             self.query_encoder = clip
         elif tokenizer is not None:
             self.query_encoder = LlmQueryEncoder(
-                inner.get_input_embeddings(), self.projector, tokenizer,
+                inner.get_input_embeddings(), tokenizer,
                 max_length=model.config.text_config.max_position_embeddings,
                 rewrite=config.rewrite, template=config.template,
             )
@@ -207,6 +210,16 @@ class ReducedLlava:
         attn = cls_attention(tower.encoder.layers[index - 1], hidden[index - 1])
         return hidden[index][:, 1:], attn
 
+    def to_reducer_space(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tower tokens ``[..., N, Dv]`` -> what the reducer sees: themselves (``space=clip``), or the
+        projector's output ``[..., N, D_llm]`` (``space=llm``: retrieval, clustering and merging all
+        act on the rows the LLM receives, and no token is projected twice)."""
+        return self.projector(tokens) if self.config.space == "llm" else tokens
+
+    def to_llm_space(self, reduced: torch.Tensor) -> torch.Tensor:
+        """The reducer's output tokens -> LLM rows ``[..., K, D_llm]`` (projected unless already, ``space=llm``)."""
+        return reduced if self.config.space == "llm" else self.projector(reduced)
+
     def prompts_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
         """Decode each sample's text tokens (image and special tokens removed)."""
         if self.tokenizer is None:
@@ -228,6 +241,7 @@ class ReducedLlava:
         one tower pass across reducers and budgets).
         """
         tokens, attn = features if features is not None else self.vision_features(pixel_values)
+        tokens = self.to_reducer_space(tokens)
         prompt_embedding = prompt_mask = None
         if self.reducer.uses_prompt and prompts is not None:
             if self.query_encoder is None:
@@ -235,7 +249,7 @@ class ReducedLlava:
             else:
                 prompt_embedding, prompt_mask = self.query_encoder(prompts)
         reduction = self.reducer(tokens, prompt_embedding, attn, budget=budget, prompt_mask=prompt_mask)
-        projected = self.projector(reduction.tokens)
+        projected = self.to_llm_space(reduction.tokens)
         features = [p[:k] for p, k in zip(projected, reduction.num_kept.tolist())]
         return reduction, features
 

@@ -150,12 +150,13 @@ class ReducedLlavaNext(ReducedLlava):
         """Reduce each image for its prompt: per image the reducer's output and the packed rows
         ``[K_i + newline rows, D_llm]`` the LLM receives."""
         features = features if features is not None else self.vision_features(pixel_values, image_sizes)
-        reductions = reduce_each(self.reducer, self.query_encoder, [(t, a) for t, a, _ in features], prompts, budget)
+        reductions = reduce_each(self.reducer, self.query_encoder,
+                                 [(self.to_reducer_space(t), a) for t, a, _ in features], prompts, budget)
         rows = []
         newline = self.model.model.image_newline
         for (_, _, layout), out in zip(features, reductions):
             kept = int(out.num_kept[0])
-            projected = self.projector(out.tokens[0, :kept])
+            projected = self.to_llm_space(out.tokens[0, :kept])
             rows.append(with_newlines(projected, out.keep_index[0, :kept], layout, newline))
         return reductions, rows
 

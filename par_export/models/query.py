@@ -102,15 +102,19 @@ class ClipQueryEncoder(QueryEncoder):
 
 class LlmQueryEncoder(QueryEncoder):
     """``space=llm``: the LLM's input embeddings of the prompt tokens (mean-pooled by the
-    reducer) against the projector's output for the visual tokens."""
+    reducer) against the visual tokens as the LLM receives them.
+
+    The adapter projects the visual tokens once, before reducing (``space=llm`` reduces the
+    projector's output), so they reach the reducer already in this space.
+    """
 
     add_special_tokens = False
 
-    def __init__(self, input_embeddings: nn.Module, projector: nn.Module, tokenizer, max_length: int,
+    def __init__(self, input_embeddings: nn.Module, tokenizer, max_length: int,
                  rewrite: str = "template", template: str = "a photo of {rest}"):
         super().__init__(tokenizer, max_length, rewrite, template)
         self.input_embeddings = input_embeddings
-        self.visual_projection = projector
+        self.visual_projection = nn.Identity()
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.input_embeddings(input_ids), attention_mask

@@ -110,7 +110,7 @@ class ReducedQwen2_5_VL:
         self.query_encoder = None
         if tokenizer is not None:
             self.query_encoder = LlmQueryEncoder(
-                model.get_input_embeddings(), nn.Identity(), tokenizer,
+                model.get_input_embeddings(), tokenizer,
                 max_length=model.config.text_config.max_position_embeddings,
                 rewrite=config.rewrite, template=config.template)
         self.reducer = method if isinstance(method, TokenReducer) else create_reducer(method, config=config)

@@ -17,8 +17,10 @@ class PARConfig:
         rewrite: ``"template"`` turns the user prompt into a retrieval query with
             ``template``; ``"none"`` uses the prompt as given.
         template: query template; ``{rest}`` is the prompt without chat scaffolding.
-        space: retrieval space. ``"clip"``: CLIP joint space (needs a CLIP text
-            tower); ``"llm"``: LLM input-embedding space against projected tokens.
+        space: where tokens are compared and reduced. ``"clip"``: the vision tower's
+            tokens, retrieved against the prompt in CLIP's joint space (needs a CLIP
+            text tower), projected after reducing; ``"llm"``: every token projected
+            once, then retrieved, clustered and merged in the LLM's input space.
         budget: fixed number of kept tokens K, or ``"auto"`` for the adaptive rule
             ``K = clamp(#{z_i > alpha}, k_min, k_max)``.
         alpha, k_min, k_max: adaptive budget threshold (in standard deviations) and
