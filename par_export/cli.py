@@ -36,7 +36,7 @@ def _at_least(low: int, high: int | None = None):
     return parse
 
 
-POSITIVE, NON_NEGATIVE = _at_least(1), _at_least(0)
+POSITIVE, NON_NEGATIVE, PORT = _at_least(1), _at_least(0), _at_least(1, 65535)
 
 
 def cmd_methods(args) -> int:
@@ -372,6 +372,16 @@ def cmd_triton_repo(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from par_export.serving.server import ServeOptions, serve
+
+    options = ServeOptions(http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                           max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
+                           instances=args.instances, allow_unverified=args.allow_unverified,
+                           tritonserver=args.tritonserver)
+    return serve(args.artifact, options)
+
+
 OVERWRITE = "replace --out if it exists (only a folder par-export wrote, or an empty one)"
 ARTIFACT = "a `par-export build` folder"
 UNVERIFIED = "use an artifact whose verification failed or never ran (refused by default)"
@@ -603,6 +613,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model repository folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.set_defaults(func=cmd_triton_repo)
+
+    p = sub.add_parser("serve", help="serve an artifact from a Triton Inference Server (dynamic batching) until "
+                       "SIGTERM/SIGINT", description="Model 'par_reduce': prompt (or input_ids) + image (or "
+                       "pixel_values) [+ budget] in; image_embeds, num_kept, keep_index out. Needs "
+                       "par-export[serve] (docs/serving.md).")
+    p.add_argument("artifact", help=ARTIFACT)
+    p.add_argument("--http-port", type=PORT, default=8000, help="HTTP/REST port (default 8000)")
+    p.add_argument("--grpc-port", type=PORT, default=8001, help="gRPC port (default 8001)")
+    p.add_argument("--metrics-port", type=PORT, default=8002, help="Prometheus metrics port (default 8002)")
+    p.add_argument("--max-batch", type=POSITIVE, default=8, help="largest batch of images the dynamic batcher "
+                   "forms (Triton's max_batch_size, default 8)")
+    p.add_argument("--max-queue-delay-us", type=NON_NEGATIVE, default=2000, help="how long the batcher waits to "
+                   "fill a batch, microseconds (default 2000)")
+    p.add_argument("--instances", type=POSITIVE, default=1, help="model instances, each its own process and "
+                   "sessions (default 1)")
+    p.add_argument("--tritonserver", help="a tritonserver binary with its backends beside it (default: the one "
+                   "nvidia-pytriton ships)")
+    p.add_argument("--allow-unverified", action="store_true", help=UNVERIFIED)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("plugin", help="build libpar_plugins.so (TensorRT plugins) or print its path")
     p.add_argument("action", choices=["build", "path"], help="build the library, or print where it is looked for")

@@ -37,20 +37,33 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 def open_image(path: str | Path):
     """An RGB ``PIL.Image`` from ``path``; a missing, unreadable or oversized file, or a video, is an
     :class:`InputError`."""
-    from PIL import Image, UnidentifiedImageError
-
     if Path(path).suffix.lower() in VIDEO_SUFFIXES:
         raise InputError(f"{path}: video input is not supported yet (one image per prompt)")
+    return _decode(path, str(path))
+
+
+def decode_image(data: bytes, label: str = "image"):
+    """An RGB ``PIL.Image`` from encoded bytes (PNG, JPEG, ...: what a client sends a server);
+    undecodable or oversized data is an :class:`InputError` naming ``label``."""
+    import io
+
+    if not data:
+        raise InputError(f"{label}: empty (expected the bytes of an encoded image file)")
+    return _decode(io.BytesIO(data), label)
+
+
+def _decode(source, label: str):
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             return image.convert("RGB")
     except FileNotFoundError:
-        raise InputError(f"{path}: no such image") from None
+        raise InputError(f"{label}: no such image") from None
     except Image.DecompressionBombError as err:
-        raise InputError(f"{path}: image too large to decode safely ({err})") from None
+        raise InputError(f"{label}: image too large to decode safely ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable image ({err})") from None
+        raise InputError(f"{label}: not a readable image ({err})") from None
 
 
 class ComponentProcessor:

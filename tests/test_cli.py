@@ -227,6 +227,7 @@ BAD_INPUTS = {
     "emit": (["emit", "{tmp}", "--image", "x", "--prompt", "p", "--runtime", "edge-llm", "--out", "{tmp}/o"],
              "no such image"),
     "triton-repo": (["triton-repo", "{tmp}", "--out", "{tmp}/r"], "missing"),
+    "serve": (["serve", "{tmp}", "--http-port", "0"], "must be in [1, 65535], got 0"),
     "plugin": (["plugin", "rebuild"], "invalid choice"),
     "inspect": (["inspect", "{tmp}/none.onnx"], "no such ONNX file"),
 }

@@ -30,3 +30,10 @@ def artifact_runners(folder: str | Path, allow_unverified: bool = False) -> tupl
         check_manifest(folder, {**manifest, "plugin": None}, None, None, None)
         runners = {name: OnnxRuntimeRunner(folder / g["file"]) for name, g in manifest["graphs"].items()}
     return manifest, runners
+
+
+def close_runners(runners: dict[str, Runner]) -> None:
+    """Deactivate the runners still active (sessions held for a pipeline's or server's life)."""
+    for runner in runners.values():
+        if runner.is_active:
+            runner.deactivate()

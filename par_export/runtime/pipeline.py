@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from par_export.engine.load import artifact_runners
+from par_export.engine.load import artifact_runners, close_runners
 from par_export.engine.run import budget_feed, query_inputs
 from par_export.engine.verify import cast_feed
 from par_export.processing import PROCESSOR_DIR, ModelInputs
@@ -60,9 +60,7 @@ class VisionLanguagePipeline:
 
     def close(self) -> None:
         """Release the artifact's sessions (Polygraphy runners are activated for the pipeline's life)."""
-        for runner in self.runners.values():
-            if runner.is_active:
-                runner.deactivate()
+        close_runners(self.runners)
 
     def __enter__(self) -> VisionLanguagePipeline:
         return self
