@@ -294,24 +294,23 @@ def cmd_eval(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         llava_dir, clip_dir = resolve_model(args.model, Path(tmp))
         methods, budgets = args.methods.split(","), _budgets(args.budgets)
+        # one meaning of --par, --backend, --methods and --budgets for the procedural split and JSONL
+        config, artifacts = PARConfig().with_overrides(args.par), None
+        if args.backend == "onnxruntime":
+            artifacts = build_eval_artifacts(llava_dir, args.clip or clip_dir, methods, budgets,
+                                             Path(tmp) / "artifacts", config)
+        elif args.backend != "torch":
+            if not Path(args.backend).is_dir():
+                raise ValueError(f"--backend {args.backend!r}: expected torch, onnxruntime or a "
+                                 "`par-export build` folder")
+            method, artifacts = artifact_budgets(Path(args.backend), budgets)
+            methods, budgets = [method], [budget for _, budget in artifacts]
         if args.data:
-            if args.backend != "torch":  # refused, not silently ignored
-                raise ValueError(f"--backend {args.backend}: --data FILE.jsonl reduces in PyTorch only so far; "
-                                 "leave --backend out")
             results = evaluate_jsonl(llava_dir, args.clip or clip_dir, Path(args.data), Path(args.images), methods,
-                                     budgets, config=PARConfig().with_overrides(args.par), batch=min(args.batch, 8))
+                                     budgets, config=config, batch=min(args.batch, 8), artifacts=artifacts,
+                                     allow_unverified=args.allow_unverified)
             print(f"{results['records']} records; skipped: {results['skipped'] or 'none'}")
         else:
-            config, artifacts = PARConfig().with_overrides(args.par), None
-            if args.backend == "onnxruntime":
-                artifacts = build_eval_artifacts(llava_dir, args.clip or clip_dir, methods, budgets,
-                                                 Path(tmp) / "artifacts", config)
-            elif args.backend != "torch":
-                if not Path(args.backend).is_dir():
-                    raise ValueError(f"--backend {args.backend!r}: expected torch, onnxruntime or a "
-                                     "`par-export build` folder")
-                method, artifacts = artifact_budgets(Path(args.backend), budgets)
-                methods, budgets = [method], [budget for _, budget in artifacts]
             results = evaluate(llava_dir, args.clip or clip_dir, methods, budgets, split=args.split, n=args.n,
                                batch=args.batch, config=config, artifacts=artifacts,
                                allow_unverified=args.allow_unverified)
@@ -554,9 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy vs kept tokens per method on the demo VQA (CSV, JSON, PNG)")
     p.add_argument("--model", default="demo", help="'demo' (shipped) or a local LLaVA folder trained on the VQA")
     p.add_argument("--clip", help="local CLIP folder for space=clip (demo: shipped)")
-    p.add_argument("--methods", default="par,random,pool,cls_attn,visionzip,prumerge,text_sim",
-                   help="comma-separated reducers, of: " + ", ".join(methods))
-    p.add_argument("--budgets", default="16,32,64,128,auto", help="comma-separated K values and/or 'auto'")
+    p.add_argument("--methods", default="par,random,pool,cls_attn,visionzip_mean,prumerge_mean,text_sim",
+                   help="comma-separated reducers, of: " + ", ".join(methods) + "; NAME:OPT=VALUE[:...] overrides "
+                   "PAR options for one entry (ablations: par:router=keep,par:beta=1.0)")
+    p.add_argument("--budgets", default="4,8,16,32,64,128,auto", help="comma-separated K values and/or 'auto'")
     p.add_argument("--backend", default="torch", help="reduce with PyTorch ('torch'), with every method exported "
                    "and built for ONNX Runtime ('onnxruntime'), or with one `par-export build` folder (its method "
                    "and the budgets it serves); the LLM answers in PyTorch")

@@ -63,9 +63,29 @@ def test_eval_jsonl_end_to_end(tiny_folders, tmp_path, capsys):
     kept = {name: next(r["mean_kept"] for r in json.loads((tmp_path / name / "results.json").read_text())
                        if r["method"] == "par") for name in ("a0", "a1")}
     assert kept["a1"] > kept["a0"], kept
-    capsys.readouterr()
-    assert main(common + ["--backend", "onnxruntime", "--out", str(tmp_path / "b")]) == 2
-    assert "reduces in PyTorch only so far" in capsys.readouterr().err
+    # --backend means the same on JSONL as on the procedural split: the built graphs reduce, same answers
+    from par_export.eval.vqa import evaluate_jsonl
+
+    answers = {}
+    for backend in ("torch", "onnxruntime"):
+        artifacts = None
+        if backend == "onnxruntime":
+            from par_export.eval.vqa import build_eval_artifacts
+
+            artifacts = build_eval_artifacts(llava, clip, ["par"], [8], tmp_path / "built")
+        tallies = evaluate_jsonl(llava, clip, tmp_path / "eval.jsonl", tmp_path, ["par"], [8], artifacts=artifacts,
+                                 progress=False)["tallies"]
+        answers[backend] = tallies[("par", 8)].predictions
+    assert answers["onnxruntime"] == answers["torch"] and len(answers["torch"]) == 3 and any(answers["torch"])
+    fixed = common[:-1] + ["8,auto"]
+    assert main(fixed + ["--out", str(tmp_path / "t")]) == 0
+    assert main(fixed + ["--backend", "onnxruntime", "--out", str(tmp_path / "b")]) == 0
+    torch_rows, ort_rows = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("t", "b"))
+    assert [(r["method"], r["budget"], r["n"]) for r in ort_rows] == [(r["method"], r["budget"], r["n"])
+                                                                      for r in torch_rows]
+    for ours, reference in zip(ort_rows, torch_rows):
+        assert ours["accuracy"] == reference["accuracy"], ours
+        assert abs(ours["mean_kept"] - reference["mean_kept"]) <= (0.5 if ours["budget"] == "auto" else 0), ours
 
 
 def test_eval_rejects_unknown_method_and_budget(tiny_folders, capsys):
@@ -118,3 +138,22 @@ def test_bootstrap_intervals_are_paired_and_shrink_with_n():
     assert accuracy_interval(perfect, indices) == (1.0, 1.0)
     with pytest.raises(ValueError, match="100 outcomes for resamples of 400"):
         accuracy_interval(small, indices)
+
+
+def test_ablations_run_beside_the_methods_on_the_same_questions(tiny_folders, tmp_path, capsys):
+    from par_export.eval.vqa import _adapters
+    from par_export.reduce import PARConfig
+
+    llava, clip = tiny_folders
+    methods = ["par", "par:router=keep", "par:beta=1.0:tau=0.25"]
+    _, adapters, _ = _adapters(llava, clip, methods, PARConfig())
+    configs = {m: adapters[m].reducer.config for m in methods}
+    assert (configs["par"].router, configs["par:router=keep"].router) == ("merge", "keep")
+    assert (configs["par:beta=1.0:tau=0.25"].beta, configs["par:beta=1.0:tau=0.25"].tau) == (1.0, 0.25)
+    assert main(["eval", "--model", str(llava), "--clip", str(clip), "--methods", ",".join(methods[:2]),
+                 "--budgets", "8", "--n", "6", "--batch", "6", "--out", str(tmp_path / "o")]) == 0
+    rows = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["full", "par", "par:router=keep"] and all(r["n"] == 6 for r in rows)
+    capsys.readouterr()
+    assert main(["eval", "--model", str(llava), "--methods", "par:nope=1", "--n", "2"]) == 2
+    assert "unknown PARConfig option 'nope'" in capsys.readouterr().err

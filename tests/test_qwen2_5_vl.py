@@ -153,7 +153,7 @@ def test_several_images_in_one_graph_call_equal_each_image_reduced_alone(folder,
     from par_export.models.qwen2_5_vl import QwenVisionParGraph, vision_inputs
     from par_export.reduce.retrieval import pool_prompt
 
-    for method in ("par", "visionzip", "random"):
+    for method in ("par", "visionzip_mean", "random"):
         model = ReducedQwen2_5_VL.from_pretrained(folder, method, PARConfig(k_max=16))
         graph = QwenVisionParGraph(model, "input").eval()
         grids = batch["image_grid_thw"]

@@ -36,7 +36,7 @@ def test_budget_respected_and_indices_consistent(method, budget, batch):
     x, prompt, attn = batch
     out = run(method, x, prompt, attn, budget=budget)
     assert bool((out.num_kept >= 1).all()) and bool((out.num_kept <= budget).all())
-    if method not in ("pool", "prumerge"):  # these two may keep fewer than K by design
+    if method not in ("pool", "prumerge_mean"):  # these two may keep fewer than K by design
         assert out.num_kept.tolist() == [budget, budget]
     for b in range(x.shape[0]):
         k = int(out.num_kept[b])
@@ -57,7 +57,7 @@ def _merge_weights(method, x, prompt, attn):
     """Per-token merge weight (up to a per-cluster factor) each method documents."""
     if method == "par":
         return torch.exp(standardized_relevance(x, prompt, None, attn) / PARConfig().tau)
-    if method in ("prumerge", "prumerge+"):
+    if method in ("prumerge_mean", "prumerge+_mean"):
         return attn.float()
     return torch.ones(x.shape[:2])
 
@@ -214,7 +214,7 @@ def test_baseline_specific_errors(batch):
     with pytest.raises(ValueError, match="has no adaptive budget"):
         create_reducer("random")(x, budget="auto")
     with pytest.raises(ValueError, match="CLS attention"):
-        create_reducer("visionzip")(x, prompt, None, budget=8)
+        create_reducer("visionzip_mean")(x, prompt, None, budget=8)
     with pytest.raises(ValueError, match="python int budget"):
         create_reducer("pool", config=PARConfig(k_max=16))(x, budget=torch.tensor(8))
     with pytest.raises(ValueError, match="unknown reduction method 'nope'"):

@@ -60,7 +60,7 @@ def test_masked_adaptive_budget_equals_each_image_alone(method):
     assert len(set(out.num_kept.tolist())) > 1  # the images keep different K
 
 
-@pytest.mark.parametrize("method", ["par", "visionzip"])
+@pytest.mark.parametrize("method", ["par", "visionzip_mean"])
 def test_tensor_budget_is_capped_per_image(method):
     """A graph's budget input can exceed a small image's N: that image keeps all its tokens."""
     images, x, prompt, attn, mask = padded_batch()
@@ -80,7 +80,7 @@ def test_masked_prompt_fallback_mixes_with_prompted_images():
         assert out.keep_index[b].tolist() == alone.keep_index[0].tolist()
 
 
-@pytest.mark.parametrize("method", ["pool", "prumerge"])
+@pytest.mark.parametrize("method", ["pool", "prumerge_mean"])
 def test_one_image_methods_refuse_a_mask(method):
     _, x, prompt, attn, mask = padded_batch(sizes=(64, 64, 64))
     with pytest.raises(ValueError, match="one image per call"):

@@ -117,7 +117,7 @@ def bench_reducer(args) -> dict:
                      "query_encoder": lambda: text_tower(input_ids=query_ids)}
             for name in methods:
                 reducer = create_reducer(name, config=PARConfig(), query_projection=projection)
-                if name in ("pool", "prumerge") and crops > 1:
+                if name in ("pool", "prumerge_mean") and crops > 1:
                     continue  # one image's grid: not defined over several crops
                 k = "auto" if reducer.supports_auto else args.budget
                 sides[name] = (lambda r=reducer, k=k: r(tokens, prompt, attn, budget=k))

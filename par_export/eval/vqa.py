@@ -8,6 +8,7 @@ per batch and is shared by all of them.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,12 @@ from par_export.reduce import PARConfig, reducer_class
 @dataclass
 class Tally:
     """One method and budget's answers: ``outcomes[i]`` is whether sample ``i`` was answered right
-    (samples in the same order for every method: intervals are paired), ``kept`` its K."""
+    (samples in the same order for every method: intervals are paired), ``kept`` its K,
+    ``predictions`` the generated answers (JSONL evaluation)."""
 
     outcomes: list[bool] = field(default_factory=list)
     kept: list[int] = field(default_factory=list)
+    predictions: list[str] = field(default_factory=list)
 
     def add(self, right) -> None:
         self.outcomes += [bool(r) for r in right]
@@ -68,9 +71,18 @@ def accuracy_interval(tally: Tally, indices: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def method_spec(spec: str, config: PARConfig) -> tuple[str, PARConfig]:
+    """A method as ``--methods`` names it -> ``(reducer name, its config)``. ``NAME:OPT=VALUE[:...]``
+    overrides PAR options for that entry only, so ablations (``par:router=keep``, ``par:beta=1.0``)
+    run beside the other methods on the same questions, their intervals paired."""
+    name, *overrides = spec.split(":")
+    return name, config.with_overrides(overrides) if overrides else config
+
+
 def check_methods_and_budgets(methods: list[str], budgets: list) -> None:
     for method in methods:
-        reducer_class(method)  # raises with the list of methods
+        name, _ = method_spec(method, PARConfig())  # bad options: PARConfig's message
+        reducer_class(name)  # raises with the list of methods
     for budget in budgets:
         if budget != "auto" and (not isinstance(budget, int) or budget < 1):
             raise ValueError(f"budget must be a positive int or 'auto', got {budget!r}")
@@ -97,10 +109,12 @@ def build_eval_artifacts(llava_dir: Path, clip_dir: Path | None, methods: list[s
     from par_export.export import export_model
 
     artifacts: dict = {}
+    serial = itertools.count()
 
     def make(method: str, budget) -> Path:
-        name = f"{method}-{budget}"
-        export_model(llava_dir, work / f"{name}-onnx", method=method, budget=budget, config=config,
+        name = f"{next(serial)}-{budget}"  # a method spec may hold ':' and '='
+        reducer, method_config = method_spec(method, config or PARConfig())
+        export_model(llava_dir, work / f"{name}-onnx", method=reducer, budget=budget, config=method_config,
                      clip_path=clip_dir, progress=False)
         build(work / f"{name}-onnx", work / name, BuildOptions(precision="fp32", backend="onnxruntime"),
               progress=False)
@@ -108,7 +122,7 @@ def build_eval_artifacts(llava_dir: Path, clip_dir: Path | None, methods: list[s
 
     fixed = [b for b in budgets if b != "auto"]
     for method in tqdm(methods, desc="export + build"):
-        cls = reducer_class(method)
+        cls = reducer_class(method_spec(method, PARConfig())[0])
         if fixed and cls.name == "pool":
             artifacts.update({(method, b): make(method, b) for b in fixed})
         elif fixed:
@@ -152,8 +166,21 @@ def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config
                          f"{family.adapter.__name__} runs in PyTorch; `par-export export/build/run` where it exports)")
     base = family.adapter.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)
     clip = base.query_encoder if base.config.space == "clip" else None
-    adapters = {m: family.adapter(base.model, m, base.config, base.tokenizer, clip) for m in methods}
+    adapters = {}
+    for method in methods:
+        name, method_config = method_spec(method, base.config)
+        adapters[method] = family.adapter(base.model, name, method_config, base.tokenizer, clip)
     return base, adapters, family.inputs(llava_dir)
+
+
+def _pipelines(base, artifacts: dict | None, allow_unverified: bool) -> dict:
+    """``{(method, budget): VisionLanguagePipeline}``, one pipeline per artifact folder."""
+    from par_export.runtime.pipeline import VisionLanguagePipeline
+
+    loaded: dict = {}
+    for folder in dict.fromkeys((artifacts or {}).values()):
+        loaded[folder] = VisionLanguagePipeline(folder, base.model, base.tokenizer, allow_unverified=allow_unverified)
+    return {key: loaded[folder] for key, folder in (artifacts or {}).items()}
 
 
 @torch.no_grad()
@@ -166,8 +193,6 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
     budget then reduce through the built graph (on its backend), not PyTorch; the language model
     answers in PyTorch either way.
     """
-    from par_export.runtime.pipeline import VisionLanguagePipeline
-
     check_methods_and_budgets(methods, budgets)
     config = config or PARConfig()
     base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config)
@@ -175,10 +200,7 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
     if too_large:
         raise ValueError(f"--budgets {too_large}: above the {base.tokens_per_image} tokens per image; a larger "
                          "budget would score the full context under another name")
-    loaded: dict = {}
-    for folder in dict.fromkeys((artifacts or {}).values()):
-        loaded[folder] = VisionLanguagePipeline(folder, base.model, base.tokenizer, allow_unverified=allow_unverified)
-    pipes = {key: loaded[folder] for key, folder in (artifacts or {}).items()}
+    pipes = _pipelines(base, artifacts, allow_unverified)
     tallies: dict = {"full": Tally()}
     examples = []
     seeds = list(split_seeds(split, n))
@@ -318,16 +340,20 @@ def format_rows(rows: list[dict]) -> str:
 @torch.no_grad()
 def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, images: Path, methods: list[str],
                    budgets: list, config: PARConfig | None = None, batch: int = 8, max_new_tokens: int = 8,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, artifacts: dict | None = None, allow_unverified: bool = False) -> dict:
     """Generation-based accuracy on a LLaVA-style JSONL file (see :mod:`par_export.eval.jsonl`).
 
-    Images and prompts go through the folder's own processor and chat template.
+    Images and prompts go through the folder's own processor and chat template. ``artifacts``:
+    as :func:`evaluate` (that method and budget reduce through the built graph; families the LLM
+    pipeline serves).
     """
     from par_export.eval.jsonl import is_correct, load_images, read_jsonl
 
     check_methods_and_budgets(methods, budgets)
     records = read_jsonl(records_path)
-    base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config or PARConfig(), pipeline_only=False)
+    base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config or PARConfig(),
+                                       pipeline_only=bool(artifacts))
+    pipes = _pipelines(base, artifacts, allow_unverified)
     kept, pictures, skipped = load_images(records, images)
     if not kept:
         why = f" (skipped: {dict(skipped)})" if skipped else ""
@@ -358,12 +384,21 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
                 # a budget above an image's N keeps all of its tokens (N differs per image for some families)
                 k = budget if budget == "auto" else (min(budget, sizes[0]) if sizes[1] is None
                                                      else [min(budget, n) for n in sizes[1]])
-                reduced = adapter.prepare_inputs(ids, mask, **image_inputs, budget=k, features=features)
-                out = base.model.generate(**reduced.model_inputs, **generate)
-                width = reduced.model_inputs["input_ids"].shape[1]
+                pipe = pipes.get((method, budget))
+                if pipe is not None:  # the built graph reduces, the model generates from the spliced rows
+                    prompts = [inputs.chat_prompt(r.text) for r in chunk]
+                    image_embeds, num_kept = pipe.reduce(image_inputs["pixel_values"].numpy(), prompts,
+                                                         None if budget == "auto" else k)
+                    embeds, embeds_mask = pipe.splice(prompts, image_embeds, num_kept)
+                    out = base.model.generate(inputs_embeds=embeds, attention_mask=embeds_mask, **generate)
+                    new, kept_now = out, num_kept.tolist()
+                else:
+                    reduced = adapter.prepare_inputs(ids, mask, **image_inputs, budget=k, features=features)
+                    out = base.model.generate(**reduced.model_inputs, **generate)
+                    new, kept_now = out[:, reduced.model_inputs["input_ids"].shape[1]:], kept_counts(reduced.reduction)
                 tally = tallies.setdefault((method, budget), Tally())
-                _score(tally, tok.batch_decode(out[:, width:], skip_special_tokens=True), chunk, is_correct)
-                tally.kept += kept_counts(reduced.reduction)
+                _score(tally, tok.batch_decode(new, skip_special_tokens=True), chunk, is_correct)
+                tally.kept += kept_now
     mean_full = round(float(np.mean(full_tokens))) if full_tokens else 0
     return {"tallies": tallies, "examples": [], "model": base, "full_tokens": mean_full,
             "text_tokens": round(float(np.mean(text_tokens))) if text_tokens else 0, "skipped": skipped,
@@ -389,3 +424,4 @@ def kept_counts(reduction) -> list[int]:
 
 def _score(tally: Tally, predictions: list[str], records, is_correct) -> None:
     tally.add(is_correct(p, r.answer) for p, r in zip(predictions, records))
+    tally.predictions += predictions

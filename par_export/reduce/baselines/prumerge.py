@@ -1,4 +1,4 @@
-"""``prumerge`` / ``prumerge+``: IQR outliers of CLS attention, the rest merged in (LLaVA-PruMerge)."""
+"""``prumerge_mean`` / ``prumerge+_mean``: IQR outliers of CLS attention, the rest merged in (LLaVA-PruMerge)."""
 
 from __future__ import annotations
 
@@ -33,15 +33,20 @@ def quartiles(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @register
 class PruMergeReducer(TokenReducer):
     """Keeps tokens whose CLS attention is an IQR outlier (``> Q3 + 1.5 IQR``), at most K
-    (at least 1); ``prumerge+`` adds spatially uniform samples up to K.
+    (at least 1); ``prumerge+_mean`` adds spatially uniform samples up to K.
 
     Every other token is merged into its most similar kept token, weighted by its
-    CLS attention. PruMerge updates each kept token from its k nearest neighbours;
-    our reconstruction uses the partition of the shared router instead.
+    CLS attention (a softmax-weighted mean per cluster).
+
+    A variant of ``CLIPVisionTower.token_prune_merge_advanced`` (``_plus``) in
+    ``llava/model/multimodal_encoder/clip_encoder.py`` of 42Shawn/LLaVA-PruMerge @ 097c041,
+    which takes one-head attention from encoder layer 23 (the layer after the feature layer),
+    updates each kept token additively from its 32 nearest tokens by key cosine, appends one
+    extra token, and (``+``) samples a fixed spatial grid (docs/par.md, "Baselines").
     """
 
-    name = "prumerge"
-    description = "IQR outliers of CLS attention (adaptive, <= K) + attention-weighted merge (PruMerge)"
+    name = "prumerge_mean"
+    description = "IQR outliers of CLS attention (adaptive, <= K) + attention-weighted mean merge (PruMerge variant)"
     needs_attn = True
     supports_auto = True  # the outlier count is adaptive; "auto" caps it at k_max
     spatial_fill = False
@@ -69,7 +74,7 @@ class PruMergeReducer(TokenReducer):
 
 @register
 class PruMergePlusReducer(PruMergeReducer):
-    name = "prumerge+"
-    description = "PruMerge + spatially uniform samples up to K (PruMerge+)"
+    name = "prumerge+_mean"
+    description = "prumerge_mean + rank-spaced samples up to K (PruMerge+ variant)"
     supports_auto = False
     spatial_fill = True

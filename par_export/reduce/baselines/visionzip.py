@@ -1,4 +1,4 @@
-"""``visionzip``: dominant tokens by CLS attention + contextual tokens merged (VisionZip)."""
+"""``visionzip_mean``: dominant tokens by CLS attention + contextual tokens merged (VisionZip)."""
 
 from __future__ import annotations
 
@@ -28,16 +28,20 @@ def dominant_count(num_kept: torch.Tensor, dominant: int = 54, total: int = 64) 
 
 @register
 class VisionZipReducer(TokenReducer):
-    """Keeps the top dominant tokens by CLS attention; the remaining tokens are
-    averaged into contextual tokens: targets evenly spaced over them, each
-    remaining token merged into its most similar target.
+    """A variant of VisionZip: keeps the top dominant tokens by CLS attention; the remaining
+    tokens are averaged into contextual tokens: targets evenly spaced over their ranks, each
+    remaining token merged into its most similar target, each contextual token the mean of
+    its cluster.
 
-    Our reconstruction measures similarity on the tokens themselves (VisionZip uses
-    the last layer's attention keys).
+    Follows, and differs from, ``CLIPVisionTower_VisionZip.forward`` in
+    ``visionzip/clip_encoder.py`` of dvlab-research/VisionZip @ 3151f6d: that code keeps the
+    CLS token among the dominant ones, picks every ``floor(M / c)``-th remaining token as a
+    target, assigns by the layer's head-mean attention keys and adds the target to the mean
+    of the others (docs/par.md, "Baselines").
     """
 
-    name = "visionzip"
-    description = "dominant tokens by CLS attention + merged contextual tokens (VisionZip)"
+    name = "visionzip_mean"
+    description = "dominant tokens by CLS attention + merged contextual tokens (VisionZip variant: mean merge)"
     needs_attn = True
 
     def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask):
