@@ -285,12 +285,14 @@ def plot_accuracy(rows: list[dict], path: Path, full_tokens: int) -> None:
     full = next(r for r in rows if r["method"] == "full")
     ax.axhline(full["accuracy"], color="black", linestyle="--", linewidth=1, label=f"full ({full_tokens} tokens)")
     ax.axhspan(full["accuracy_low"], full["accuracy_high"], color="black", alpha=0.08)
-    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "full"):
+    # tab20's strong colours first, then its light ones, and a marker per ten: no two methods alike
+    palette = [plt.cm.tab20(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows if r["method"] != "full")):
         points = sorted((r["mean_kept"], r["accuracy"], r["accuracy_low"], r["accuracy_high"])
                         for r in rows if r["method"] == method)
         kept, accuracy, low, high = (np.array(v) for v in zip(*points))
-        ax.errorbar(kept, accuracy, yerr=[accuracy - low, high - accuracy], marker="o", capsize=3,
-                    linewidth=2.2 if method == "par" else 1.2, label=method)
+        ax.errorbar(kept, accuracy, yerr=[accuracy - low, high - accuracy], marker="os^D"[i // 10 % 4], capsize=3,
+                    color=palette[i % 20], linewidth=2.2 if method == "par" else 1.2, label=method)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("kept visual tokens (mean K)")
     ax.set_ylabel("accuracy (95% bootstrap interval)")
