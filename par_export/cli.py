@@ -40,13 +40,15 @@ POSITIVE, NON_NEGATIVE, PORT = _at_least(1), _at_least(0), _at_least(1, 65535)
 
 
 def cmd_methods(args) -> int:
-    from par_export.reduce import available_methods, reducer_class
+    from par_export.reduce import authors_methods, available_methods, reducer_class
 
-    print(f"{'method':<10} {'auto K':<6} {'needs':<14} description")
-    for name, description in available_methods().items():
+    print(f"{'method':<14} {'auto K':<6} {'needs':<14} description")
+    for name, description in {**available_methods(), **authors_methods()}.items():
         cls = reducer_class(name)
         needs = "prompt|attn" if cls.uses_prompt else ("CLS attn" if cls.needs_attn else "-")
-        print(f"{name:<10} {'yes' if cls.supports_auto else 'no':<6} {needs:<14} {description}")
+        if cls.tower_inputs:
+            needs, description = "tower", f"{description} [eval and the LLaVA-1.5 adapter; does not export]"
+        print(f"{name:<14} {'yes' if cls.supports_auto else 'no':<6} {needs:<14} {description}")
     return 0
 
 
@@ -439,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     from par_export import __version__
     from par_export.engine.presets import PRECISIONS, available_presets
     from par_export.models.geometries import LLAVA_GEOMETRIES
-    from par_export.reduce import available_methods
+    from par_export.reduce import authors_methods, available_methods
 
     methods = sorted(available_methods())
     parser = _Parser(prog="par-export", description=__doc__)
@@ -554,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo", help="'demo' (shipped) or a local LLaVA folder trained on the VQA")
     p.add_argument("--clip", help="local CLIP folder for space=clip (demo: shipped)")
     p.add_argument("--methods", default="par,random,pool,cls_attn,visionzip_mean,prumerge_mean,text_sim",
-                   help="comma-separated reducers, of: " + ", ".join(methods) + "; NAME:OPT=VALUE[:...] overrides "
+                   help="comma-separated reducers, of: " + ", ".join(methods) + " and the authors' forms " +
+                   ", ".join(sorted(authors_methods())) + "; NAME:OPT=VALUE[:...] overrides "
                    "PAR options for one entry (ablations: par:router=keep,par:beta=1.0)")
     p.add_argument("--budgets", default="4,8,16,32,64,128,auto", help="comma-separated K values and/or 'auto'")
     p.add_argument("--backend", default="torch", help="reduce with PyTorch ('torch'), with every method exported "

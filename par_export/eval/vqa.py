@@ -208,7 +208,8 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
         samples, ids, mask, pixels, answers = vqa_batch(base, inputs, seeds[start:start + batch])
         full = base.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[:, -1].argmax(-1)
         tallies["full"].add(full == answers)
-        features = base.vision_features(pixels)
+        # one tower pass for every method (the authors' forms also read the tower's keys and CLS token)
+        features = base.vision_features(pixels, tower_outputs=any(a.reducer.tower_inputs for a in adapters.values()))
         for method, adapter in adapters.items():
             for budget in budgets:
                 if budget == "auto" and not adapter.reducer.supports_auto:

@@ -122,6 +122,10 @@ def export_model(
     if batch_max < 1:
         raise ExportError(f"batch_max must be >= 1, got {batch_max}")
     cls = reducer_class(method)
+    if cls.tower_inputs:
+        raise ExportError(f"method {method!r} is an authors' form: it reads the tower's "
+                          f"{' and '.join(cls.tower_inputs)}, which the exported graph does not hand the reducer; "
+                          f"export {method}_mean, or evaluate {method!r} in PyTorch (par-export eval)")
     if plugin and cls.name != "par":
         raise ExportError(f"--plugin replaces PAR's top-k clustering step; method {method!r} has none")
     budget_mode: str | int

@@ -33,3 +33,16 @@ def cls_attention(layer: nn.Module, layer_input: torch.Tensor) -> torch.Tensor:
     k = attn.k_proj(normed).view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)
     weights = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * attn.scale, dim=-1)  # [B, H, 1, 1+N]
     return weights[:, :, 0, 1:].mean(dim=1)
+
+
+def layer_keys(layer: nn.Module, layer_input: torch.Tensor) -> torch.Tensor:
+    """One CLIP layer's attention keys averaged over heads, ``[B, 1 + N, head_dim]``: VisionZip's
+    ``metric`` (its ``CLIPAttention_forward`` returns ``raw_key_states.mean(1)``).
+
+    Args:
+        layer: a ``CLIPEncoderLayer``; layer_input: ``[B, 1 + N, D]`` hidden states entering it.
+    """
+    attn = layer.self_attn
+    b, t, _ = layer_input.shape
+    keys = attn.k_proj(layer.layer_norm1(layer_input)).view(b, t, attn.num_heads, attn.head_dim)
+    return keys.mean(dim=2)

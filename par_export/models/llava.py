@@ -23,7 +23,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from par_export.export.config import VisionParOnnxConfig
 from par_export.export.validate import Case
-from par_export.models.clip_vision import cls_attention, hidden_state_index
+from par_export.models.clip_vision import cls_attention, hidden_state_index, layer_keys
 from par_export.models.family import ModelFamily
 from par_export.models.loading import load_pretrained_model, pretrained_kwargs
 from par_export.models.query import ClipQueryEncoder, LlmQueryEncoder, QueryEncoder
@@ -200,25 +200,37 @@ class ReducedLlava:
         return (vision.image_size // vision.patch_size) ** 2
 
     @torch.no_grad()
-    def vision_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def vision_features(self, pixel_values: torch.Tensor, tower_outputs: bool = False) -> tuple:
         """``pixel_values [I, 3, H, W]`` -> patch tokens ``[I, N, Dv]`` of the feature layer
-        and the CLS attention ``[I, N]`` of that layer."""
+        and the CLS attention ``[I, N]`` of that layer; with ``tower_outputs``, a third item: what
+        the authors' forms of the baselines also read (``cls_token [I, Dv]`` of the feature
+        layer, ``keys [I, 1 + N, head_dim]`` of the layer that produced it, averaged over heads)."""
         tower = self.vision_tower
         dtype = next(tower.parameters()).dtype
         hidden = tower(pixel_values.to(dtype), output_hidden_states=True).hidden_states
         index = hidden_state_index(self.model.config.vision_feature_layer, len(hidden) - 1)
-        attn = cls_attention(tower.encoder.layers[index - 1], hidden[index - 1])
-        return hidden[index][:, 1:], attn
+        layer = tower.encoder.layers[index - 1]
+        attn = cls_attention(layer, hidden[index - 1])
+        if not tower_outputs:
+            return hidden[index][:, 1:], attn
+        return hidden[index][:, 1:], attn, {"cls_token": hidden[index][:, 0],
+                                            "keys": layer_keys(layer, hidden[index - 1])}
+
+    @property
+    def reduces_projected(self) -> bool:
+        """``space=llm``: the reducer sees the projector's output (the authors' forms of the
+        baselines always reduce the tower's tokens, as their code does)."""
+        return self.config.space == "llm" and not self.reducer.tower_inputs
 
     def to_reducer_space(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tower tokens ``[..., N, Dv]`` -> what the reducer sees: themselves (``space=clip``), or the
         projector's output ``[..., N, D_llm]`` (``space=llm``: retrieval, clustering and merging all
         act on the rows the LLM receives, and no token is projected twice)."""
-        return self.projector(tokens) if self.config.space == "llm" else tokens
+        return self.projector(tokens) if self.reduces_projected else tokens
 
     def to_llm_space(self, reduced: torch.Tensor) -> torch.Tensor:
         """The reducer's output tokens -> LLM rows ``[..., K, D_llm]`` (projected unless already, ``space=llm``)."""
-        return reduced if self.config.space == "llm" else self.projector(reduced)
+        return reduced if self.reduces_projected else self.projector(reduced)
 
     def prompts_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
         """Decode each sample's text tokens (image and special tokens removed)."""
@@ -240,7 +252,10 @@ class ReducedLlava:
         ``features``: ``vision_features(pixel_values)`` if already computed (evaluation reuses
         one tower pass across reducers and budgets).
         """
-        tokens, attn = features if features is not None else self.vision_features(pixel_values)
+        wants_tower = bool(self.reducer.tower_inputs)
+        if features is None or (wants_tower and len(features) < 3):
+            features = self.vision_features(pixel_values, tower_outputs=wants_tower)
+        tokens, attn, *tower = features
         tokens = self.to_reducer_space(tokens)
         prompt_embedding = prompt_mask = None
         if self.reducer.uses_prompt and prompts is not None:
@@ -248,7 +263,8 @@ class ReducedLlava:
                 warnings.warn("no tokenizer to embed the prompts: relevance falls back to CLS attention", stacklevel=2)
             else:
                 prompt_embedding, prompt_mask = self.query_encoder(prompts)
-        reduction = self.reducer(tokens, prompt_embedding, attn, budget=budget, prompt_mask=prompt_mask)
+        reduction = self.reducer(tokens, prompt_embedding, attn, budget=budget, prompt_mask=prompt_mask,
+                                 tower=tower[0] if tower else None)
         projected = self.to_llm_space(reduction.tokens)
         features = [p[:k] for p, k in zip(projected, reduction.num_kept.tolist())]
         return reduction, features

@@ -111,6 +111,9 @@ class ReducedLlavaNext(ReducedLlava):
 
     def _check_model(self) -> None:
         super()._check_model()
+        if self.reducer.tower_inputs:
+            raise ValueError(f"method {self.reducer.name!r} (an authors' form) runs on LLaVA-1.5 only so far; "
+                             f"use its variant ({self.reducer.name}_mean where there is one)")
         if getattr(self.model.config, "vision_feature_select_strategy", "default") != "default":
             raise ValueError("only vision_feature_select_strategy 'default' is supported")
 

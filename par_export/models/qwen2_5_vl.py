@@ -114,6 +114,9 @@ class ReducedQwen2_5_VL:
                 max_length=model.config.text_config.max_position_embeddings,
                 rewrite=config.rewrite, template=config.template)
         self.reducer = method if isinstance(method, TokenReducer) else create_reducer(method, config=config)
+        if self.reducer.tower_inputs:
+            raise ValueError(f"method {self.reducer.name!r} (an authors' form) reads a CLIP tower's keys and CLS "
+                             "token, which Qwen2.5-VL's tower does not have; use its variant")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, method: str = "par", config: PARConfig | None = None,

@@ -4,19 +4,20 @@
 (docs/par.md), the baselines live in :mod:`par_export.reduce.baselines`.
 """
 
-from par_export.reduce import baselines  # noqa: F401  (registers the baselines)
+from par_export.reduce import authors, baselines  # noqa: F401  (registers the baselines and authors' forms)
 from par_export.reduce.config import PARConfig
 from par_export.reduce.output import ReductionOutput
 from par_export.reduce.par import PARReducer
 from par_export.reduce.prompt import rewrite_prompt
 from par_export.reduce.reducer import TokenReducer
-from par_export.reduce.registry import available_methods, create_reducer, reducer_class, register
+from par_export.reduce.registry import authors_methods, available_methods, create_reducer, reducer_class, register
 
 __all__ = [
     "PARConfig",
     "PARReducer",
     "ReductionOutput",
     "TokenReducer",
+    "authors_methods",
     "available_methods",
     "create_reducer",
     "reducer_class",

@@ -47,6 +47,10 @@ class TokenReducer(nn.Module):
     dynamic_tokens: ClassVar[bool] = True
     # Reduces a padded batch of images with different N (token_mask); False: one image per call.
     takes_token_mask: ClassVar[bool] = True
+    # Tower outputs beyond the patch tokens and CLS attention that the method reads, passed as
+    # ``tower={name: tensor}`` (the authors' forms in reduce/authors/: "cls_token" [B, D], "keys"
+    # [B, 1 + N, Dk]). Such a method runs where the model adapter supplies them, not in an export.
+    tower_inputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: PARConfig | None = None, query_projection: nn.Module | None = None):
         super().__init__()
@@ -62,6 +66,7 @@ class TokenReducer(nn.Module):
         budget: int | str | torch.Tensor | None = None,
         prompt_mask: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
+        tower: dict[str, torch.Tensor] | None = None,
     ) -> ReductionOutput:
         budget = self.config.budget if budget is None else budget
         if not is_exporting():  # checked before anything reads them
@@ -75,6 +80,13 @@ class TokenReducer(nn.Module):
                 if not self.takes_token_mask:
                     raise ValueError(f"method {self.name!r} reduces one image per call: it takes no token_mask")
                 token_mask = check_token_mask(token_mask, visual_tokens, budget)
+        if self.tower_inputs:
+            missing = [name for name in self.tower_inputs if name not in (tower or {})]
+            if missing:
+                raise ValueError(f"method {self.name!r} also reads the vision tower's {', '.join(missing)} "
+                                 "(tower={...}); the LLaVA adapter supplies them")
+            return self.reduce(visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask,
+                               tower=tower)
         return self.reduce(visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask)
 
     def reduce(

@@ -8,6 +8,9 @@ from par_export.reduce.config import PARConfig
 from par_export.reduce.reducer import TokenReducer
 
 _REDUCERS: dict[str, type[TokenReducer]] = {}
+# The authors' forms (reduce/authors/): they read more of the tower than [B, N, D] and CLS
+# attention, so they run in the model adapters (evaluation), not in exported graphs.
+_AUTHORS: dict[str, type[TokenReducer]] = {}
 
 
 def register(cls: type[TokenReducer]) -> type[TokenReducer]:
@@ -20,11 +23,21 @@ def register(cls: type[TokenReducer]) -> type[TokenReducer]:
     return cls
 
 
+def register_authors(cls: type[TokenReducer]) -> type[TokenReducer]:
+    """Class decorator for an authors' form (``tower_inputs`` set): ``create_reducer`` finds it,
+    ``available_methods`` (the exportable reducers) does not list it."""
+    if not cls.tower_inputs:
+        raise ValueError(f"{cls.__name__}: an authors' form declares the tower_inputs it reads")
+    _AUTHORS[cls.name] = cls
+    return cls
+
+
 def reducer_class(name: str) -> type[TokenReducer]:
-    try:
-        return _REDUCERS[name]
-    except KeyError:
-        raise ValueError(f"unknown reduction method {name!r}; available: {', '.join(sorted(_REDUCERS))}") from None
+    found = _REDUCERS.get(name) or _AUTHORS.get(name)
+    if found is None:
+        names = ", ".join(sorted(_REDUCERS) + sorted(_AUTHORS))
+        raise ValueError(f"unknown reduction method {name!r}; available: {names}")
+    return found
 
 
 def create_reducer(
@@ -38,5 +51,10 @@ def create_reducer(
 
 
 def available_methods() -> dict[str, str]:
-    """``{name: one-line description}`` of every registered reducer."""
+    """``{name: one-line description}`` of every registered reducer (each exports)."""
     return {name: _REDUCERS[name].description for name in sorted(_REDUCERS)}
+
+
+def authors_methods() -> dict[str, str]:
+    """``{name: one-line description}`` of the authors' forms (LLaVA-1.5 adapter and eval only)."""
+    return {name: _AUTHORS[name].description for name in sorted(_AUTHORS)}
