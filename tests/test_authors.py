@@ -54,8 +54,63 @@ def test_visionzip_reproduces_its_authors_code(n, batch, k, dominant):
     assert (out.keep_index[:, 0] == n).all()  # the CLS row comes first
 
 
+def prumerge_reference(features, q, k, plus=False):
+    """The batch as ``token_prune_merge_advanced(_plus)(if_adaptive=True)`` (42Shawn/LLaVA-PruMerge
+    @ 097c041) reads, one token at a time: ``features [B, N, C]``; ``q``, ``k`` ``[B, 1 + N, C]``
+    (the next layer's projections). Returns ``[B, kept + 1, C]``."""
+    import numpy as np
+
+    b, n, c = features.shape
+    attn = torch.softmax((q @ k.transpose(-2, -1)) * c ** -0.5, dim=-1)[:, 0, 1:]
+    flat = attn.numpy().ravel()
+    q1, q3 = np.percentile(flat, 25), np.percentile(flat, 75)
+    ratio = len(np.where(flat > q3 + 1.5 * (q3 - q1))[0]) / len(flat)
+    idx = torch.topk(attn, int(n * ratio), dim=1, largest=True).indices
+    if plus:
+        grid = torch.arange(0, 575, int(int(1 / ratio) / 3))
+        idx = torch.cat([idx, torch.tensor([[x for x in grid.tolist() if x not in idx.flatten().tolist()]])], dim=1)
+    keys = k[:, 1:] / k[:, 1:].norm(dim=-1, keepdim=True)
+    out = []
+    for i in range(b):
+        kept, others = idx[i].tolist(), [j for j in range(n) if j not in idx[i].tolist()]
+        rows = []
+        for position, token in enumerate(kept):
+            rest = kept[:position] + kept[position + 1:] + others
+            similarity = [float(keys[i, token] @ keys[i, j]) for j in rest]
+            nearest = [rest[j] for j in sorted(range(len(rest)), key=lambda j: -similarity[j])[:32]]
+            rows.append(features[i, token] + sum(features[i, j] * attn[i, j] for j in nearest))
+        rows.append(sum(features[i, j] * attn[i, j] for j in others))
+        out.append(torch.stack(rows))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("method, n, batch", [("prumerge", 576, 1), ("prumerge", 576, 2), ("prumerge", 256, 3),
+                                              ("prumerge+", 576, 1), ("prumerge+", 576, 2)])
+def test_prumerge_reproduces_its_authors_code(method, n, batch):
+    gen = torch.Generator().manual_seed(n + batch)
+    features = torch.randn(batch, n, 32, generator=gen)
+    q, k = torch.randn(batch, n + 1, 32, generator=gen), torch.randn(batch, n + 1, 32, generator=gen)
+    # a peaked CLS row, as in a trained tower: a few patches' keys point along the CLS query
+    peaks = torch.randperm(n, generator=gen)[:12] + 1
+    k[:, peaks] += 2.0 * q[:, :1]
+    tower = {"next_queries": q, "next_keys": k}
+    if method == "prumerge" or batch == 1:  # prumerge+'s code takes one image per call
+        # the code called with the whole batch: one outlier ratio for all its images
+        out = create_reducer(method, batch_ratio=True)(features, None, None, budget="auto", tower=tower)
+        expected = prumerge_reference(features, q, k, plus=method == "prumerge+")
+        assert out.tokens.shape == expected.shape and out.num_kept.tolist() == [expected.shape[1]] * batch
+        torch.testing.assert_close(out.tokens, expected, rtol=1e-5, atol=1e-5)
+    # the default: each image as the code called with it alone (how the authors evaluate)
+    out = create_reducer(method)(features, None, None, budget="auto", tower=tower)
+    for i in range(batch):
+        alone = prumerge_reference(features[i:i + 1], q[i:i + 1], k[i:i + 1], plus=method == "prumerge+")[0]
+        assert int(out.num_kept[i]) == alone.shape[0]
+        torch.testing.assert_close(out.tokens[i, :alone.shape[0]], alone, rtol=1e-5, atol=1e-5)
+
+
 def test_authors_forms_are_listed_apart_and_need_the_tower():
-    assert "visionzip" in authors_methods() and "visionzip" not in available_methods()
+    assert {"visionzip", "prumerge", "prumerge+"} <= set(authors_methods())
+    assert "visionzip" not in available_methods()
     with pytest.raises(ValueError, match="also reads the vision tower's cls_token, keys"):
         create_reducer("visionzip")(torch.randn(1, 16, 8), None, torch.rand(1, 16), budget=8)
 
@@ -100,7 +155,8 @@ def test_authors_forms_do_not_export_and_run_in_eval(tiny_folders, tmp_path, cap
         export_model(llava, tmp_path / "e", method="visionzip", budget=16, clip_path=clip, progress=False)
     assert not (tmp_path / "e").exists()
     assert main(["methods"]) == 0 and "does not export" in capsys.readouterr().out
-    assert main(["eval", "--model", str(llava), "--clip", str(clip), "--methods", "visionzip,visionzip_mean",
+    assert main(["eval", "--model", str(llava), "--clip", str(clip), "--methods", "visionzip,visionzip_mean,prumerge",
                  "--budgets", "16", "--n", "4", "--batch", "4", "--out", str(tmp_path / "o")]) == 0
     rows = json.loads((tmp_path / "o" / "results.json").read_text())
-    assert [(r["method"], r["mean_kept"]) for r in rows[1:]] == [("visionzip", 16), ("visionzip_mean", 16)]
+    assert [(r["method"], r["mean_kept"]) for r in rows[1:]] == [("visionzip", 16), ("visionzip_mean", 16),
+                                                                  ("prumerge", 16)]

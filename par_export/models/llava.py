@@ -204,7 +204,9 @@ class ReducedLlava:
         """``pixel_values [I, 3, H, W]`` -> patch tokens ``[I, N, Dv]`` of the feature layer
         and the CLS attention ``[I, N]`` of that layer; with ``tower_outputs``, a third item: what
         the authors' forms of the baselines also read (``cls_token [I, Dv]`` of the feature
-        layer, ``keys [I, 1 + N, head_dim]`` of the layer that produced it, averaged over heads)."""
+        layer, ``keys [I, 1 + N, head_dim]`` of the layer that produced it, averaged over heads;
+        ``next_queries``, ``next_keys`` ``[I, 1 + N, Dv]``: the q/k projections of the layer after
+        it on the feature layer, where there is one)."""
         tower = self.vision_tower
         dtype = next(tower.parameters()).dtype
         hidden = tower(pixel_values.to(dtype), output_hidden_states=True).hidden_states
@@ -213,8 +215,12 @@ class ReducedLlava:
         attn = cls_attention(layer, hidden[index - 1])
         if not tower_outputs:
             return hidden[index][:, 1:], attn
-        return hidden[index][:, 1:], attn, {"cls_token": hidden[index][:, 0],
-                                            "keys": layer_keys(layer, hidden[index - 1])}
+        extras = {"cls_token": hidden[index][:, 0], "keys": layer_keys(layer, hidden[index - 1])}
+        if index < len(tower.encoder.layers):
+            after = tower.encoder.layers[index]
+            normed = after.layer_norm1(hidden[index])
+            extras.update(next_queries=after.self_attn.q_proj(normed), next_keys=after.self_attn.k_proj(normed))
+        return hidden[index][:, 1:], attn, extras
 
     @property
     def reduces_projected(self) -> bool:

@@ -7,6 +7,6 @@ finds them, ``available_methods`` (the exportable reducers) does not list them. 
 registers them.
 """
 
-from par_export.reduce.authors import visionzip
+from par_export.reduce.authors import prumerge, visionzip
 
-__all__ = ["visionzip"]
+__all__ = ["prumerge", "visionzip"]
