@@ -31,13 +31,18 @@ def attention_geometry(text_config) -> tuple[int, int]:
     return head_dim, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
 
 
-def llm_prefill_flops(text_config, tokens: int) -> int:
-    """Prefill of a Llama-style decoder on ``tokens`` positions, LM head on the last one."""
+def llm_prefill_flops(text_config, tokens: int, full_tokens: int | None = None, full_layers: int = 0) -> int:
+    """Prefill of a Llama-style decoder on ``tokens`` positions, LM head on the last one. With
+    ``full_layers``, the first that many layers see ``full_tokens`` (pruning inside the LLM, DART)."""
     c = text_config
     head_dim, kv_heads = attention_geometry(c)
-    layer = transformer_layer_flops(tokens, c.hidden_size, c.num_attention_heads, kv_heads, head_dim,
-                                    c.intermediate_size, gated_mlp=True)
-    return c.num_hidden_layers * layer + 2 * c.hidden_size * c.vocab_size
+
+    def layer(n: int) -> int:
+        return transformer_layer_flops(n, c.hidden_size, c.num_attention_heads, kv_heads, head_dim,
+                                       c.intermediate_size, gated_mlp=True)
+
+    early = full_layers * layer(full_tokens) if full_layers else 0
+    return early + (c.num_hidden_layers - full_layers) * layer(tokens) + 2 * c.hidden_size * c.vocab_size
 
 
 def clip_encoder_flops(config, tokens: int, layers: int | None = None) -> int:

@@ -21,6 +21,7 @@ from par_export.data.vqa import render, sample, split_seeds
 from par_export.files import atomic_folder
 from par_export.flops import llm_prefill_flops
 from par_export.plots import save_figure
+from par_export.models.dart import dart_first_token_logits
 from par_export.models.families import family_for
 from par_export.models.llava import ReducedLlava
 from par_export.processing import ModelInputs
@@ -79,8 +80,31 @@ def method_spec(spec: str, config: PARConfig) -> tuple[str, PARConfig]:
     return name, config.with_overrides(overrides) if overrides else config
 
 
+DART = "dart"  # prunes inside the LLM (models/dart.py): an evaluation method, not a reducer
+
+
+def dart_settings(spec: str):
+    """``dart[:layer=L][:image_pivots=P][:text_pivots=T]`` -> its :class:`DartSettings`."""
+    from par_export.models.dart import DartSettings
+
+    values = {}
+    for item in spec.split(":")[1:]:
+        name, _, text = item.partition("=")
+        if name not in ("layer", "image_pivots", "text_pivots") or not text.isdigit():
+            raise ValueError(f"{spec!r}: DART takes layer=, image_pivots=, text_pivots= (ints)")
+        values[name] = int(text)
+    return DartSettings(**values)
+
+
+def is_dart(method: str) -> bool:
+    return method.split(":")[0] == DART
+
+
 def check_methods_and_budgets(methods: list[str], budgets: list) -> None:
     for method in methods:
+        if is_dart(method):
+            dart_settings(method)
+            continue
         name, _ = method_spec(method, PARConfig())  # bad options: PARConfig's message
         reducer_class(name)  # raises with the list of methods
     for budget in budgets:
@@ -121,6 +145,9 @@ def build_eval_artifacts(llava_dir: Path, clip_dir: Path | None, methods: list[s
         return work / name
 
     fixed = [b for b in budgets if b != "auto"]
+    if any(is_dart(m) for m in methods):
+        raise ValueError("dart prunes inside the LLM, which runs in PyTorch: it has no graph to build; evaluate it "
+                         "with --backend torch")
     for method in tqdm(methods, desc="export + build"):
         cls = reducer_class(method_spec(method, PARConfig())[0])
         if fixed and cls.name == "pool":
@@ -168,6 +195,8 @@ def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config
     clip = base.query_encoder if base.config.space == "clip" else None
     adapters = {}
     for method in methods:
+        if is_dart(method):
+            continue  # runs in the LLM itself (evaluate)
         name, method_config = method_spec(method, base.config)
         adapters[method] = family.adapter(base.model, name, method_config, base.tokenizer, clip)
     return base, adapters, family.inputs(llava_dir)
@@ -228,8 +257,16 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
                 if reduced is not None and method == "par" and budget == budgets[0] and len(examples) < keep_examples:
                     for b in range(min(keep_examples - len(examples), len(samples))):
                         examples.append((samples[b], reduced.reduction, b, bool(predicted[b] == answers[b])))
+        for method in [m for m in methods if is_dart(m)]:
+            for budget in [b for b in budgets if b != "auto"]:  # DART keeps a fixed share
+                logits, kept = dart_first_token_logits(base.model, ids, mask, pixels, budget, dart_settings(method))
+                tally = tallies.setdefault((method, budget), Tally())
+                tally.add(logits.argmax(-1) == answers)
+                tally.kept += kept
     text_tokens = int(mask.sum(dim=1).float().mean()) - base.tokens_per_image
-    return {"tallies": tallies, "examples": examples, "model": base, "text_tokens": text_tokens}
+    full_layers = {m: dart_settings(m).layer for m in methods if is_dart(m)}
+    return {"tallies": tallies, "examples": examples, "model": base, "text_tokens": text_tokens,
+            "full_layers": full_layers}
 
 
 def result_rows(results: dict) -> list[dict]:
@@ -248,7 +285,9 @@ def result_rows(results: dict) -> list[dict]:
             continue
         method, budget = key
         mean_kept = float(np.mean(tally.kept))
-        flops = llm_prefill_flops(text_config, round(mean_kept) + results["text_tokens"])
+        # DART's first layers still see every token
+        flops = llm_prefill_flops(text_config, round(mean_kept) + results["text_tokens"], n + results["text_tokens"],
+                                  results.get("full_layers", {}).get(method, 0))
         low, high = accuracy_interval(tally, indices)
         rows.append({"method": method, "budget": budget, "accuracy": tally.accuracy, "accuracy_low": low,
                      "accuracy_high": high, "relative": tally.accuracy / max(full.accuracy, 1e-9), "mean_kept": mean_kept,
@@ -353,6 +392,9 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
     from par_export.eval.jsonl import is_correct, load_images, read_jsonl
 
     check_methods_and_budgets(methods, budgets)
+    if any(is_dart(m) for m in methods):
+        raise ValueError("dart prunes inside the LLM for one forward: the procedural split's first-token answers "
+                         "(--data FILE.jsonl generates several tokens with a KV cache)")
     records = read_jsonl(records_path)
     base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config or PARConfig(),
                                        pipeline_only=bool(artifacts))
