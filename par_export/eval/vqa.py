@@ -175,12 +175,19 @@ def artifact_budgets(folder: Path, budgets: list) -> tuple[str, dict]:
     return meta["method"], {(meta["method"], b): Path(folder) for b in served}
 
 
-def _reduce_with_artifact(pipe, base: ReducedLlava, samples, pixels: torch.Tensor, budget):
-    """First-token logits with the reduction of a built artifact (ONNX Runtime or TensorRT)."""
-    prompts = [pipe.inputs.chat_prompt(s.question) for s in samples]
+def _artifact_context(pipe, questions: list[str], pixels: torch.Tensor, budget):
+    """A built artifact's reduction (ONNX Runtime or TensorRT) of ``pixels`` for ``questions``,
+    spliced into their chat prompts: ``inputs_embeds``, ``attention_mask`` and K per image."""
+    prompts = [pipe.inputs.chat_prompt(q) for q in questions]
     image_embeds, num_kept = pipe.reduce(pixels.numpy(), prompts, None if budget == "auto" else budget)
     embeds, mask = pipe.splice(prompts, image_embeds, num_kept)
-    return base.model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1], num_kept.tolist()
+    return embeds, mask, num_kept.tolist()
+
+
+def _reduce_with_artifact(pipe, base: ReducedLlava, samples, pixels: torch.Tensor, budget):
+    """First-token logits with the reduction of a built artifact."""
+    embeds, mask, kept = _artifact_context(pipe, [s.question for s in samples], pixels, budget)
+    return base.model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1], kept
 
 
 def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config: PARConfig,
@@ -431,12 +438,9 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
                                                      else [min(budget, n) for n in sizes[1]])
                 pipe = pipes.get((method, budget))
                 if pipe is not None:  # the built graph reduces, the model generates from the spliced rows
-                    prompts = [inputs.chat_prompt(r.text) for r in chunk]
-                    image_embeds, num_kept = pipe.reduce(image_inputs["pixel_values"].numpy(), prompts,
-                                                         None if budget == "auto" else k)
-                    embeds, embeds_mask = pipe.splice(prompts, image_embeds, num_kept)
-                    out = base.model.generate(inputs_embeds=embeds, attention_mask=embeds_mask, **generate)
-                    new, kept_now = out, num_kept.tolist()
+                    embeds, embeds_mask, kept_now = _artifact_context(pipe, [r.text for r in chunk],
+                                                                      image_inputs["pixel_values"], k)
+                    new = base.model.generate(inputs_embeds=embeds, attention_mask=embeds_mask, **generate)
                 else:
                     reduced = adapter.prepare_inputs(ids, mask, **image_inputs, budget=k, features=features)
                     out = base.model.generate(**reduced.model_inputs, **generate)
