@@ -60,6 +60,11 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
+def row_width(manifest: dict):
+    """Width D of the ``image_embeds`` rows the artifact's vision graph gives (the LLM's hidden size)."""
+    return manifest["graphs"]["vision_par"]["outputs"][0]["shape"][-1]
+
+
 def _check_schema(manifest: dict, path: Path) -> None:
     from par_export.engine.presets import PRECISIONS
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from par_export.engine.load import artifact_runners, close_runners
+from par_export.engine.manifest import row_width
 from par_export.engine.run import budget_feed, query_inputs
 from par_export.engine.verify import cast_feed
 from par_export.processing import PROCESSOR_DIR, ModelInputs
@@ -72,7 +73,7 @@ class VisionLanguagePipeline:
         """Refuse, before any output, a model the artifact was not exported from: the LLM width must
         be the rows' width and the image token the same id in the model, tokenizer and artifact."""
         meta = self.manifest["metadata"]
-        width = self.manifest["graphs"]["vision_par"]["outputs"][0]["shape"][-1]
+        width = row_width(self.manifest)
         hidden = model.config.text_config.hidden_size
         if isinstance(width, int) and width != hidden:
             raise ValueError(f"{self.folder}: the artifact's rows are {width} wide, the model's LLM takes {hidden}: "

@@ -190,8 +190,8 @@ def serve(artifact: str | Path, options: ServeOptions, on_ready=None) -> int:
                        (options.metrics_port, "--metrics-port")):
         check_port(port, flag)
     artifact = Path(artifact).resolve()
-    with ReductionService(artifact, options.allow_unverified) as service:  # refuse a bad artifact before Triton starts
-        embed_dim = service.embed_dim
+    # refuse a bad artifact before Triton starts; the model instances load the graphs, not this process
+    embed_dim = ReductionService(artifact, options.allow_unverified).embed_dim
     stop = {"signal": None}
 
     def on_signal(signum, _frame):

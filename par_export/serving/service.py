@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from par_export.engine.load import artifact_runners, close_runners
+from par_export.engine.manifest import row_width
 from par_export.engine.run import budget_feed, query_inputs
 from par_export.engine.verify import cast_feed
 from par_export.processing import PROCESSOR_DIR, InputError, ModelInputs, decode_image
@@ -60,7 +61,10 @@ class _Prepared:
 
 
 class ReductionService:
-    """One artifact's query encoder and vision+PAR graph, opened once, answering batches of requests.
+    """One artifact's query encoder and vision+PAR graph, answering batches of requests.
+
+    Constructing it checks the artifact (manifest, seal, verification, processor) without loading
+    a graph; :meth:`open` (or ``with``) loads the sessions, :meth:`close` releases them.
 
     Args:
         artifact: a ``par-export build`` folder (refused unless its verification passed, as ``run``).
@@ -78,15 +82,19 @@ class ReductionService:
         self.query = query_inputs(folder, self.manifest)
         # families whose N is fixed stack images into one call; the others run one image per call
         self.batch_max = 1 if self.family.dynamic_tokens else int(self.meta["export"]["batch_max"])
-        self.embed_dim = int(self.manifest["graphs"]["vision_par"]["outputs"][0]["shape"][-1])
+        self.embed_dim = int(row_width(self.manifest))
+
+    def open(self) -> ReductionService:
         for runner in self.runners.values():
-            runner.activate()
+            if not runner.is_active:
+                runner.activate()
+        return self
 
     def close(self) -> None:
         close_runners(self.runners)
 
     def __enter__(self) -> ReductionService:
-        return self
+        return self.open()
 
     def __exit__(self, *exc) -> None:
         self.close()

@@ -79,7 +79,8 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.service = ReductionService(params["artifact"], allow_unverified=params.get("allow_unverified") == "1")
+        self.service = ReductionService(params["artifact"],
+                                        allow_unverified=params.get("allow_unverified") == "1").open()
 
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils
