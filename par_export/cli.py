@@ -557,9 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", help="local CLIP folder for space=clip (demo: shipped)")
     p.add_argument("--methods", default="par,random,pool,cls_attn,visionzip_mean,prumerge_mean,text_sim",
                    help="comma-separated reducers, of: " + ", ".join(methods) + " and the authors' forms " +
-                   ", ".join(sorted(authors_methods())) + ", and dart (DART inside the LLM; dart:layer=L); NAME:OPT=VALUE[:...] "
-                   "overrides "
-                   "PAR options for one entry (ablations: par:router=keep,par:beta=1.0)")
+                   ", ".join(sorted(authors_methods())) + ", and dart (DART inside the LLM; dart:layer=L); "
+                   "NAME:OPT=VALUE[:...] overrides PAR options for one entry (ablations: par:router=keep,par:beta=1.0)")
     p.add_argument("--budgets", default="4,8,16,32,64,128,auto", help="comma-separated K values and/or 'auto'")
     p.add_argument("--backend", default="torch", help="reduce with PyTorch ('torch'), with every method exported "
                    "and built for ONNX Runtime ('onnxruntime'), or with one `par-export build` folder (its method "

@@ -33,7 +33,7 @@ class VisionParGraph(nn.Module):
         self.projector = llava.projector
         self.reducer = llava.reducer
         self.budget = budget
-        self.project_first = llava.config.space == "llm"  # see ReducedLlava.to_reducer_space
+        self.project_first = llava.reduces_projected  # the adapter's rule (ReducedLlava.to_reducer_space)
         self.return_scores = False  # reference only (reference_scores): never traced
 
     def forward(self, pixel_values: torch.Tensor, query_embeds: torch.Tensor, budget: torch.Tensor | None = None):

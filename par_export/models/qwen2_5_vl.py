@@ -107,6 +107,7 @@ class ReducedQwen2_5_VL:
         # since the merger's tokens are already in the LLM's space
         self.vision_tower = self.visual
         self.projector = nn.Identity()
+        self.reduces_projected = True  # the merger's output is already what the LLM receives
         self.query_encoder = None
         if tokenizer is not None:
             self.query_encoder = LlmQueryEncoder(
