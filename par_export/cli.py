@@ -195,6 +195,10 @@ def cmd_build(args) -> int:
                            version_compatible=args.version_compatible, dla_core=args.dla_core, plugin=args.plugin,
                            calib_images=args.calib_images, clip=args.clip, atol=args.atol, rtol=args.rtol,
                            par=tuple(args.par))
+    if args.calib_images == "demo":  # the procedural VQA scenes the demo model is trained on
+        from par_export.data.calibration import demo_scenes
+
+        options.calib_images = demo_scenes()
     source = args.source or args.model
     if source is None:
         raise ValueError("give the exported folder / vision_par.onnx, or --model PATH|tiny")

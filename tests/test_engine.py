@@ -168,11 +168,15 @@ def test_calibration_data_from_images(exported, image, tmp_path):
     processor = exported / "processor"
     feeds = calibration_data(metadata, str(image.parent), processor)
     assert feeds["pixel_values"].shape == (1, 3, 32, 32) and feeds["query_embeds"].shape == (1, 16)
-    demo = calibration_data(metadata, "demo", processor, count=4)
+    from par_export.data.calibration import demo_scenes
+
+    demo = calibration_data(metadata, demo_scenes(4), processor)
     assert demo["pixel_values"].shape == (4, 3, 32, 32) and np.isfinite(demo["pixel_values"]).all()
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(BuildError, match="no .png/.jpg/.bmp images"):
         calibration_data(metadata, str(tmp_path), processor)
+    with pytest.raises(BuildError, match="not a folder"):
+        calibration_data(metadata, str(tmp_path / "missing"), processor)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("modelopt") is not None, reason="ModelOpt is installed here")

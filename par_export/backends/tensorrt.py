@@ -22,6 +22,19 @@ def import_tensorrt():
     return trt
 
 
+def gpu_info() -> dict | None:
+    """``{name, compute_capability}`` of CUDA device 0 as torch sees it, or ``None`` without one."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+    except Exception:  # no usable CUDA: not an error for a CPU build
+        pass
+    return None
+
+
 def tensorrt_version() -> str | None:
     try:
         return import_tensorrt().__version__

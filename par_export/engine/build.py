@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 import par_export
 from par_export.backends.base import BackendUnavailable
-from par_export.backends.tensorrt import build_engine, import_tensorrt
+from par_export.backends.tensorrt import build_engine, gpu_info, import_tensorrt
 from par_export.engine.manifest import FORMAT, MANIFEST, seal, sha256
 from par_export.engine.verify import verification_record, verify
 from par_export.engine.presets import PRECISIONS, load_preset
@@ -48,7 +48,7 @@ class BuildOptions:
     version_compatible: bool = False
     dla_core: int | None = None
     plugin: bool = False
-    calib_images: str | None = None  # folder of images for int8/fp8 calibration (TensorRT)
+    calib_images: str | list | None = None  # int8/fp8 calibration (TensorRT): a folder, or PIL images
     clip: str | None = None  # CLIP folder for space=clip when exporting from a model folder
     atol: float | None = None  # verification bounds (default: the precision's)
     rtol: float | None = None
@@ -164,22 +164,23 @@ def _quantize_int8_ort(src: Path, dst: Path) -> None:
                      nodes_to_exclude=excluded, use_external_data_format=model.ByteSize() > EXTERNAL_DATA_BYTES)
 
 
-def calibration_data(metadata: dict, images: str | None, processor_dir: Path, count: int = 32) -> dict:
-    """ModelOpt calibration feeds for ``vision_par``: images from a folder, the demo VQA scenes
-    (``images="demo"``), or random pixels; images go through the export's own processor."""
+def calibration_data(metadata: dict, images: str | list | None, processor_dir: Path, count: int = 32) -> dict:
+    """ModelOpt calibration feeds for ``vision_par``: ``images`` is a folder of image files, a list of
+    ``PIL.Image`` (what the caller picked, e.g. the demo's scenes), or ``None`` (random pixels, with a
+    warning); images go through the export's own processor."""
     from par_export.processing import ModelInputs, open_image
 
     size = metadata["image_size"]
-    if images == "demo":  # the procedural VQA scenes the demo model is trained on
-        from par_export.data.vqa import render, sample, split_seeds
-
-        pixels = ModelInputs.from_folder(processor_dir).pixel_values(
-            [render(sample(seed), size) for seed in split_seeds("train", count)])
-    elif images:
-        files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    if isinstance(images, (str, Path)):
+        folder = Path(images)
+        if not folder.is_dir():
+            raise BuildError(f"--calib-images {images}: not a folder (expected a folder of .png/.jpg/.bmp images)")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
         if not files:
             raise BuildError(f"--calib-images {images}: no .png/.jpg/.bmp images there")
-        pixels = ModelInputs.from_folder(processor_dir).pixel_values([open_image(f) for f in files[:count]])
+        images = [open_image(f) for f in files[:count]]
+    if images:
+        pixels = ModelInputs.from_folder(processor_dir).pixel_values(list(images)[:count])
     else:
         logger.warning("no --calib-images: calibrating int8/fp8 on random pixels (pass a folder of real images)")
         pixels = np.random.default_rng(0).standard_normal((count, 3, size, size)).astype(np.float32)
@@ -235,18 +236,6 @@ def _io(graph: onnx.ModelProto) -> dict:
                  "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)),
                  "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
     return {"inputs": describe(graph.graph.input), "outputs": describe(graph.graph.output)}
-
-
-def gpu_info() -> dict | None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability()
-            return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
-    except Exception:  # no usable CUDA: not an error for a CPU build
-        pass
-    return None
 
 
 def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite: bool = False,
@@ -315,7 +304,7 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
                 "precision": options.precision,
                 "gpu": gpu_info(),
                 "target": options.target,
-                "build": {k: v for k, v in asdict(options).items() if k not in ("precision", "backend", "target")},
+                "build": _build_record(options),
                 "plugin": _plugin_entry() if plugin_needed else None,
                 "graphs": graphs,
                 "metadata": metadata,
@@ -332,6 +321,14 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
                                                                atol=options.atol, rtol=options.rtol))
         (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def _build_record(options: BuildOptions) -> dict:
+    """The options a manifest records (calibration images given as objects: their count)."""
+    record = {k: v for k, v in asdict(options).items() if k not in ("precision", "backend", "target", "calib_images")}
+    images = options.calib_images
+    record["calib_images"] = images if images is None or isinstance(images, str) else f"{len(images)} images"
+    return record
 
 
 def _backend_version(backend: str) -> str:

@@ -19,8 +19,7 @@ def artifact_runners(folder: str | Path, allow_unverified: bool = False) -> tupl
         check_verified(folder, manifest)
     plugin = plugin_path() if manifest.get("plugin") else None
     if manifest["backend"] == "tensorrt":
-        from par_export.backends.tensorrt import TensorRTRunner, tensorrt_version
-        from par_export.engine.build import gpu_info
+        from par_export.backends.tensorrt import TensorRTRunner, gpu_info, tensorrt_version
 
         gpu = gpu_info() or {}
         check_manifest(folder, manifest, tensorrt_version(), gpu.get("compute_capability"), plugin)

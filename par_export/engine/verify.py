@@ -13,7 +13,7 @@ from par_export.backends.onnxruntime import OnnxRuntimeRunner
 from par_export.backends.torch import TorchRunner, feed_metadata
 from par_export.engine.load import artifact_runners
 from par_export.engine.manifest import inside
-from par_export.export.modules import reference_scores
+from par_export.models.graphs import reference_scores
 from par_export.export.validate import TOLERANCES, case_verdict, compare_outputs, condensed, error_limit
 
 OUTPUTS = ["image_embeds", "num_kept", "keep_index"]

@@ -1,22 +1,10 @@
 """ONNX export of a vision-language model's vision tower + projector + reducer.
 
-``export_model`` writes ``vision_par.onnx`` and ``query_encoder.onnx``, validates
-both against PyTorch, lints them for TensorRT and records how they were made in
-their metadata. Names resolve lazily, so a family module can import
-:mod:`par_export.export.config` without importing the exporter (which imports the families).
+``export_model`` writes ``vision_par.onnx`` and ``query_encoder.onnx``, validates both against
+PyTorch, lints them for TensorRT and records how they were made in their metadata. What a family
+exports (graph specs, export configs, traced modules) is declared in :mod:`par_export.models`.
 """
 
-from __future__ import annotations
+from par_export.export.exporter import ExportError, export_model
 
-import importlib
-
-_NAMES = {"GraphSpec": "par_export.export.config", "ExportError": "par_export.export.exporter",
-          "export_model": "par_export.export.exporter", "LlavaOnnxConfig": "par_export.models.llava"}
-
-__all__ = sorted(_NAMES)
-
-
-def __getattr__(name: str):
-    if name not in _NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_NAMES[name]), name)
+__all__ = ["ExportError", "export_model"]

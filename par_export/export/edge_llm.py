@@ -110,7 +110,7 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
     """Write ``out/visual/model.onnx`` + ``out/visual/config.json`` (+ ``out/processor``), validated
     against PyTorch on images of three shapes, one per call and two in one call; returns the report
     (also ``out/report.json``)."""
-    from par_export.export.config import DEFAULT_OPSET
+    from par_export.models.onnx_config import DEFAULT_OPSET
     from par_export.export.exporter import ExportError, _export, resolve_model
     from par_export.export.metadata import set_metadata
     from par_export.export.onnx_io import save_onnx

@@ -13,13 +13,13 @@ from tqdm.auto import tqdm
 
 import par_export
 from par_export.export.fp16 import to_fp16
-from par_export.export.config import DEFAULT_OPSET, GraphSpec, VisionParOnnxConfig
+from par_export.models.onnx_config import DEFAULT_OPSET, GraphSpec, VisionParOnnxConfig
 from par_export.export.custom_op import DOMAIN, OP_TYPE, VERSION, topk_cluster_node
 from par_export.export.lint import lint_file
 from par_export.export.metadata import set_metadata
 from par_export.export.onnx_io import save_onnx
 from par_export.files import atomic_folder
-from par_export.export.modules import QueryGraph
+from par_export.models.graphs import QueryGraph
 from par_export.export.validate import check_graph, compare_with_torch, summarize
 from par_export.models.families import family_for
 from par_export.reduce import PARConfig, reducer_class

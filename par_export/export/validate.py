@@ -3,12 +3,14 @@ inference, then ONNX Runtime against the PyTorch module it was traced from."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
+
+from par_export.models.graphs import reference_scores
+from par_export.models.onnx_config import Case
 
 # fp32: the issue's bounds. fp16: a looser bound on the embeddings (about 3 fp16 ulps
 # at magnitude 1 after a deep tower) and on the kept indices (rank flips of nearly
@@ -46,14 +48,6 @@ def check_graph(path: Path) -> dict:
     onnx.shape_inference.infer_shapes_path(str(path), str(path.with_suffix(".inferred.onnx")))
     path.with_suffix(".inferred.onnx").unlink()
     return {"checker": "ok", "shape_inference": "ok"}
-
-
-@dataclass
-class Case:
-    """One parity case: a named feed for ONNX Runtime and the same inputs for torch."""
-
-    name: str
-    feed: dict[str, np.ndarray]
 
 
 def compare_outputs(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], tie: float = 0.0) -> dict:
@@ -166,7 +160,6 @@ def compare_with_torch(module: torch.nn.Module, path, cases: list[Case], output_
     from par_export.backends.base import quiet_polygraphy
     from par_export.backends.onnxruntime import OnnxRuntimeRunner
     from par_export.backends.torch import TorchRunner, feed_metadata
-    from par_export.export.modules import reference_scores
 
     with reference_scores(module, output_names) as reference_outputs, quiet_polygraphy():
         runners = [OnnxRuntimeRunner(path, name="onnxruntime"),

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from par_export.export.config import VisionParOnnxConfig
-from par_export.export.validate import Case
+from par_export.models.graphs import VisionParGraph
+from par_export.models.onnx_config import Case, VisionParOnnxConfig
 from par_export.models.clip_vision import cls_attention, hidden_state_index, layer_keys
 from par_export.models.family import ModelFamily
 from par_export.models.loading import load_pretrained_model, pretrained_kwargs
@@ -351,8 +351,6 @@ class LlavaOnnxConfig(VisionParOnnxConfig):
 
     def vision_module(self, llava: ReducedLlava, budget) -> torch.nn.Module:
         """The traced module: tower -> reducer -> projector (:class:`VisionParGraph`)."""
-        from par_export.export.modules import VisionParGraph
-
         return VisionParGraph(llava, budget)
 
     def min_tokens(self, llava: ReducedLlava) -> int:

@@ -27,11 +27,11 @@ import torch
 import numpy as np
 from torch import nn
 
-from par_export.export.modules import VisionParGraph
-from par_export.export.validate import Case
+from par_export.models.graphs import VisionParGraph
+from par_export.models.onnx_config import Case
 from par_export.models.per_image import reduce_each
 from par_export.models.family import ModelFamily
-from par_export.export.config import GraphSpec
+from par_export.models.onnx_config import GraphSpec
 from par_export.models.llava import (CHAT_TEMPLATE, FALLBACK_TEMPLATE, LlavaOnnxConfig, ReducedBatch, ReducedLlava,
                                      image_token_runs)
 

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from par_export.export.config import GraphSpec, VisionParOnnxConfig
-from par_export.export.modules import VisionParGraph
-from par_export.export.validate import Case
+from par_export.models.onnx_config import GraphSpec, VisionParOnnxConfig
+from par_export.models.graphs import VisionParGraph
+from par_export.models.onnx_config import Case
 from par_export.models.family import ModelFamily
 from par_export.models.llava import image_token_runs, resize_image_runs
 from par_export.models.loading import load_pretrained_model, pretrained_kwargs

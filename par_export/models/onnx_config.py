@@ -1,8 +1,11 @@
-"""Declarative description of what is exported (in the spirit of Optimum's OnnxConfig)."""
+"""Declarative description of what is exported (in the spirit of Optimum's OnnxConfig): graph specs,
+the base export config every family's config extends, and the validation :class:`Case`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 # Opset 17: the first with a native LayerNormalization, parsed by TensorRT 8.6+ and
 # 10.x (which reads opsets 9-20+), and the TorchScript exporter's well-trodden range.
@@ -21,6 +24,14 @@ class GraphSpec:
     @property
     def filename(self) -> str:
         return f"{self.name}.onnx"
+
+
+@dataclass
+class Case:
+    """One parity case: a named feed for ONNX Runtime and the same inputs for torch."""
+
+    name: str
+    feed: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -75,18 +86,12 @@ class VisionParOnnxConfig:
 
     def case(self, name: str, feed: dict, budget):
         """A validation case: ``feed`` plus the ``budget`` input where the graph takes one."""
-        import numpy as np
-
-        from par_export.export.validate import Case
-
         if self.budget_input:
             feed["budget"] = np.array(budget, dtype=np.int64)
         return Case(f"{name} budget={budget}", feed)
 
     def query_cases(self, adapter, batch_max: int | None = None) -> list:
         """Tokenized validation prompts for ``query_encoder`` (``adapter.query_encoder``), one case per batch size."""
-        from par_export.export.validate import Case
-
         encoder, cases = adapter.query_encoder, []
         for batch in [b for b in self.query_batches if b <= (batch_max or self.batch_max)]:
             prompts = [self.validation_prompts[i % len(self.validation_prompts)] for i in range(batch)]

@@ -1,4 +1,5 @@
-"""The ``nn.Module`` s that are traced: what each exported graph computes."""
+"""The ``nn.Module`` s that are traced: what each exported graph computes (a family's export config
+picks them; they call the family adapter's ``vision_features``, ``projector`` and ``reducer``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import contextlib
 import torch
 from torch import nn
 
-from par_export.models.llava import ReducedLlava
 from par_export.models.query import QueryEncoder
 from par_export.reduce.retrieval import pool_prompt
 
@@ -22,11 +22,13 @@ class VisionParGraph(nn.Module):
     ``num_kept``), ``num_kept [B]`` int64, ``keep_index [B, W]`` int64 (-1 past ``num_kept``).
 
     Args:
+        llava: the family adapter (:class:`~par_export.models.llava.ReducedLlava` or a subclass's kind:
+            ``vision_features``, ``projector``, ``reducer``, ``reduces_projected``).
         budget: ``"input"`` (dynamic K), ``"auto"`` (adaptive K) or a python int
             fixed at trace time.
     """
 
-    def __init__(self, llava: ReducedLlava, budget: str | int):
+    def __init__(self, llava, budget: str | int):
         super().__init__()
         self.llava = llava
         self.vision_tower = llava.vision_tower  # registered so .half()/.to() reach them
