@@ -7,16 +7,31 @@ import os
 import sys
 from pathlib import Path
 
+from par_export.errors import ParExportError, UsageError
+from par_export.models.names import MODEL_HELP
+
 
 def _budget(text: str):
-    if text == "auto":
-        return "auto"
+    """argparse type of ``--budget``: :func:`~par_export.artifact.budget.parse_budget`'s rule."""
+    from par_export.artifact.budget import parse_budget
+    from par_export.errors import ParExportError
+
     try:
-        value = int(text)
+        return parse_budget(text)
+    except ParExportError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _finite(text: str) -> float:
+    """argparse type: a finite float >= 0 (NaN or a negative bound would pass every comparison)."""
+    import math
+
+    try:
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"budget must be a positive int or 'auto', got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"budget must be > 0, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
 
 
@@ -61,7 +76,7 @@ def cmd_flops(args) -> int:
     full = (vision.image_size // vision.patch_size) ** 2
     for flag, k in (("--budget", args.budget), ("--auto-k", args.auto_k)):
         if k > full:
-            raise ValueError(f"{flag} {k}: above the {full} visual tokens of {args.model_config}")
+            raise UsageError(f"{flag} {k}: above the {full} visual tokens of {args.model_config}")
     fixed = sorted({full, 192, 128, 64, args.budget}, reverse=True)
     text_lengths = [16, 64, 256]
     rows = flops_table(config, fixed + [args.auto_k], text_lengths, clip_l14_text())
@@ -201,7 +216,7 @@ def cmd_build(args) -> int:
         options.calib_images = demo_scenes()
     source = args.source or args.model
     if source is None:
-        raise ValueError("give the exported folder / vision_par.onnx, or --model PATH|tiny")
+        raise UsageError("give the exported folder / vision_par.onnx, or --model PATH|tiny")
     if args.print_trtexec:
         import tempfile
 
@@ -210,10 +225,10 @@ def cmd_build(args) -> int:
             folder = export_source(source, Path(tmp), options, progress=False)
             print(trtexec_command(folder, read_metadata(folder / "vision_par.onnx"), options))
         return 0
-    out = args.out or f"out/{Path(str(source)).name}-{args.precision}"
+    out = args.out or f"engines/{Path(str(source)).name}-{args.precision}"
     manifest = build(source, out, options, overwrite=args.overwrite)
-    print(f"built {manifest['backend']} {manifest['precision']} artifact in {out}/ (manifest.json)")
-    result = manifest["verification"]
+    print(f"built {manifest.backend} {manifest.precision} artifact in {out}/ (manifest.json)")
+    result = manifest.verification
     print(format_rows(result["rows"]))
     print(f"verify ({result['precision']}): {'PASSED' if result['passed'] else 'FAILED'}")
     if not result["passed"]:
@@ -278,25 +293,31 @@ def _budgets(text: str) -> list:
     try:
         return [_budget(b) for b in text.split(",") if b]
     except argparse.ArgumentTypeError as err:
-        raise ValueError(f"--budgets: {err}") from None
+        raise UsageError(f"--budgets: {err}") from None
 
 
 def cmd_eval(args) -> int:
     import tempfile
 
+    from par_export.eval.vqa import (
+        artifact_budgets,
+        build_eval_artifacts,
+        evaluate,
+        evaluate_jsonl,
+        format_rows,
+        result_rows,
+        write_outputs,
+    )
     from par_export.files import check_out, check_replaceable
-
-    from par_export.eval.vqa import (artifact_budgets, build_eval_artifacts, evaluate, evaluate_jsonl, format_rows,
-                                     result_rows, write_outputs)
-    from par_export.export.exporter import resolve_model
+    from par_export.models.names import resolve_model
     from par_export.reduce import PARConfig
 
     if bool(args.data) != bool(args.images):
-        raise ValueError("--data FILE.jsonl and --images DIR go together")
+        raise UsageError("--data FILE.jsonl and --images DIR go together")
     inputs = [p for p in (args.model, args.clip, args.data, args.images) if p]
     sealed = [args.backend] if args.backend not in ("torch", "onnxruntime") else []  # an artifact
     # before the evaluation, not after it
-    check_replaceable(check_out(args.out, inputs, sealed), args.overwrite, ValueError)
+    check_replaceable(check_out(args.out, inputs, sealed), args.overwrite, UsageError)
     with tempfile.TemporaryDirectory() as tmp:
         llava_dir, clip_dir = resolve_model(args.model, Path(tmp))
         methods, budgets = args.methods.split(","), _budgets(args.budgets)
@@ -307,7 +328,7 @@ def cmd_eval(args) -> int:
                                              Path(tmp) / "artifacts", config)
         elif args.backend != "torch":
             if not Path(args.backend).is_dir():
-                raise ValueError(f"--backend {args.backend!r}: expected torch, onnxruntime or a "
+                raise UsageError(f"--backend {args.backend!r}: expected torch, onnxruntime or a "
                                  "`par-export build` folder")
             method, artifacts = artifact_budgets(Path(args.backend), budgets)
             methods, budgets = [method], [budget for _, budget in artifacts]
@@ -347,8 +368,8 @@ def cmd_chat(args) -> int:
 def cmd_emit(args) -> int:
     import tempfile
 
-    from par_export.export.exporter import resolve_model
     from par_export.models.families import family_for
+    from par_export.models.names import resolve_model
     from par_export.processing import open_image
     from par_export.runtime.emit import emit, write_emitted
     from par_export.runtime.pipeline import VisionLanguagePipeline
@@ -407,8 +428,8 @@ def _pool_limit(text: str) -> int:
 
 
 def add_tolerances(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--atol", type=float, help="verification: absolute error bound (default: the precision's)")
-    p.add_argument("--rtol", type=float, help="verification: error bound relative to the largest reference "
+    p.add_argument("--atol", type=_finite, help="verification: absolute error bound (default: the precision's)")
+    p.add_argument("--rtol", type=_finite, help="verification: error bound relative to the largest reference "
                    "output (default: the precision's)")
 
 
@@ -479,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reduce)
 
     p = sub.add_parser("export", help="export vision tower + projector + reducer to validated ONNX")
-    p.add_argument("--model", required=True, help="local LLaVA folder, or 'tiny' (random-weight tiny LLaVA + CLIP)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--method", default="par", choices=methods, help="token reducer (`par-export methods`)")
     p.add_argument("--budget", type=_budget, default="auto", help="'auto' (adaptive K, no budget input) or an int "
@@ -501,10 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="build a TensorRT engine (or the ONNX Runtime form) and verify it")
     p.add_argument("source", nargs="?", help="export folder or its vision_par.onnx")
-    p.add_argument("--model", help="instead of SOURCE: a local LLaVA folder or 'tiny', exported first")
+    p.add_argument("--model", help="instead of SOURCE, exported first: " + MODEL_HELP)
     p.add_argument("--clip", help="with --model PATH: local CLIP folder for space=clip (default: llm space)")
     add_par(p, "with --model (exported first) only; " + PAR_GRAPH)
-    p.add_argument("--out", help="artifact folder (default out/<source>-<precision>)")
+    p.add_argument("--out", help="artifact folder (default engines/<model>-<precision>)")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--precision", default="fp16", choices=list(PRECISIONS),
                            help="engine precision (as trtexec/Polygraphy spell it: --fp16, --int8, ...)")
@@ -557,7 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="accuracy vs kept tokens per method on the demo VQA (CSV, JSON, PNG)")
-    p.add_argument("--model", default="demo", help="'demo' (shipped) or a local LLaVA folder trained on the VQA")
+    p.add_argument("--model", default="demo", help=MODEL_HELP + "; the procedural VQA needs a model trained on it "
+                   "(demo)")
     p.add_argument("--clip", help="local CLIP folder for space=clip (demo: shipped)")
     p.add_argument("--methods", default="par,random,pool,cls_attn,visionzip_mean,prumerge_mean,text_sim",
                    help="comma-separated reducers, of: " + ", ".join(methods) + " and the authors' forms " +
@@ -579,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("chat", help="answer one image + prompt with the reduced context (timings vs full)")
-    p.add_argument("--model", default="tiny", help="'tiny', 'demo' or a local LLaVA folder")
+    p.add_argument("--model", default="tiny", help=MODEL_HELP)
     p.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
     p.add_argument("--prompt", required=True, help="the question")
     p.add_argument("--method", default="par", choices=methods, help="token reducer")
@@ -603,8 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "Edge-LLM takes (safetensors + JSON)")
     p.add_argument("artifact", help=ARTIFACT)
     add_device(p)
-    p.add_argument("--model", default="tiny", help="the LLaVA the artifact was exported "
-                   "from: 'tiny', 'demo' or a folder")
+    p.add_argument("--model", default="tiny", help="the model the artifact was exported "
+                   "from: " + MODEL_HELP)
     p.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
     p.add_argument("--prompt", required=True, help="prompt with one <image> placeholder, in the LLM's chat format")
     p.add_argument("--runtime", required=True, choices=["tensorrt-llm", "edge-llm"], help="layout to write")
@@ -684,10 +706,11 @@ EXTRAS = {"onnxruntime": "cpu] or [gpu", "onnxruntime_genai": "cpu] or [gpu", "t
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that bad input causes: ours (``ValueError`` subclasses: ExportError, BuildError,
-    ArtifactError, InputError, ...), OS errors, and those of the libraries that read the user's
-    files (ONNX Runtime, protobuf, ONNX checker, safetensors, PIL), where already imported."""
-    errors: list[type[BaseException]] = [ValueError, TypeError, OSError, RuntimeError]
+    """Errors that bad input causes: ours (:class:`~par_export.errors.ParExportError`: ExportError,
+    BuildError, ArtifactError, InputError, ...), OS errors, and those the libraries that read the
+    user's files raise for a corrupt one (ONNX Runtime, protobuf, the ONNX checker, safetensors, PIL),
+    where already imported. Anything else is a programming error."""
+    errors: list[type[BaseException]] = [ParExportError, OSError]
     modules = {"onnxruntime.capi.onnxruntime_pybind11_state": ("Fail", "InvalidArgument", "NoSuchFile", "NoModel",
                                                                "InvalidProtobuf", "InvalidGraph", "RuntimeException",
                                                                "EngineError", "NotImplemented", "EPFail"),

@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from par_export.errors import ParExportError
+
 # Written into every output folder: ``--overwrite`` replaces only folders that hold it (or are empty).
 MARKER = ".par-export"
 # Files that mark folders older par-export versions wrote (before the marker existed).
@@ -32,24 +34,24 @@ def check_out(path: str | Path, inputs: Iterable[str | Path] = (), sealed: Itera
     # the last component unresolved: a symlink at --out is refused below, never followed
     target = raw.absolute().parent.resolve() / raw.name if raw.name not in ("", ".", "..") else resolved
     if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
-        raise ValueError(f"--out {path}: refusing to write over {resolved}; name a new folder for the output")
+        raise ParExportError(f"--out {path}: refusing to write over {resolved}; name a new folder for the output")
     if target == Path(target.anchor) or target == Path.home().resolve():
-        raise ValueError(f"--out {path}: refusing to write over {target}; name a new folder for the output")
+        raise ParExportError(f"--out {path}: refusing to write over {target}; name a new folder for the output")
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
-        raise ValueError(f"--out {path}: is the current folder or holds it; name a new folder for the output")
+        raise ParExportError(f"--out {path}: is the current folder or holds it; name a new folder for the output")
     for item in inputs:
         source = Path(item).expanduser().resolve()
         if source == resolved or resolved in source.parents:
-            raise ValueError(f"--out {path}: holds the input {item}; name a folder outside it")
+            raise ParExportError(f"--out {path}: holds the input {item}; name a folder outside it")
     artifact = inside_any(resolved, sealed)
     if artifact is not None:
-        raise ValueError(f"--out {path}: is inside the artifact {artifact}, whose files are sealed; name a folder "
+        raise ParExportError(f"--out {path}: is inside the artifact {artifact}, whose files are sealed; name a folder "
                          "outside it")
     if target.is_symlink():
-        raise ValueError(f"--out {path}: is a symbolic link; name a real folder")
+        raise ParExportError(f"--out {path}: is a symbolic link; name a real folder")
     if target.exists() and not target.is_dir():
-        raise ValueError(f"--out {path}: is a file; name a folder")
+        raise ParExportError(f"--out {path}: is a file; name a folder")
     return target
 
 

@@ -8,6 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from par_export.errors import ParExportError
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("par_topk_cluster/topKClusterKernel.cu", "par_topk_cluster/topKClusterPlugin.cpp")
 # A100, Jetson Orin, Ada (L4), Hopper (H100), Jetson Thor (sm_110 since CUDA 13).
@@ -15,7 +17,7 @@ DEFAULT_ARCHS = ("80", "87", "89", "90", "110")
 LIBRARY = "libpar_plugins.so"
 
 
-class PluginBuildError(RuntimeError):
+class PluginBuildError(ParExportError):
     """The plugin library could not be built; the message says what is missing."""
 
 

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from par_export.errors import ParExportError
+
 PROCESSOR_DIR = "processor"
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
 
-class InputError(ValueError):
+class InputError(ParExportError):
     """An image, prompt or processor folder that cannot give model inputs; the message says which and why."""
 
 

@@ -116,9 +116,10 @@ def test_authors_forms_are_listed_apart_and_need_the_tower():
 
 
 def test_visionzip_in_llava_reads_the_feature_layer_and_its_layer_keys(tiny_folders):
+    from test_llava import QUESTIONS, chat_batch
+
     from par_export.models.clip_vision import hidden_state_index
     from par_export.models.llava import ReducedLlava
-    from test_llava import QUESTIONS, chat_batch
 
     llava_dir, clip_dir = tiny_folders
     model = ReducedLlava.from_pretrained(llava_dir, method="visionzip", clip_path=clip_dir)

@@ -53,8 +53,9 @@ def manual_dart(model, ids, mask, pixels, budget, settings=DartSettings()):
 
 @pytest.mark.parametrize("budget", [8, 16])
 def test_dart_hooks_equal_pruning_by_hand(tiny_folders, budget):
-    from par_export.models.llava import ReducedLlava
     from test_llava import QUESTIONS, chat_batch
+
+    from par_export.models.llava import ReducedLlava
 
     model = ReducedLlava.from_pretrained(tiny_folders[0], method="par", clip_path=tiny_folders[1])
     ids, mask, pixels = chat_batch(model, QUESTIONS[:3])  # left padded: prompts of different lengths

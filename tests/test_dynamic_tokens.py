@@ -7,8 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from conftest import METHODS
+
 from par_export.reduce import PARConfig, create_reducer, reducer_class
 from par_export.reduce.checks import dynamic_token_axis
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from par_export.artifact.manifest import ArtifactError, check_manifest, read_manifest
 from par_export.cli import main
 from par_export.engine.build import BuildError, BuildOptions, build, trtexec_command
-from par_export.engine.manifest import ArtifactError, check_manifest, read_manifest
 from par_export.engine.presets import available_presets, load_preset, parse_preset
 from par_export.engine.run import run_image
 from par_export.engine.verify import verify
@@ -41,8 +42,8 @@ def image(tmp_path_factory):
 def test_onnxruntime_build_verify_run(exported, image, tmp_path, precision):
     manifest = build(exported, tmp_path / "art", BuildOptions(precision=precision, backend="onnxruntime"),
                      progress=False)
-    assert manifest["backend"] == "onnxruntime" and manifest["precision"] == precision
-    assert {i["name"] for i in manifest["graphs"]["vision_par"]["inputs"]} == {"pixel_values", "query_embeds", "budget"}
+    assert manifest.backend == "onnxruntime" and manifest.precision == precision
+    assert {i["name"] for i in manifest.graphs["vision_par"].inputs} == {"pixel_values", "query_embeds", "budget"}
     rows, passed, _ = verify(tmp_path / "art", count=3)
     assert passed, rows
     assert {r["reference"] for r in rows} == {"torch", "onnx-fp32"}
@@ -70,20 +71,20 @@ def test_manifest_round_trip_and_refusals(exported, tmp_path):
     art = tmp_path / "art"
     build(exported, art, BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
     manifest = read_manifest(art)
-    assert manifest["metadata"] == read_metadata(exported / "vision_par.onnx")
-    assert manifest["graphs"]["vision_par"]["source_sha256"]
-    assert manifest["graphs"]["vision_par"]["profiles"]["pixel_values"] == [[1, 3, 32, 32], [1, 3, 32, 32],
-                                                                            [8, 3, 32, 32]]
+    assert manifest.metadata.to_json() == read_metadata(exported / "vision_par.onnx")
+    assert manifest.graphs["vision_par"].source_sha256
+    assert manifest.graphs["vision_par"].profiles["pixel_values"] == [[1, 3, 32, 32], [1, 3, 32, 32],
+                                                                      [8, 3, 32, 32]]
     check_manifest(art, manifest, None, None, None)  # as built: accepted
 
-    engine = {**manifest, "backend": "tensorrt", "backend_version": "10.3.0", "build": {"version_compatible": False},
-              "gpu": {"name": "Orin", "compute_capability": "8.7"}}
+    engine = replace(manifest, backend="tensorrt", backend_version="10.3.0", build={"version_compatible": False},
+                     gpu={"name": "Orin", "compute_capability": "8.7"})
     with pytest.raises(ArtifactError, match="TensorRT 10.3.0, this machine has 11.1"):
         check_manifest(art, engine, "11.1.0", "8.7", None)
     with pytest.raises(ArtifactError, match="compute capability 8.7 .*this GPU is 9.0"):
         check_manifest(art, engine, "10.3.1", "9.0", None)
     with pytest.raises(ArtifactError, match="needs the plugin library"):
-        check_manifest(art, {**manifest, "plugin": {"file": "libpar_plugins.so", "sha256": "0"}}, None, None,
+        check_manifest(art, replace(manifest, plugin={"file": "libpar_plugins.so", "sha256": "0"}), None, None,
                        tmp_path / "missing.so")
 
     data = (art / "vision_par.ort.onnx").read_bytes()
@@ -154,7 +155,7 @@ def test_tensorrt_backend_without_tensorrt_is_a_clear_error(exported, tmp_path):
 @pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT (libnvinfer) is not installed")
 def test_tensorrt_engine_builds_and_verifies(exported, tmp_path):
     manifest = build(exported, tmp_path / "engine", BuildOptions(precision="fp16", backend="tensorrt"), progress=False)
-    assert manifest["backend"] == "tensorrt" and manifest["gpu"]
+    assert manifest.backend == "tensorrt" and manifest.gpu
     rows, passed, _ = verify(tmp_path / "engine")
     assert passed, rows
 
@@ -198,8 +199,8 @@ def test_build_of_an_external_data_export_keeps_its_weights(tmp_path, image, mon
     assert (tmp_path / "onnx" / "vision_par.onnx.data").is_file()
     art = tmp_path / "art"
     manifest = build(tmp_path / "onnx", art, BuildOptions(precision=precision, backend="onnxruntime"), progress=False)
-    vision = manifest["graphs"]["vision_par"]
-    assert list(vision["data_files"]) == [f"{vision['file']}.data"] and (art / f"{vision['file']}.data").is_file()
+    vision = manifest.graphs["vision_par"]
+    assert list(vision.data_files) == [f"{vision.file}.data"] and (art / f"{vision.file}.data").is_file()
     assert (art / "onnx" / "vision_par.onnx.data").is_file()  # verify's fp32 reference keeps its weights too
     assert main(["verify", str(art)]) == 0
     assert "PASSED" in capsys.readouterr().out

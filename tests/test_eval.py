@@ -155,11 +155,11 @@ def test_ablations_run_beside_the_methods_on_the_same_questions(tiny_folders, tm
     rows = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [r["method"] for r in rows] == ["full", "par", "par:router=keep"] and all(r["n"] == 6 for r in rows)
     # the same entry through built graphs: its override reaches the export
-    from par_export.engine.manifest import read_manifest
+    from par_export.artifact import read_manifest
     from par_export.eval.vqa import build_eval_artifacts
 
     built = build_eval_artifacts(llava, clip, ["par:router=keep"], [8], tmp_path / "built")
-    assert read_manifest(built[("par:router=keep", 8)])["metadata"]["config"]["router"] == "keep"
+    assert read_manifest(built[("par:router=keep", 8)]).metadata.config["router"] == "keep"
     assert main(["eval", "--model", str(llava), "--clip", str(clip), "--methods", "par:router=keep", "--budgets", "8",
                  "--n", "6", "--batch", "6", "--backend", "onnxruntime", "--out", str(tmp_path / "ort")]) == 0
     ort = json.loads((tmp_path / "ort" / "results.json").read_text())

@@ -11,8 +11,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
 from conftest import METHODS
+
 from par_export.export import ExportError, export_model
 from par_export.export.lint import lint_model
 from par_export.export.metadata import read_metadata

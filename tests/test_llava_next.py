@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import cli_export_and_build
 from PIL import Image
 
-from conftest import cli_export_and_build
 from par_export.cli import main
 from par_export.models.families import family_for
 from par_export.models.llava_next import NEWLINE, ReducedLlavaNext

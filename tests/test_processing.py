@@ -111,18 +111,15 @@ def test_tokenizer_is_loaded_once_per_pipeline(artifact, monkeypatch):
     """The run-time query tokenizer is loaded when the artifact opens, not per prompt."""
     from transformers import AutoTokenizer
 
-    from par_export.engine.load import artifact_runners
-    from par_export.engine.run import query_inputs
-    from par_export.engine.manifest import read_manifest
+    from par_export.artifact import Artifact
 
     folder, _ = artifact
-    encoder = query_inputs(folder, read_manifest(folder))
+    art = Artifact.open(folder)
     calls = []
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: calls.append(a))
-    _, runners = artifact_runners(folder)
-    with runners["query_encoder"] as runner:
-        first, _ = encoder.embed(PROMPT, runner)
-        second, _ = encoder.embed("is there a red square ?", runner)
+    with art:
+        first, _ = art.embed_prompt(PROMPT)
+        second, _ = art.embed_prompt("is there a red square ?")
     assert calls == [] and first.shape == second.shape and not np.allclose(first, second)
 
 

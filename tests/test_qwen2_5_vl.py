@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import cli_export_and_build
 from PIL import Image
 
-from conftest import cli_export_and_build
 from par_export.cli import main
 from par_export.models.families import family_for
 from par_export.models.qwen2_5_vl import ReducedQwen2_5_VL
@@ -192,21 +192,13 @@ def test_export_build_verify_and_run_equal_the_adapter_fed_by_the_processor(fold
         assert f"kept 8/{n} tokens" in capsys.readouterr().out
 
     # both images in one call of the built graph: each gets its single-image result
-    from par_export.engine.load import artifact_runners
-    from par_export.engine.run import query_inputs
-    from par_export.engine.verify import cast_feed
-    from par_export.models.families import export_config
+    from par_export.artifact import Artifact
 
-    manifest, runners = artifact_runners(art)
-    meta = manifest["metadata"]
     pictures = [Image.open(tmp_path / f"{w}x{h}.png").convert("RGB") for w, h in [(80, 40), (36, 72)]]
-    feed, sizes = export_config(meta).image_feed(meta, family_for(folder).inputs(folder).image_features(pictures))
-    encoder = query_inputs(art, manifest)
-    with runners["query_encoder"] as runner:
-        feed["query_embeds"] = np.concatenate([encoder.embed(q, runner)[0] for q in (QUESTIONS[0], "")])
-    feed["budget"] = np.array(8, np.int64)
-    with runners["vision_par"] as runner:
-        out = runner.infer(cast_feed(feed, manifest["graphs"]["vision_par"]))
+    with Artifact.open(art) as artifact:
+        feed, sizes = artifact.image_inputs(pictures)
+        queries = np.concatenate([artifact.embed_prompt(q)[0] for q in (QUESTIONS[0], "")])
+        out = artifact.infer_vision(feed, queries, 8)
     for i, (w, h) in enumerate([(80, 40), (36, 72)]):
         alone = run_image(art, tmp_path / f"{w}x{h}.png", [QUESTIONS[0], ""][i], budget=8)
         assert sizes[i] == alone["tokens_per_image"] and int(out["num_kept"][i]) == 8

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from par_export.artifact.manifest import sha256
 from par_export.cli import main
-from par_export.engine.manifest import sha256
 
 PROMPT = "USER: <image> what color is the square?"
 

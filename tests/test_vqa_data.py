@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from par_export.data.vqa import (
-    IMAGE_SIZE, NUMBERS, QUESTION_TYPES, SPLITS, render, sample, split_seeds, vocabulary,
+    IMAGE_SIZE,
+    NUMBERS,
+    QUESTION_TYPES,
+    SPLITS,
+    render,
+    sample,
+    split_seeds,
+    vocabulary,
 )
 from par_export.models.tiny import word_tokenizer
 

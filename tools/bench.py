@@ -294,18 +294,18 @@ def bench_graph(args) -> dict:
     against the PyTorch module it was exported from, on one verification feed per batch size."""
     import tempfile
 
-    from par_export.engine.load import artifact_runners
-    from par_export.engine.verify import cast_feed, torch_reference, verification_feeds
+    from par_export.artifact import Artifact, cast_feed
+    from par_export.engine.verify import torch_reference, verification_feeds
 
     if not args.artifacts:
         raise SystemExit("graph: pass --artifacts FOLDER [FOLDER ...] (par-export build outputs of one export)")
     loaded = {}
     for folder in args.artifacts:
-        manifest, runners = artifact_runners(folder, allow_unverified=True)
-        runner = runners["vision_par"]
+        artifact = Artifact.open(folder, allow_unverified=True)
+        manifest, runner = artifact.manifest, artifact.runners["vision_par"]
         runner.activate()
-        loaded[f"{manifest['backend']} {manifest['precision']}"] = (manifest, runner)
-    metadata = next(iter(loaded.values()))[0]["metadata"]
+        loaded[f"{manifest.backend} {manifest.precision}"] = (manifest, runner)
+    metadata = next(iter(loaded.values()))[0].metadata
     rows = []
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         module, reason = torch_reference(metadata, Path(tmp))
@@ -317,7 +317,7 @@ def bench_graph(args) -> dict:
                           if name in feed]
             sides = {"torch": lambda a=args_torch: module(*a)}
             for label, (manifest, runner) in loaded.items():
-                typed = cast_feed(feed, manifest["graphs"]["vision_par"])
+                typed = cast_feed(feed, manifest.graphs["vision_par"])
                 sides[label] = lambda r=runner, f=typed: r.infer(f)
             times = side_by_side(sides, args.rounds, f"graph {case}")
             for label in loaded:
@@ -328,7 +328,7 @@ def bench_graph(args) -> dict:
     for r in rows:
         print(f"{r['graph']:<22} {r['case']:<20} {r['a_ms']:>9.1f} {r['b_ms']:>9.1f} {r['ratio_median']:>11.3f} "
               f"{r['ratio_min']:>6.3f}")
-    return {"rows": rows, "model": metadata["model"], "method": metadata["method"], "budget": metadata["budget"]}
+    return {"rows": rows, "model": metadata.model, "method": metadata.method, "budget": metadata.budget}
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -350,12 +350,11 @@ def bench_kv(args) -> dict:
 # ----------------------------------------------------------------------------- end-to-end TTFT
 def bench_ttft(args) -> dict:
     from par_export.data.vqa import render, sample
-    from par_export.runtime.chat import chat
-
     from par_export.engine.build import BuildOptions, build
     from par_export.export import export_model
-    from par_export.export.exporter import resolve_model
+    from par_export.models.names import resolve_model
     from par_export.reduce import PARConfig
+    from par_export.runtime.chat import chat
 
     image = args.out / "scene.png"
     render(sample(2_000_003)).save(image)

@@ -85,10 +85,10 @@ def offline_results(artifact: Path, pairs: list[tuple[str, bytes]]) -> list[dict
 
 def parity_bound(artifact: Path) -> float:
     """Max abs error allowed between server and offline rows: the precision's verify bound."""
-    from par_export.engine.manifest import read_manifest
+    from par_export.artifact import read_manifest
     from par_export.export.validate import TOLERANCES
 
-    tolerance = TOLERANCES[read_manifest(artifact)["precision"]]
+    tolerance = TOLERANCES[read_manifest(artifact).precision]
     return tolerance.get("max_abs_error", 0.0) or tolerance["max_rel_error"]
 
 

@@ -35,8 +35,17 @@ import torch
 import torch.nn.functional as F
 
 from par_export.data.images import normalize
-from par_export.data.vqa import (COLORS, QUESTION_TYPES, SHAPES, make_question, make_scene, render, sample,
-                                 split_seeds, vocabulary)
+from par_export.data.vqa import (
+    COLORS,
+    QUESTION_TYPES,
+    SHAPES,
+    make_question,
+    make_scene,
+    render,
+    sample,
+    split_seeds,
+    vocabulary,
+)
 from par_export.files import atomic_folder
 from par_export.models.demo import CLIP_SPECIAL, IMAGE_SIZE, PATCH, demo_clip_config, demo_llava_config
 from par_export.models.tiny import SPECIAL, llava_processor, word_tokenizer

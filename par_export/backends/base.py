@@ -9,8 +9,10 @@ import numpy as np
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
+from par_export.errors import ParExportError
 
-class BackendUnavailable(RuntimeError):
+
+class BackendUnavailable(ParExportError):
     """A backend's runtime is not installed or cannot serve this artifact; the message says how to get it."""
 
 
@@ -48,7 +50,7 @@ class Runner(BaseRunner):
     def deactivate_impl(self) -> None:
         pass
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         self.activate()
         return self
 

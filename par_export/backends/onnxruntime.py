@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 
 from par_export.backends.base import BackendUnavailable, PolygraphyRunner
-
+from par_export.errors import ParExportError
 
 # Execution providers per ``--device``, most preferred first (ONNX Runtime falls back along the list).
 PROVIDERS = {
@@ -22,7 +22,7 @@ def set_device(device: str) -> None:
     """The device of sessions made without explicit providers (the CLI's ``--device``)."""
     global _device
     if device not in PROVIDERS:
-        raise ValueError(f"--device must be one of {', '.join(PROVIDERS)}, got {device!r}")
+        raise ParExportError(f"--device must be one of {', '.join(PROVIDERS)}, got {device!r}")
     _device = device
 
 

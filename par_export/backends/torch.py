@@ -6,10 +6,10 @@ import inspect
 
 import numpy as np
 import torch
-
 from polygraphy.common import TensorMetadata
 
 from par_export.backends.base import Runner
+from par_export.errors import ParExportError
 
 
 class TorchRunner(Runner):
@@ -34,7 +34,7 @@ class TorchRunner(Runner):
 
     def get_input_metadata_impl(self) -> TensorMetadata:
         if self.input_metadata is None:
-            raise ValueError("TorchRunner: pass input_metadata (feed_metadata(feed)) to run it under Comparator")
+            raise ParExportError("TorchRunner: pass input_metadata (feed_metadata(feed)) to run it under Comparator")
         return self.input_metadata
 
     def input_names(self) -> list[str]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from par_export.errors import ParExportError
+
 COLORS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
     "purple": (140, 50, 180), "orange": (240, 130, 30), "white": (245, 245, 245), "black": (20, 20, 20),
@@ -113,7 +115,7 @@ def make_question(rng: random.Random, objects: tuple[Shape, ...], kind: str) -> 
         if i is None:
             return None
         return f"what shape is the {objects[i].color} object ?", objects[i].shape, (i,)
-    raise ValueError(f"unknown question type {kind!r}; expected one of {QUESTION_TYPES}")
+    raise ParExportError(f"unknown question type {kind!r}; expected one of {QUESTION_TYPES}")
 
 
 def caption(rng: random.Random, objects: tuple[Shape, ...]) -> str:
@@ -139,10 +141,10 @@ def sample(seed: int, kind: str | None = None) -> Sample:
 
 def split_seeds(split: str, n: int, offset: int = 0) -> range:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLITS)}")
+        raise ParExportError(f"unknown split {split!r}; expected one of {tuple(SPLITS)}")
     low, high = SPLITS[split]
     if n > high - low:
-        raise ValueError(f"split {split} has {high - low} samples, asked for {n}")
+        raise ParExportError(f"split {split} has {high - low} samples, asked for {n}")
     return range(low + offset, low + offset + n)
 
 

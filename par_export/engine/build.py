@@ -15,16 +15,19 @@ import onnx
 from tqdm.auto import tqdm
 
 import par_export
+from par_export.artifact.manifest import FORMAT, MANIFEST, PRECISIONS, GraphEntry, Manifest, seal, sha256
+from par_export.artifact.metadata import ExportMetadata
 from par_export.backends.base import BackendUnavailable
 from par_export.backends.tensorrt import build_engine, gpu_info, import_tensorrt
-from par_export.engine.manifest import FORMAT, MANIFEST, seal, sha256
+from par_export.engine.presets import load_preset
 from par_export.engine.verify import verification_record, verify
-from par_export.engine.presets import PRECISIONS, load_preset
+from par_export.errors import ParExportError
 from par_export.export.custom_op import DOMAIN
 from par_export.export.fp16 import to_fp16
 from par_export.export.metadata import read_metadata
 from par_export.export.onnx_io import EXTERNAL_DATA_BYTES, data_file, onnx_files, save_onnx
 from par_export.files import atomic_folder
+from par_export.models.names import default_budget
 from par_export.plugins import plugin_path
 
 GRAPHS = ("vision_par", "query_encoder")
@@ -32,7 +35,7 @@ logger = logging.getLogger(__name__)
 RUNTIME_FILES = ("processor", "tokenizer", "report.json")
 
 
-class BuildError(RuntimeError):
+class BuildError(ParExportError):
     """A build that could not be done; nothing was written."""
 
 
@@ -118,7 +121,7 @@ def export_source(source: str | Path, workdir: Path, options: BuildOptions, prog
 
     out = workdir / "onnx"
     # The export's default K: the profile's opt budget, else 64 (16 for the 64-token tiny model).
-    budget = options.budget[1] if options.budget else (16 if str(source) == "tiny" else 64)
+    budget = options.budget[1] if options.budget else default_budget(source)
     export_model(source, out, budget=budget, plugin=options.plugin, clip_path=options.clip,
                  config=PARConfig().with_overrides(list(options.par)), progress=progress)
     return out
@@ -257,7 +260,11 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
             src = export_source(source, work, options, progress)
             steps.update()
             metadata = read_metadata(src / "vision_par.onnx")
-            plugin_needed = bool(metadata.get("plugin"))
+            try:
+                typed = ExportMetadata.from_json(metadata, str(src / "vision_par.onnx"))
+            except ParExportError as err:
+                raise BuildError(str(err)) from None
+            plugin_needed = bool(typed.plugin)
             graphs = {}
             for name in GRAPHS:
                 onnx_path = src / f"{name}.onnx"
@@ -295,31 +302,31 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
                     shutil.copytree(src / item, final / item)
                 elif (src / item).is_file():
                     shutil.copy(src / item, final / item)
-            manifest = {
-                "format": FORMAT,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "par_export": par_export.__version__,
-                "backend": backend,
-                "backend_version": _backend_version(backend),
-                "precision": options.precision,
-                "gpu": gpu_info(),
-                "target": options.target,
-                "build": _build_record(options),
-                "plugin": _plugin_entry() if plugin_needed else None,
-                "graphs": graphs,
-                "metadata": metadata,
-                "files": seal(final),
-            }
-            files = manifest["files"]
+            files = seal(final)
             for graph in graphs.values():
                 graph.update(sha256=files[graph["file"]], source_sha256=files[graph["source"]],
                              data_files={d: files[d] for d in graph["data_files"]})
-            (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            manifest = Manifest(
+                format=FORMAT,
+                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                par_export=par_export.__version__,
+                backend=backend,
+                backend_version=_backend_version(backend),
+                precision=options.precision,
+                gpu=gpu_info(),
+                target=options.target,
+                build=_build_record(options),
+                plugin=_plugin_entry() if plugin_needed else None,
+                graphs={name: GraphEntry(**graph) for name, graph in graphs.items()},
+                metadata=typed,
+                files=files,
+            )
+            (final / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))
             steps.update()
         # verified before it is put in place; a failed verification is recorded, and `run` refuses it
-        manifest["verification"] = verification_record(*verify(final, count=3, allow_unverified=True,
-                                                               atol=options.atol, rtol=options.rtol))
-        (final / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        manifest.verification = verification_record(*verify(final, count=3, allow_unverified=True,
+                                                            atol=options.atol, rtol=options.rtol))
+        (final / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))
     return manifest
 
 

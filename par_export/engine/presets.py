@@ -7,8 +7,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from par_export.artifact.manifest import PRECISIONS
+from par_export.errors import ParExportError
+
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class Preset:
 def _triple(name: str, field: str, value) -> tuple[int, int, int]:
     if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and v >= 1 for v in value)
             and value[0] <= value[1] <= value[2]):
-        raise ValueError(f"preset {name}: {field} must be [min, opt, max] positive ints with min <= opt <= max, got {value}")
+        raise ParExportError(f"preset {name}: {field} must be [min, opt, max] positive ints with min <= opt <= max, got {value}")
     return tuple(value)
 
 
@@ -38,21 +40,21 @@ def parse_preset(data: dict) -> Preset:
                 "workspace_mib", "dla_core"}
     missing = required - set(data)
     if missing:
-        raise ValueError(f"preset {name}: missing fields {sorted(missing)}")
+        raise ParExportError(f"preset {name}: missing fields {sorted(missing)}")
     unknown = set(data) - required
     if unknown:
-        raise ValueError(f"preset {name}: unknown fields {sorted(unknown)}")
+        raise ParExportError(f"preset {name}: unknown fields {sorted(unknown)}")
     bad = [p for p in data["precisions"] if p not in PRECISIONS]
     if bad or data["precision"] not in data["precisions"]:
-        raise ValueError(f"preset {name}: precisions must be among {PRECISIONS} and include precision "
+        raise ParExportError(f"preset {name}: precisions must be among {PRECISIONS} and include precision "
                          f"{data['precision']!r}, got {data['precisions']}")
     major, _, minor = str(data["compute_capability"]).partition(".")
     if not (major.isdigit() and minor.isdigit()):
-        raise ValueError(f"preset {name}: compute_capability must look like '8.7', got {data['compute_capability']!r}")
+        raise ParExportError(f"preset {name}: compute_capability must look like '8.7', got {data['compute_capability']!r}")
     if not isinstance(data["workspace_mib"], int) or data["workspace_mib"] < 64:
-        raise ValueError(f"preset {name}: workspace_mib must be an int >= 64")
+        raise ParExportError(f"preset {name}: workspace_mib must be an int >= 64")
     if data["dla_core"] is not None and data["dla_core"] not in (0, 1):
-        raise ValueError(f"preset {name}: dla_core must be null, 0 or 1")
+        raise ParExportError(f"preset {name}: dla_core must be null, 0 or 1")
     return Preset(name, data["description"], str(data["compute_capability"]), data["precision"],
                   tuple(data["precisions"]), _triple(name, "batch", data["batch"]),
                   _triple(name, "budget", data["budget"]), data["workspace_mib"], data["dla_core"])
@@ -65,5 +67,5 @@ def available_presets() -> list[str]:
 def load_preset(name: str) -> Preset:
     path = PRESET_DIR / f"{name}.json"
     if not path.is_file():
-        raise ValueError(f"unknown target preset {name!r}; available: {', '.join(available_presets())}")
+        raise ParExportError(f"unknown target preset {name!r}; available: {', '.join(available_presets())}")
     return parse_preset(json.loads(path.read_text()))

@@ -3,54 +3,45 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from polygraphy.comparator import Comparator
 
+from par_export.artifact import Artifact, ExportMetadata
+from par_export.artifact.manifest import inside, read_manifest
 from par_export.backends.base import quiet_polygraphy
 from par_export.backends.onnxruntime import OnnxRuntimeRunner
 from par_export.backends.torch import TorchRunner, feed_metadata
-from par_export.engine.load import artifact_runners
-from par_export.engine.manifest import inside
-from par_export.models.graphs import reference_scores
 from par_export.export.validate import TOLERANCES, case_verdict, compare_outputs, condensed, error_limit
+from par_export.models.families import export_config, family_for
+from par_export.models.graphs import reference_scores
+from par_export.models.names import resolve_model
+from par_export.reduce import PARConfig
 
 OUTPUTS = ["image_embeds", "num_kept", "keep_index"]
 
 
-def verification_feeds(metadata: dict, count: int, seed: int = 0) -> list[tuple[str, dict]]:
+def verification_feeds(metadata: ExportMetadata, count: int, seed: int = 0) -> list[tuple[str, dict]]:
     """``count`` feeds from the family's validation cases (LLaVA-1.5: batch sizes 1, 2, 4 capped at
     the export's batch_max; LLaVA-NeXT: images of several sizes), at the artifact's budget."""
-    from par_export.models.families import export_config
-
-    cfg = export_config(metadata)
-    budget = min(int(metadata["budget"]), metadata["width"]) if metadata["budget_input"] else metadata["budget"]
-    cases = cfg.vision_cases(metadata, metadata["query_dim"], [budget], seed)
+    cases = export_config(metadata).vision_cases(metadata.to_json(), metadata.query_dim,
+                                                 [metadata.budget_rule.validation_value], seed)
     return [(cases[i % len(cases)].name, cases[i % len(cases)].feed) for i in range(count)]
 
 
-def torch_reference(metadata: dict, workdir: Path):
+def torch_reference(metadata: ExportMetadata, workdir: Path):
     """The PyTorch module the graph came from, rebuilt from the metadata, or ``(None, reason)``."""
-    from par_export.export.exporter import resolve_model
-    from par_export.models.families import export_config, family_for
-    from par_export.reduce import PARConfig
-
-    model, clip = metadata["model"], metadata.get("clip")
+    model, clip = metadata.model, metadata.clip
     if model.startswith("tiny"):
         model, clip = resolve_model("tiny", workdir)
     elif not Path(model).is_dir():
         return None, f"model folder {model} is not on this machine"
     adapter = family_for(model).adapter
-    llava = adapter.from_pretrained(model, metadata["method"], PARConfig.from_dict(metadata["config"]), clip_path=clip)
-    budget = "input" if metadata["budget_input"] else ("auto" if metadata["budget"] == "auto" else metadata["width"])
-    return export_config(metadata).vision_module(llava, budget), None
-
-
-def cast_feed(feed: dict, graph: dict) -> dict:
-    """Inputs in the dtypes the manifest records for ``graph`` (fp16 artifacts take fp16)."""
-    dtypes = {i["name"]: np.dtype(i["dtype"]) for i in graph["inputs"]}
-    return {k: v.astype(dtypes[k]) if k in dtypes else v for k, v in feed.items()}
+    llava = adapter.from_pretrained(model, metadata.method, PARConfig.from_dict(metadata.config), clip_path=clip)
+    return export_config(metadata).vision_module(llava, metadata.budget_rule.traced), None
 
 
 def verify(folder: str | Path, count: int = 3, allow_unverified: bool = True, atol: float | None = None,
@@ -59,16 +50,15 @@ def verify(folder: str | Path, count: int = 3, allow_unverified: bool = True, at
     verdict against the artifact precision's tolerance, and the precision. ``atol`` / ``rtol``
     (relative to the largest reference output) replace the precision's error bound when given;
     with both, their sum applies (``atol + rtol * |ref| max``, as ``numpy.isclose``)."""
-    from polygraphy.comparator import Comparator
-
-    manifest, runners = artifact_runners(folder, allow_unverified=allow_unverified)
-    metadata = manifest["metadata"]
-    precision = manifest["precision"]
+    artifact = Artifact.open(folder, allow_unverified=allow_unverified)
+    manifest, runners = artifact.manifest, artifact.runners
+    metadata = manifest.metadata
+    precision = manifest.precision
     cases = verification_feeds(metadata, count)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         stack.enter_context(quiet_polygraphy())
-        source = inside(Path(folder), manifest["graphs"]["vision_par"]["source"])  # sealed with the artifact
+        source = inside(Path(folder), manifest.graphs["vision_par"].source)  # sealed with the artifact
         references = [OnnxRuntimeRunner(source, name="onnx-fp32")]
         module, reason = torch_reference(metadata, Path(tmp))
         if module is not None:
@@ -118,23 +108,15 @@ class KeptTokensCompare:
 
 def verification_record(rows: list[dict], passed: bool, precision: str) -> dict:
     """What the manifest keeps of a verification: the verdict, the precision and the rows."""
-    import datetime
-
     return {"passed": bool(passed), "precision": precision, "rows": rows,
             "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def record_verification(folder: str | Path, record: dict) -> None:
     """Write ``record`` into the artifact's manifest (atomically: the manifest is never half written)."""
-    import json
-
-    from par_export.engine.manifest import MANIFEST, read_manifest
-    from par_export.files import atomic_output
-
     manifest = read_manifest(folder)
-    manifest["verification"] = record
-    with atomic_output(Path(folder) / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2))
+    manifest.verification = record
+    manifest.write(folder)
 
 
 def format_rows(rows: list[dict]) -> str:

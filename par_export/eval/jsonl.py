@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from par_export.errors import ParExportError
 
 REQUIRED = ("question_id", "image", "text", "answer")
 
@@ -36,10 +37,10 @@ def read_jsonl(path: str | Path) -> list[Record]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            raise ParExportError(f"{path}:{number}: not valid JSON ({err.msg})") from None
         missing = [key for key in REQUIRED if key not in item] if isinstance(item, dict) else list(REQUIRED)
         if missing:
-            raise ValueError(f"{path}:{number}: missing {missing}; each line needs {list(REQUIRED)}")
+            raise ParExportError(f"{path}:{number}: missing {missing}; each line needs {list(REQUIRED)}")
         records.append(Record(str(item["question_id"]), str(item["image"]), str(item["text"]), str(item["answer"])))
     return records
 

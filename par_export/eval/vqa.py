@@ -17,13 +17,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from par_export.artifact import read_manifest
 from par_export.data.vqa import render, sample, split_seeds
+from par_export.errors import ParExportError
 from par_export.files import atomic_folder
 from par_export.flops import llm_prefill_flops
-from par_export.plots import save_figure
 from par_export.models.dart import dart_first_token_logits
 from par_export.models.families import family_for
 from par_export.models.llava import ReducedLlava
+from par_export.plots import save_figure
 from par_export.processing import ModelInputs
 from par_export.reduce import PARConfig, reducer_class
 
@@ -67,7 +69,7 @@ def accuracy_interval(tally: Tally, indices: np.ndarray) -> tuple[float, float]:
     """95% percentile-bootstrap interval of ``tally``'s accuracy over the resampled ``indices``."""
     outcomes = np.asarray(tally.outcomes, np.float64)
     if len(outcomes) != indices.shape[1]:
-        raise ValueError(f"{len(outcomes)} outcomes for resamples of {indices.shape[1]} samples")
+        raise ParExportError(f"{len(outcomes)} outcomes for resamples of {indices.shape[1]} samples")
     low, high = np.percentile(outcomes[indices].mean(axis=1), [2.5, 97.5])
     return float(low), float(high)
 
@@ -91,7 +93,7 @@ def dart_settings(spec: str):
     for item in spec.split(":")[1:]:
         name, _, text = item.partition("=")
         if name not in ("layer", "image_pivots", "text_pivots") or not text.isdigit():
-            raise ValueError(f"{spec!r}: DART takes layer=, image_pivots=, text_pivots= (ints)")
+            raise ParExportError(f"{spec!r}: DART takes layer=, image_pivots=, text_pivots= (ints)")
         values[name] = int(text)
     return DartSettings(**values)
 
@@ -109,7 +111,7 @@ def check_methods_and_budgets(methods: list[str], budgets: list) -> None:
         reducer_class(name)  # raises with the list of methods
     for budget in budgets:
         if budget != "auto" and (not isinstance(budget, int) or budget < 1):
-            raise ValueError(f"budget must be a positive int or 'auto', got {budget!r}")
+            raise ParExportError(f"budget must be a positive int or 'auto', got {budget!r}")
 
 
 def vqa_batch(llava: ReducedLlava, inputs: ModelInputs, seeds: list[int]):
@@ -146,7 +148,7 @@ def build_eval_artifacts(llava_dir: Path, clip_dir: Path | None, methods: list[s
 
     fixed = [b for b in budgets if b != "auto"]
     if any(is_dart(m) for m in methods):
-        raise ValueError("dart prunes inside the LLM, which runs in PyTorch: it has no graph to build; evaluate it "
+        raise ParExportError("dart prunes inside the LLM, which runs in PyTorch: it has no graph to build; evaluate it "
                          "with --backend torch")
     for method in tqdm(methods, desc="export + build"):
         cls = reducer_class(method_spec(method, PARConfig())[0])
@@ -162,17 +164,15 @@ def build_eval_artifacts(llava_dir: Path, clip_dir: Path | None, methods: list[s
 
 def artifact_budgets(folder: Path, budgets: list) -> tuple[str, dict]:
     """The method of a built artifact and ``{(method, budget): folder}`` for the budgets it serves."""
-    from par_export.engine.manifest import read_manifest
-
-    meta = read_manifest(folder)["metadata"]
-    if meta["budget_input"]:
-        served = [b for b in budgets if b != "auto" and b <= meta["width"]]
+    meta = read_manifest(folder).metadata
+    if meta.budget_input:
+        served = [b for b in budgets if b != "auto" and b <= meta.width]
     else:
-        served = [b for b in budgets if b == meta["budget"]]
+        served = [b for b in budgets if b == meta.budget]
     if not served:
-        raise ValueError(f"{folder}: a {meta['method']} graph with budget {meta['budget']!r} (width {meta['width']}) "
+        raise ParExportError(f"{folder}: a {meta.method} graph with budget {meta.budget!r} (width {meta.width}) "
                          f"serves none of the budgets {budgets}")
-    return meta["method"], {(meta["method"], b): Path(folder) for b in served}
+    return meta.method, {(meta.method, b): Path(folder) for b in served}
 
 
 def _artifact_context(pipe, questions: list[str], pixels: torch.Tensor, budget):
@@ -196,7 +196,7 @@ def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config
     ``pipeline_only``: refuse families the procedural eval's fixed-run splicing does not serve."""
     family = family_for(llava_dir)
     if pipeline_only and not family.pipeline:
-        raise ValueError(f"{llava_dir}: eval does not support {family.name} yet (its adapter "
+        raise ParExportError(f"{llava_dir}: eval does not support {family.name} yet (its adapter "
                          f"{family.adapter.__name__} runs in PyTorch; `par-export export/build/run` where it exports)")
     base = family.adapter.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)
     clip = base.query_encoder if base.config.space == "clip" else None
@@ -234,7 +234,7 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
     base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config)
     too_large = [b for b in budgets if b != "auto" and b > base.tokens_per_image]
     if too_large:
-        raise ValueError(f"--budgets {too_large}: above the {base.tokens_per_image} tokens per image; a larger "
+        raise ParExportError(f"--budgets {too_large}: above the {base.tokens_per_image} tokens per image; a larger "
                          "budget would score the full context under another name")
     pipes = _pipelines(base, artifacts, allow_unverified)
     tallies: dict = {"full": Tally()}
@@ -400,7 +400,7 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
 
     check_methods_and_budgets(methods, budgets)
     if any(is_dart(m) for m in methods):
-        raise ValueError("dart prunes inside the LLM for one forward: the procedural split's first-token answers "
+        raise ParExportError("dart prunes inside the LLM for one forward: the procedural split's first-token answers "
                          "(--data FILE.jsonl generates several tokens with a KV cache)")
     records = read_jsonl(records_path)
     base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config or PARConfig(),
@@ -409,7 +409,7 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
     kept, pictures, skipped = load_images(records, images)
     if not kept:
         why = f" (skipped: {dict(skipped)})" if skipped else ""
-        raise ValueError(f"{records_path}: no record to score{why}; nothing was written")
+        raise ParExportError(f"{records_path}: no record to score{why}; nothing was written")
     tok = inputs.tokenizer
     image_id = base.model.config.image_token_id
     tallies: dict = {"full": Tally()}

@@ -110,13 +110,14 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
     """Write ``out/visual/model.onnx`` + ``out/visual/config.json`` (+ ``out/processor``), validated
     against PyTorch on images of three shapes, one per call and two in one call; returns the report
     (also ``out/report.json``)."""
-    from par_export.models.onnx_config import DEFAULT_OPSET
-    from par_export.export.exporter import ExportError, _export, resolve_model
+    from par_export.export.exporter import ExportError, _export
     from par_export.export.metadata import set_metadata
     from par_export.export.onnx_io import save_onnx
     from par_export.export.validate import Case, check_graph, compare_with_torch, summarize
     from par_export.files import atomic_folder
     from par_export.models.families import family_for
+    from par_export.models.names import resolve_model
+    from par_export.models.onnx_config import DEFAULT_OPSET
     from par_export.models.qwen2_5_vl import Qwen2_5_VLOnnxConfig, QwenVisionParGraph
     from par_export.reduce import PARConfig, reducer_class
     from par_export.reduce.checks import dynamic_token_axis

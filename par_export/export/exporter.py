@@ -12,39 +12,27 @@ import torch
 from tqdm.auto import tqdm
 
 import par_export
-from par_export.export.fp16 import to_fp16
-from par_export.models.onnx_config import DEFAULT_OPSET, GraphSpec, VisionParOnnxConfig
+from par_export.artifact.budget import Budget
+from par_export.artifact.metadata import VERSION as METADATA_VERSION
+from par_export.artifact.metadata import ExportMetadata
+from par_export.errors import ParExportError
 from par_export.export.custom_op import DOMAIN, OP_TYPE, VERSION, topk_cluster_node
+from par_export.export.fp16 import to_fp16
 from par_export.export.lint import lint_file
 from par_export.export.metadata import set_metadata
 from par_export.export.onnx_io import save_onnx
-from par_export.files import atomic_folder
-from par_export.models.graphs import QueryGraph
 from par_export.export.validate import check_graph, compare_with_torch, summarize
+from par_export.files import atomic_folder
 from par_export.models.families import family_for
+from par_export.models.graphs import QueryGraph
+from par_export.models.names import TINY_RECORD, display_name, recorded, resolve_model
+from par_export.models.onnx_config import DEFAULT_OPSET, GraphSpec, VisionParOnnxConfig
 from par_export.reduce import PARConfig, reducer_class
 from par_export.reduce.checks import dynamic_token_axis
 
 
-
-class ExportError(RuntimeError):
+class ExportError(ParExportError):
     """An export that could not be completed or did not validate; nothing was written."""
-
-
-def resolve_model(model: str | Path, workdir: Path) -> tuple[Path, Path | None]:
-    """``(model_folder, clip_folder)`` for ``--model``: a local folder, ``demo`` (the shipped
-    demo VLM), or ``tiny`` (random-weight tiny LLaVA + CLIP written to ``workdir`` through
-    ``save_pretrained``)."""
-    if str(model) == "tiny":
-        from par_export.models.tiny import save_tiny_clip, save_tiny_llava
-
-        llava = save_tiny_llava(workdir / "tiny-llava")
-        return llava, save_tiny_clip(workdir / "tiny-clip", llava)
-    if str(model) == "demo":
-        from par_export.models.demo import demo_paths
-
-        return demo_paths()
-    return Path(model), None
 
 
 def _export(module: torch.nn.Module, args: tuple, spec: GraphSpec, opset: int, path: Path) -> None:
@@ -128,15 +116,10 @@ def export_model(
                           f"export {method}_mean, or evaluate {method!r} in PyTorch (par-export eval)")
     if plugin and cls.name != "par":
         raise ExportError(f"--plugin replaces PAR's top-k clustering step; method {method!r} has none")
-    budget_mode: str | int
-    if budget == "auto":
-        if not cls.supports_auto:
-            raise ExportError(f"method {method!r} has no adaptive budget; pass an int budget")
-        budget_mode = "auto"
-    elif cls.name == "pool":
-        budget_mode = int(budget)  # the pooling grid is fixed at trace time
-    else:
-        budget_mode = "input"
+    try:  # the pooling grid is fixed at trace time; the others take K as an input or choose it (auto)
+        budget_mode = Budget.for_export(cls, budget).traced
+    except ParExportError as err:
+        raise ExportError(str(err)) from None
     cfg = VisionParOnnxConfig(budget_input=budget_mode == "input", opset=opset, batch_max=batch_max, fp16=fp16)
     with atomic_folder(out, overwrite, ExportError, inputs=[p for p in (model, clip_path) if p]) as (final, work):
         report = _export_into(work, final, model, method, budget, budget_mode, config, clip_path, cfg, progress,
@@ -191,7 +174,8 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
     raw = work / "raw"
     raw.mkdir()
     common = {
-        "model": "tiny (random weights)" if str(model) == "tiny" else str(llava_dir),
+        "metadata_version": METADATA_VERSION,
+        "model": recorded(model, llava_dir),
         "family": family.name,
         "method": method,
         "budget": budget,
@@ -203,8 +187,8 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
         "image_token_id": reference.model.config.image_token_id,
         "space": reference.config.space,
         "plugin": {"op": f"{DOMAIN}::{OP_TYPE}", "version": VERSION} if plugin else None,
-        "clip": "tiny (random weights)" if str(model) == "tiny" else (str(clip_path) if clip_path else None),
-        "model_name": str(model) if str(model) in ("tiny", "demo") else Path(llava_dir).name,
+        "clip": TINY_RECORD if str(model) == "tiny" else (str(clip_path) if clip_path else None),
+        "model_name": display_name(model, llava_dir),
         "query_dim": query_dim,
         "query": query_settings(reference),
         "config": reference.config.to_dict(),
@@ -217,6 +201,7 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
     if reference.query_encoder is not None:
         max_sequence = reference.query_encoder.max_length
     common["shape_bounds"] = cfg.shape_bounds(max_sequence, common)
+    ExportMetadata.from_json(common, "export metadata")  # what every reader will check, checked as written
 
     steps.set_postfix_str("trace vision_par")
     vision_module = cfg.vision_module(reference, budget_mode).eval()

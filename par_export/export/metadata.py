@@ -8,6 +8,8 @@ from typing import Any
 
 import onnx
 
+from par_export.errors import ParExportError
+
 PREFIX = "par."
 
 
@@ -47,7 +49,7 @@ def load_graph_only(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # onnx raises DecodeError and others for a corrupt file
-        raise ValueError(f"{path}: not a readable ONNX model ({type(err).__name__}: {err})") from None
+        raise ParExportError(f"{path}: not a readable ONNX model ({type(err).__name__}: {err})") from None
     if not model.ir_version or not model.graph.node:  # an empty file parses as an empty ModelProto
-        raise ValueError(f"{path}: not an ONNX model (empty, or no graph)")
+        raise ParExportError(f"{path}: not an ONNX model (empty, or no graph)")
     return model

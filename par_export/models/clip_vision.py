@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from par_export.errors import ParExportError
+
 
 def hidden_state_index(feature_layer: int, num_layers: int) -> int:
     """Index into ``hidden_states`` (embeddings + one per layer) of ``feature_layer``."""
     index = feature_layer % (num_layers + 1)
     if index == 0:
-        raise ValueError("vision_feature_layer selects the embeddings, which have no CLS attention")
+        raise ParExportError("vision_feature_layer selects the embeddings, which have no CLS attention")
     return index
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from par_export.errors import ParExportError
+
 
 @dataclass(frozen=True)
 class DartSettings:
@@ -69,7 +71,7 @@ def dart_pruning(language_model, image_runs: list[tuple[int, int]], budget: int,
 
     layers = language_model.layers
     if not 1 <= settings.layer < len(layers):
-        raise ValueError(f"DART prunes before decoder layer {settings.layer}; this model has {len(layers)}")
+        raise ParExportError(f"DART prunes before decoder layer {settings.layer}; this model has {len(layers)}")
     state: dict = {}
     before = layers[settings.layer - 1].self_attn
 
@@ -135,10 +137,10 @@ def dart_first_token_logits(model, input_ids: torch.Tensor, attention_mask: torc
     for row in input_ids:
         positions = (row == image_id).nonzero().flatten()
         if positions.numel() == 0 or int(positions[-1] - positions[0]) + 1 != positions.numel():
-            raise ValueError("DART needs one contiguous run of image tokens per sample")
+            raise ParExportError("DART needs one contiguous run of image tokens per sample")
         runs.append((int(positions[0]), positions.numel()))
     if len({length for _, length in runs}) != 1:
-        raise ValueError("DART prunes a batch whose samples hold equal image runs")
+        raise ParExportError("DART prunes a batch whose samples hold equal image runs")
     with dart_pruning(model.model.language_model, runs, budget, settings) as result:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
                        use_cache=False).logits[:, -1]

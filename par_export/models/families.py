@@ -31,15 +31,16 @@ def family_named(name: str) -> ModelFamily:
     for family in FAMILIES:
         if family.name == name:
             return family
-    raise ValueError(f"model family {name!r} is not known to this par-export; known: "
+    raise ModelFolderError(f"model family {name!r} is not known to this par-export; known: "
                      f"{', '.join(f.name for f in FAMILIES)}")
 
 
-def export_config(metadata: dict):
-    """The family's export config with the options an export recorded in its metadata."""
-    family = family_named(metadata.get("family", "llava"))
+def export_config(metadata):
+    """The family's export config with the options an export recorded in its
+    :class:`~par_export.artifact.metadata.ExportMetadata`."""
+    family = family_named(metadata.family)
     if family.onnx_config is None:
-        raise ValueError(f"{family.name} has no ONNX export")
-    export = metadata["export"]
-    return family.onnx_config(budget_input=metadata["budget_input"], opset=export["opset"],
-                              batch_max=export["batch_max"], fp16=export["fp16"])
+        raise ModelFolderError(f"{family.name} has no ONNX export")
+    export = metadata.export
+    return family.onnx_config(budget_input=metadata.budget_input, opset=export.opset, batch_max=export.batch_max,
+                              fp16=export.fp16)

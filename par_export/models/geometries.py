@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from par_export.errors import ParExportError
+
 
 def clip_l14_336_vision():
     """CLIP ViT-L/14 at 336 px: LLaVA-1.5's vision tower (576 patch tokens, D=1024)."""
@@ -43,7 +45,7 @@ def llava_config(name: str):
     from transformers import LlavaConfig
 
     if name not in LLAVA_GEOMETRIES:
-        raise ValueError(f"unknown model config {name!r}; available: {', '.join(LLAVA_GEOMETRIES)}")
+        raise ParExportError(f"unknown model config {name!r}; available: {', '.join(LLAVA_GEOMETRIES)}")
     return LlavaConfig(
         vision_config=clip_l14_336_vision(), text_config=LLAVA_GEOMETRIES[name](), image_token_index=32000,
         vision_feature_layer=-2, vision_feature_select_strategy="default",
@@ -67,9 +69,15 @@ def save_llava_geometry(folder, name: str = "llava-1.5-7b", text_layers: int = 2
     from pathlib import Path
 
     import torch
-    from transformers import (CLIPConfig, CLIPModel, LlavaForConditionalGeneration,
-                              LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
-                              LlavaNextProcessor)
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        LlavaForConditionalGeneration,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
 
     from par_export.models.llava import CHAT_TEMPLATE
     from par_export.models.tiny import SPECIAL, llava_processor, word_tokenizer

@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from par_export.models.graphs import VisionParGraph
-from par_export.models.onnx_config import Case, VisionParOnnxConfig
+from par_export.errors import ParExportError
 from par_export.models.clip_vision import cls_attention, hidden_state_index, layer_keys
 from par_export.models.family import ModelFamily
+from par_export.models.graphs import VisionParGraph
 from par_export.models.loading import load_pretrained_model, pretrained_kwargs
+from par_export.models.onnx_config import Case, VisionParOnnxConfig
 from par_export.models.query import ClipQueryEncoder, LlmQueryEncoder, QueryEncoder
 from par_export.reduce import PARConfig, ReductionOutput, TokenReducer, create_reducer
-
 
 # LLaVA-1.5's chat template (as llava-hf checkpoints ship it): "USER: <image>\n{text} ASSISTANT:".
 CHAT_TEMPLATE = (
@@ -104,19 +104,19 @@ def resize_image_runs(
         pieces, cursor = [], 0
         for start, length in image_token_runs(ids, image_token_id):
             if tokens_per_image is not None and length != tokens_per_image:
-                raise ValueError(
+                raise ParExportError(
                     f"sample {b}: a run of {length} image tokens, expected {tokens_per_image} per image "
                     "(expand each <image> placeholder to the vision tower's patch count, as LlavaProcessor does)"
                 )
             if image >= len(kept_per_image):
-                raise ValueError(f"input_ids hold more image placeholders than the {len(kept_per_image)} images given")
+                raise ParExportError(f"input_ids hold more image placeholders than the {len(kept_per_image)} images given")
             pieces += [ids[cursor:start], ids.new_full((kept_per_image[image],), image_token_id)]
             cursor = start + length
             image += 1
         pieces.append(ids[cursor:])
         rows.append(torch.cat(pieces))
     if image != len(kept_per_image):
-        raise ValueError(f"{len(kept_per_image)} images were given but input_ids hold {image} image placeholders")
+        raise ParExportError(f"{len(kept_per_image)} images were given but input_ids hold {image} image placeholders")
     new_ids, new_mask = left_pad(rows, pad_token_id)
     return new_ids.to(input_ids.dtype), new_mask.to(attention_mask.dtype)
 
@@ -185,14 +185,14 @@ class ReducedLlava:
     def _check_model(self) -> None:
         cfg = self.model.config
         if not isinstance(cfg.vision_feature_layer, int):
-            raise ValueError(f"vision_feature_layer {cfg.vision_feature_layer!r}: only a single layer is supported")
+            raise ParExportError(f"vision_feature_layer {cfg.vision_feature_layer!r}: only a single layer is supported")
         if cfg.vision_feature_select_strategy != "default":
-            raise ValueError(
+            raise ParExportError(
                 f"vision_feature_select_strategy {cfg.vision_feature_select_strategy!r}: only 'default' "
                 "(CLS removed) is supported"
             )
         if getattr(cfg.vision_config, "model_type", None) != "clip_vision_model":
-            raise ValueError(f"vision tower {cfg.vision_config.model_type!r}: only CLIP vision towers are supported")
+            raise ParExportError(f"vision tower {cfg.vision_config.model_type!r}: only CLIP vision towers are supported")
 
     @property
     def tokens_per_image(self) -> int:
@@ -241,7 +241,7 @@ class ReducedLlava:
     def prompts_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
         """Decode each sample's text tokens (image and special tokens removed)."""
         if self.tokenizer is None:
-            raise ValueError("pass prompts=[...] or build ReducedLlava with the model's tokenizer")
+            raise ParExportError("pass prompts=[...] or build ReducedLlava with the model's tokenizer")
         image_id = self.model.config.image_token_id
         texts = []
         for ids, mask in zip(input_ids, attention_mask):
@@ -300,11 +300,11 @@ class ReducedLlava:
         if prompts is None:
             prompts = self.prompts_from_ids(input_ids, attention_mask)
         if len(prompts) != input_ids.shape[0]:
-            raise ValueError(f"{len(prompts)} prompts for a batch of {input_ids.shape[0]} samples")
+            raise ParExportError(f"{len(prompts)} prompts for a batch of {input_ids.shape[0]} samples")
         image_rows = [b for b in range(input_ids.shape[0]) for _ in
                       image_token_runs(input_ids[b][attention_mask[b].bool()], self.model.config.image_token_id)]
         if len(image_rows) != pixel_values.shape[0]:
-            raise ValueError(
+            raise ParExportError(
                 f"{pixel_values.shape[0]} images were given but input_ids hold {len(image_rows)} image placeholders"
             )
         return attention_mask, [prompts[b] for b in image_rows]

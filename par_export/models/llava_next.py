@@ -22,18 +22,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 import numpy as np
+import torch
 from torch import nn
 
-from par_export.models.graphs import VisionParGraph
-from par_export.models.onnx_config import Case
-from par_export.models.per_image import reduce_each
+from par_export.errors import ParExportError
 from par_export.models.family import ModelFamily
-from par_export.models.onnx_config import GraphSpec
-from par_export.models.llava import (CHAT_TEMPLATE, FALLBACK_TEMPLATE, LlavaOnnxConfig, ReducedBatch, ReducedLlava,
-                                     image_token_runs)
+from par_export.models.graphs import VisionParGraph
+from par_export.models.llava import (
+    CHAT_TEMPLATE,
+    FALLBACK_TEMPLATE,
+    LlavaOnnxConfig,
+    ReducedBatch,
+    ReducedLlava,
+    image_token_runs,
+)
+from par_export.models.onnx_config import Case, GraphSpec
+from par_export.models.per_image import reduce_each
 
 NEWLINE = -1  # layout entry of an image_newline row
 
@@ -112,10 +117,10 @@ class ReducedLlavaNext(ReducedLlava):
     def _check_model(self) -> None:
         super()._check_model()
         if self.reducer.tower_inputs:
-            raise ValueError(f"method {self.reducer.name!r} (an authors' form) runs on LLaVA-1.5 only so far; "
+            raise ParExportError(f"method {self.reducer.name!r} (an authors' form) runs on LLaVA-1.5 only so far; "
                              f"use its variant ({self.reducer.name}_mean where there is one)")
         if getattr(self.model.config, "vision_feature_select_strategy", "default") != "default":
-            raise ValueError("only vision_feature_select_strategy 'default' is supported")
+            raise ParExportError("only vision_feature_select_strategy 'default' is supported")
 
     @property
     def tokens_per_crop(self) -> int:
@@ -137,7 +142,7 @@ class ReducedLlavaNext(ReducedLlava):
         """``pixel_values [I, P_max, 3, S, S]`` + ``image_sizes [I, 2]`` -> per image, content tokens
         ``[N_i, Dv]`` in packed order, their CLS attention ``[N_i]`` (within their crop), and the layout."""
         if image_sizes is None:
-            raise ValueError("LLaVA-NeXT needs image_sizes (the processor's output) with pixel_values")
+            raise ParExportError("LLaVA-NeXT needs image_sizes (the processor's output) with pixel_values")
         crops = self.crops_per_image(image_sizes)
         tokens, attn = self.crop_features(torch.cat([p[:c] for p, c in zip(pixel_values, crops)]))
         out, start = [], 0
@@ -178,7 +183,7 @@ class ReducedLlavaNext(ReducedLlava):
                 image_token_runs(input_ids[b][attention_mask[b].bool()], self.model.config.image_token_id)]
         for i, (length, (_, _, layout)) in enumerate(zip(runs, features)):
             if length != len(layout.order):
-                raise ValueError(f"image {i}: a run of {length} image tokens, but its size gives {len(layout.order)} "
+                raise ParExportError(f"image {i}: a run of {length} image tokens, but its size gives {len(layout.order)} "
                                  "rows (expand <image> with LlavaNextProcessor and pass its image_sizes)")
         reductions, image_features = self.reduce_images(pixel_values, image_prompts, budget, features, image_sizes)
         return self._reduced_batch(input_ids, attention_mask, reductions, image_features, image_prompts)

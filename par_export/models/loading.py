@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from par_export.errors import ParExportError
 
-class ModelFolderError(ValueError):
+
+class ModelFolderError(ParExportError):
     """A path that is not a loadable Hugging Face model folder of the expected type."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from par_export.errors import ParExportError
 from par_export.reduce import ReductionOutput
 
 
@@ -19,7 +20,7 @@ def reduce_each(reducer, query_encoder, features: list[tuple[torch.Tensor, torch
     """
     budgets = list(budget) if isinstance(budget, (list, tuple)) else [budget] * len(features)
     if len(budgets) != len(features):
-        raise ValueError(f"{len(budgets)} budgets for {len(features)} images")
+        raise ParExportError(f"{len(budgets)} budgets for {len(features)} images")
     embedding = mask = None
     if reducer.uses_prompt and prompts is not None and query_encoder is not None:
         embedding, mask = query_encoder(prompts)
@@ -27,7 +28,7 @@ def reduce_each(reducer, query_encoder, features: list[tuple[torch.Tensor, torch
     for i, ((tokens, attn), k) in enumerate(zip(features, budgets)):
         n = tokens.shape[0]
         if isinstance(k, int) and not 1 <= k <= n:
-            raise ValueError(f"image {i}: budget {k} is outside [1, {n}] (its visual tokens)")
+            raise ParExportError(f"image {i}: budget {k} is outside [1, {n}] (its visual tokens)")
         outputs.append(reducer(tokens[None], None if embedding is None else embedding[i:i + 1], attn[None], budget=k,
                                prompt_mask=None if mask is None else mask[i:i + 1]))
     return outputs

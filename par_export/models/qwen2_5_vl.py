@@ -33,12 +33,12 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from par_export.models.onnx_config import GraphSpec, VisionParOnnxConfig
-from par_export.models.graphs import VisionParGraph
-from par_export.models.onnx_config import Case
+from par_export.errors import ParExportError
 from par_export.models.family import ModelFamily
+from par_export.models.graphs import VisionParGraph
 from par_export.models.llava import image_token_runs, resize_image_runs
 from par_export.models.loading import load_pretrained_model, pretrained_kwargs
+from par_export.models.onnx_config import Case, GraphSpec, VisionParOnnxConfig
 from par_export.models.per_image import reduce_each
 from par_export.models.query import LlmQueryEncoder
 from par_export.reduce import PARConfig, ReductionOutput, TokenReducer, create_reducer
@@ -92,7 +92,7 @@ class ReducedQwen2_5_VL:
     def __init__(self, model, method: str | TokenReducer = "par", config: PARConfig | None = None,
                  tokenizer=None, clip=None):
         if clip is not None:
-            raise ValueError("Qwen2.5-VL has no CLIP text tower: PAR retrieves in the LLM's embedding space; "
+            raise ParExportError("Qwen2.5-VL has no CLIP text tower: PAR retrieves in the LLM's embedding space; "
                              "leave --clip out")
         config = config if config is not None else PARConfig(space="llm")
         if config.space != "llm":
@@ -116,7 +116,7 @@ class ReducedQwen2_5_VL:
                 rewrite=config.rewrite, template=config.template)
         self.reducer = method if isinstance(method, TokenReducer) else create_reducer(method, config=config)
         if self.reducer.tower_inputs:
-            raise ValueError(f"method {self.reducer.name!r} (an authors' form) reads a CLIP tower's keys and CLS "
+            raise ParExportError(f"method {self.reducer.name!r} (an authors' form) reads a CLIP tower's keys and CLS "
                              "token, which Qwen2.5-VL's tower does not have; use its variant")
 
     @classmethod
@@ -125,7 +125,7 @@ class ReducedQwen2_5_VL:
         from transformers import AutoTokenizer
 
         if clip_path is not None:
-            raise ValueError(f"--clip {clip_path}: Qwen2.5-VL retrieves in the LLM's space; it takes no CLIP folder")
+            raise ParExportError(f"--clip {clip_path}: Qwen2.5-VL retrieves in the LLM's space; it takes no CLIP folder")
         model = load_pretrained_model(path, cls.model_types, cls.model_class, dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
         config = (config if config is not None else PARConfig()).replace(space="llm")
@@ -213,7 +213,7 @@ class ReducedQwen2_5_VL:
                 full = self.model.model.get_vision_position_ids(current, grid, 1, self.merge)  # [3, N]
                 kept = keep_index[image]
                 if len(kept) != length:
-                    raise ValueError(f"image {image}: {length} image tokens in input_ids for {len(kept)} kept tokens")
+                    raise ParExportError(f"image {image}: {length} image tokens in input_ids for {len(kept)} kept tokens")
                 pieces.append(full[:, kept])
                 current += int(max(grid[1], grid[2])) // self.merge
                 cursor, image = start + length, image + 1
@@ -235,13 +235,13 @@ class ReducedQwen2_5_VL:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if bool((input_ids == self.model.config.video_token_id).any()):
-            raise ValueError("video input is not supported yet: PAR reduces images (no <|video_pad|> tokens)")
+            raise ParExportError("video input is not supported yet: PAR reduces images (no <|video_pad|> tokens)")
         image_id = self.model.config.image_token_id
         runs = [(b, length) for b in range(input_ids.shape[0])
                 for _, length in image_token_runs(input_ids[b][attention_mask[b].bool()], image_id)]
         sizes = self.tokens_per_image(image_grid_thw)
         if [length for _, length in runs] != sizes:
-            raise ValueError(f"image token runs {[length for _, length in runs]} do not match the images' merged "
+            raise ParExportError(f"image token runs {[length for _, length in runs]} do not match the images' merged "
                              f"token counts {sizes} (expand <|image_pad|> as the processor does)")
         if prompts is None:
             prompts = [self.tokenizer.decode(ids[m.bool() & (ids != image_id)].tolist(), skip_special_tokens=True)
@@ -486,7 +486,7 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
         for i, n in enumerate(sizes):
             if n < geometry["tokens_per_image"]:
                 which = f"image {i} gives" if len(sizes) > 1 else "the image gives"
-                raise ValueError(f"{which} {n} merged tokens, fewer than the {geometry['tokens_per_image']} this "
+                raise ParExportError(f"{which} {n} merged tokens, fewer than the {geometry['tokens_per_image']} this "
                                  "graph was exported for; export with a smaller --k-max or use a larger image")
         feed = {k: v.numpy() for k, v in vision_inputs(self._visual_like(geometry), grid).items()}
         feed["pixel_values"] = image_features["pixel_values"][:4 * sum(sizes)].astype(np.float32)

@@ -114,8 +114,14 @@ def save_tiny_clip(folder: str | Path, llava_folder: str | Path, seed: int = 1) 
 def save_tiny_llava_next(folder: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 8) -> Path:
     """Write a random-weight tiny LLaVA-NeXT (anyres grids up to 2x2 tiles of ``image_size``) with its
     ``LlavaNextProcessor`` (CLIP-style resize + crop per tile, LLaVA-1.5's chat template)."""
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
-                              LlavaNextImageProcessor, LlavaNextProcessor)
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
 
     from par_export.models.llava import CHAT_TEMPLATE
 

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 import torch
 
+from par_export.errors import ParExportError
+
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -33,7 +35,7 @@ def dynamic_token_axis(min_tokens: int) -> Iterator[None]:
     """
     global _MIN_TOKENS
     if min_tokens < 1:
-        raise ValueError(f"min_tokens must be >= 1, got {min_tokens}")
+        raise ParExportError(f"min_tokens must be >= 1, got {min_tokens}")
     previous, _MIN_TOKENS = _MIN_TOKENS, int(min_tokens)
     try:
         yield
@@ -61,12 +63,12 @@ def check_float_tensor(name: str, value: object, shape: str, rank: int) -> torch
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor {shape}, got {type(value).__name__}")
     if value.dim() != rank:
-        raise ValueError(f"{name} must have rank {rank} {shape}, got shape {tuple(value.shape)}")
+        raise ParExportError(f"{name} must have rank {rank} {shape}, got shape {tuple(value.shape)}")
     if value.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {value.dtype}")
     if not bool(torch.isfinite(value).all()):
         bad = int((~torch.isfinite(value)).sum())
-        raise ValueError(f"{name} contains {bad} NaN/Inf value(s); reducers need finite inputs")
+        raise ParExportError(f"{name} contains {bad} NaN/Inf value(s); reducers need finite inputs")
     return value
 
 
@@ -80,42 +82,42 @@ def check_reducer_inputs(
     tokens = check_float_tensor("visual_tokens", visual_tokens, "[B, N, D]", 3)
     b, n, _ = tokens.shape
     if n < 2:
-        raise ValueError(f"visual_tokens needs at least 2 tokens per image, got N={n}")
+        raise ParExportError(f"visual_tokens needs at least 2 tokens per image, got N={n}")
     if prompt_embedding is not None:
         prompt = check_float_tensor("prompt_embedding", prompt_embedding, "[B, P, Dq]", 3)
         if prompt.shape[0] != b:
-            raise ValueError(f"prompt_embedding has batch {prompt.shape[0]}, visual_tokens has batch {b}")
+            raise ParExportError(f"prompt_embedding has batch {prompt.shape[0]}, visual_tokens has batch {b}")
         if prompt_mask is not None:
             if not isinstance(prompt_mask, torch.Tensor) or tuple(prompt_mask.shape) != tuple(prompt.shape[:2]):
                 got = tuple(prompt_mask.shape) if isinstance(prompt_mask, torch.Tensor) else type(prompt_mask).__name__
-                raise ValueError(f"prompt_mask must be a [B, P] = {tuple(prompt.shape[:2])} tensor, got {got}")
+                raise ParExportError(f"prompt_mask must be a [B, P] = {tuple(prompt.shape[:2])} tensor, got {got}")
     elif prompt_mask is not None:
-        raise ValueError("prompt_mask was given without prompt_embedding")
+        raise ParExportError("prompt_mask was given without prompt_embedding")
     if attn is not None:
         weights = check_float_tensor("attn", attn, "[B, N]", 2)
         if tuple(weights.shape) != (b, n):
-            raise ValueError(f"attn must have shape [B, N] = {(b, n)}, got {tuple(weights.shape)}")
+            raise ParExportError(f"attn must have shape [B, N] = {(b, n)}, got {tuple(weights.shape)}")
 
 
 def check_budget_value(budget: object, num_tokens: int, max_width: int, supports_auto: bool, method: str) -> None:
     """Validate a call's budget: int in [1, N], ``"auto"``, or a 0-d integer tensor."""
     if isinstance(budget, str):
         if budget != "auto":
-            raise ValueError(f"budget must be a positive int or 'auto', got {budget!r}")
+            raise ParExportError(f"budget must be a positive int or 'auto', got {budget!r}")
         if not supports_auto:
-            raise ValueError(f"method {method!r} has no adaptive budget; pass an int budget (1..N)")
+            raise ParExportError(f"method {method!r} has no adaptive budget; pass an int budget (1..N)")
         return
     if isinstance(budget, torch.Tensor):
         if budget.dim() != 0 or budget.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"a tensor budget must be a 0-d int32/int64 tensor, got {budget.dtype} {tuple(budget.shape)}")
+            raise ParExportError(f"a tensor budget must be a 0-d int32/int64 tensor, got {budget.dtype} {tuple(budget.shape)}")
         k = int(budget)
         if not 1 <= k <= max_width:
-            raise ValueError(f"tensor budget must be in [1, {max_width}] (k_max, N={num_tokens}), got {k}")
+            raise ParExportError(f"tensor budget must be in [1, {max_width}] (k_max, N={num_tokens}), got {k}")
         return
     if isinstance(budget, bool) or not isinstance(budget, int):
-        raise ValueError(f"budget must be a positive int, 'auto' or a 0-d int tensor, got {budget!r}")
+        raise ParExportError(f"budget must be a positive int, 'auto' or a 0-d int tensor, got {budget!r}")
     if not 1 <= budget <= num_tokens:
-        raise ValueError(f"budget must be in [1, N={num_tokens}], got {budget}")
+        raise ParExportError(f"budget must be in [1, N={num_tokens}], got {budget}")
 
 
 def check_token_mask(token_mask: object, visual_tokens: torch.Tensor, budget: object) -> torch.Tensor:
@@ -124,15 +126,15 @@ def check_token_mask(token_mask: object, visual_tokens: torch.Tensor, budget: ob
     b, n = visual_tokens.shape[:2]
     if not isinstance(token_mask, torch.Tensor) or tuple(token_mask.shape) != (b, n):
         got = tuple(token_mask.shape) if isinstance(token_mask, torch.Tensor) else type(token_mask).__name__
-        raise ValueError(f"token_mask must be a [B, N] = {(b, n)} tensor, got {got}")
+        raise ParExportError(f"token_mask must be a [B, N] = {(b, n)} tensor, got {got}")
     if token_mask.dtype != torch.bool:
         if token_mask.dtype.is_floating_point or not bool(((token_mask == 0) | (token_mask == 1)).all()):
-            raise ValueError(f"token_mask must be bool (or 0/1 integers), got {token_mask.dtype}")
+            raise ParExportError(f"token_mask must be bool (or 0/1 integers), got {token_mask.dtype}")
         token_mask = token_mask.bool()
     counts = token_mask.sum(dim=1).tolist()
     for image, count in enumerate(counts):
         if count < 2:
-            raise ValueError(f"token_mask: image {image} has {count} real token(s); reducers need at least 2")
+            raise ParExportError(f"token_mask: image {image} has {count} real token(s); reducers need at least 2")
         if isinstance(budget, int) and not isinstance(budget, bool) and budget > count:
-            raise ValueError(f"budget {budget} exceeds image {image}'s {count} tokens (token_mask)")
+            raise ParExportError(f"budget {budget} exceeds image {image}'s {count} tokens (token_mask)")
     return token_mask

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
-Budget = Union[int, Literal["auto"]]
+from par_export.errors import ParExportError
+
+Budget = int | Literal["auto"]
 
 
 @dataclass(frozen=True)
@@ -60,28 +62,28 @@ class PARConfig:
         _check_choice("space", self.space, ("clip", "llm"))
         _check_choice("router", self.router, ("merge", "keep"))
         if "{rest}" not in self.template:
-            raise ValueError(f"PARConfig.template must contain '{{rest}}', got {self.template!r}")
+            raise ParExportError(f"PARConfig.template must contain '{{rest}}', got {self.template!r}")
         check_budget(self.budget, name="PARConfig.budget")
         if not 1 <= self.k_min <= self.k_max:
-            raise ValueError(
+            raise ParExportError(
                 f"PARConfig needs 1 <= k_min <= k_max, got k_min={self.k_min}, k_max={self.k_max}"
             )
         if self.k_nn < 1:
-            raise ValueError(f"PARConfig.k_nn must be >= 1, got {self.k_nn}")
+            raise ParExportError(f"PARConfig.k_nn must be >= 1, got {self.k_nn}")
         if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"PARConfig.beta must be in [0, 1], got {self.beta}")
+            raise ParExportError(f"PARConfig.beta must be in [0, 1], got {self.beta}")
         if self.tau <= 0:
-            raise ValueError(f"PARConfig.tau must be > 0, got {self.tau}")
+            raise ParExportError(f"PARConfig.tau must be > 0, got {self.tau}")
         if self.duplicate_distance < 0:
-            raise ValueError(f"PARConfig.duplicate_distance must be >= 0, got {self.duplicate_distance}")
+            raise ParExportError(f"PARConfig.duplicate_distance must be >= 0, got {self.duplicate_distance}")
         if self.eps <= 0:
-            raise ValueError(f"PARConfig.eps must be > 0, got {self.eps}")
+            raise ParExportError(f"PARConfig.eps must be > 0, got {self.eps}")
 
     def replace(self, **changes: Any) -> PARConfig:
         """A copy with ``changes`` applied (the dataclass is frozen)."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown PARConfig option(s): {sorted(unknown)}")
+            raise ParExportError(f"unknown PARConfig option(s): {sorted(unknown)}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,14 +101,14 @@ class PARConfig:
         for pair in pairs:
             name, sep, text = (part.strip() for part in pair.partition("="))
             if not sep:
-                raise ValueError(f"PAR option {pair!r} is not NAME=VALUE")
+                raise ParExportError(f"PAR option {pair!r} is not NAME=VALUE")
             if name not in names:
-                raise ValueError(f"unknown PARConfig option {name!r}; options: {names}")
+                raise ParExportError(f"unknown PARConfig option {name!r}; options: {names}")
             kind = type(getattr(self, name))
             try:
                 changes[name] = (text if text == "auto" else int(text)) if name == "budget" else kind(text)
             except ValueError:
-                raise ValueError(f"PAR option {name}={text!r}: expected a {kind.__name__}") from None
+                raise ParExportError(f"PAR option {name}={text!r}: expected a {kind.__name__}") from None
         return self.replace(**changes)
 
 
@@ -115,11 +117,11 @@ def check_budget(budget: Any, name: str = "budget") -> None:
     if budget == "auto":
         return
     if isinstance(budget, bool) or not isinstance(budget, int):
-        raise ValueError(f"{name} must be a positive int or 'auto', got {budget!r}")
+        raise ParExportError(f"{name} must be a positive int or 'auto', got {budget!r}")
     if budget <= 0:
-        raise ValueError(f"{name} must be > 0, got {budget}")
+        raise ParExportError(f"{name} must be > 0, got {budget}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"PARConfig.{name} must be one of {choices}, got {value!r}")
+        raise ParExportError(f"PARConfig.{name} must be one of {choices}, got {value!r}")

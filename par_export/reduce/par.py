@@ -6,10 +6,10 @@ import torch
 
 from par_export.reduce.budget import adaptive_budget, cap_to_tokens, fixed_budget
 from par_export.reduce.clustering import cosine_similarity_matrix, density_peaks, distinctiveness
+from par_export.reduce.output import ReductionOutput
 from par_export.reduce.reducer import TokenReducer
 from par_export.reduce.registry import register
 from par_export.reduce.retrieval import min_max, standardized_relevance
-from par_export.reduce.output import ReductionOutput
 from par_export.reduce.router import mask_scores
 from par_export.reduce.topk_cluster import topk_cluster
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from par_export.errors import ParExportError
+
 # Chat scaffolding of LLaVA-style templates: role tags and the image placeholder.
 _SCAFFOLDING = re.compile(
     r"<image>|<\|[^|]*\|>|</?s>|\b(?:USER|ASSISTANT|SYSTEM|Human|Assistant|Gpt|GPT)\s*:",
@@ -36,7 +38,7 @@ def rewrite_prompt(prompt: str, template: str = "a photo of {rest}", mode: str =
     "no prompt": the reducer then falls back to prompt-agnostic relevance.
     """
     if mode not in ("template", "none"):
-        raise ValueError(f"rewrite mode must be 'template' or 'none', got {mode!r}")
+        raise ParExportError(f"rewrite mode must be 'template' or 'none', got {mode!r}")
     rest = strip_prompt(prompt)
     if not rest:
         return ""

@@ -7,6 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from par_export.errors import ParExportError
 from par_export.reduce.checks import (
     check_budget_value,
     check_reducer_inputs,
@@ -78,12 +79,12 @@ class TokenReducer(nn.Module):
             self._check_sources(prompt_embedding, prompt_mask, attn)
             if token_mask is not None:
                 if not self.takes_token_mask:
-                    raise ValueError(f"method {self.name!r} reduces one image per call: it takes no token_mask")
+                    raise ParExportError(f"method {self.name!r} reduces one image per call: it takes no token_mask")
                 token_mask = check_token_mask(token_mask, visual_tokens, budget)
         if self.tower_inputs:
             missing = [name for name in self.tower_inputs if name not in (tower or {})]
             if missing:
-                raise ValueError(f"method {self.name!r} also reads the vision tower's {', '.join(missing)} "
+                raise ParExportError(f"method {self.name!r} also reads the vision tower's {', '.join(missing)} "
                                  "(tower={...}); the LLaVA adapter supplies them")
             return self.reduce(visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask,
                                tower=tower)
@@ -103,14 +104,14 @@ class TokenReducer(nn.Module):
 
     def _check_sources(self, prompt_embedding, prompt_mask, attn) -> None:
         if self.needs_attn and attn is None:
-            raise ValueError(f"method {self.name!r} ranks tokens by CLS attention: pass attn [B, N]")
+            raise ParExportError(f"method {self.name!r} ranks tokens by CLS attention: pass attn [B, N]")
         if not self.uses_prompt or attn is not None:
             return
         if prompt_embedding is None:
-            raise ValueError(
+            raise ParExportError(
                 f"method {self.name!r} needs prompt_embedding, or attn [B, N] for the prompt-agnostic fallback"
             )
         if prompt_mask is not None and not bool(prompt_mask.bool().any(dim=1).all()):
-            raise ValueError(
+            raise ParExportError(
                 f"method {self.name!r}: some images have an empty prompt; pass attn [B, N] for their fallback"
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from par_export.errors import ParExportError
 from par_export.reduce.config import PARConfig
 from par_export.reduce.reducer import TokenReducer
 
@@ -16,9 +17,9 @@ _AUTHORS: dict[str, type[TokenReducer]] = {}
 def register(cls: type[TokenReducer]) -> type[TokenReducer]:
     """Class decorator: make ``cls`` available as ``create_reducer(cls.name)``."""
     if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
+        raise ParExportError(f"{cls.__name__} has no name")
     if cls.name in _REDUCERS and _REDUCERS[cls.name] is not cls:
-        raise ValueError(f"reducer name {cls.name!r} is already registered by {_REDUCERS[cls.name].__name__}")
+        raise ParExportError(f"reducer name {cls.name!r} is already registered by {_REDUCERS[cls.name].__name__}")
     _REDUCERS[cls.name] = cls
     return cls
 
@@ -27,7 +28,7 @@ def register_authors(cls: type[TokenReducer]) -> type[TokenReducer]:
     """Class decorator for an authors' form (``tower_inputs`` set): ``create_reducer`` finds it,
     ``available_methods`` (the exportable reducers) does not list it."""
     if not cls.tower_inputs:
-        raise ValueError(f"{cls.__name__}: an authors' form declares the tower_inputs it reads")
+        raise ParExportError(f"{cls.__name__}: an authors' form declares the tower_inputs it reads")
     _AUTHORS[cls.name] = cls
     return cls
 
@@ -36,7 +37,7 @@ def reducer_class(name: str) -> type[TokenReducer]:
     found = _REDUCERS.get(name) or _AUTHORS.get(name)
     if found is None:
         names = ", ".join(sorted(_REDUCERS) + sorted(_AUTHORS))
-        raise ValueError(f"unknown reduction method {name!r}; available: {names}")
+        raise ParExportError(f"unknown reduction method {name!r}; available: {names}")
     return found
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from par_export.errors import ParExportError
 from par_export.reduce.checks import is_exporting
 
 
@@ -30,7 +31,7 @@ def pool_prompt(prompt_embedding: torch.Tensor, prompt_mask: torch.Tensor | None
 def cosine_relevance(query: torch.Tensor, tokens: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``r_i = cos(q, v_i)``: query ``[B, Dq]``, tokens ``[B, N, Dq]`` -> ``[B, N]`` float32."""
     if not is_exporting() and query.shape[-1] != tokens.shape[-1]:
-        raise ValueError(f"prompt_embedding is {query.shape[-1]} wide, the visual tokens in the retrieval space are "
+        raise ParExportError(f"prompt_embedding is {query.shape[-1]} wide, the visual tokens in the retrieval space are "
                          f"{tokens.shape[-1]} wide: embed the prompt in the same space (query_projection)")
     q = F.normalize(query.float(), dim=-1, eps=eps)
     v = F.normalize(tokens.float(), dim=-1, eps=eps)
@@ -85,7 +86,7 @@ def standardized_relevance(
     """
     if prompt_embedding is None:
         if attn is None:
-            raise ValueError("relevance needs prompt_embedding or attn (CLS attention fallback)")
+            raise ParExportError("relevance needs prompt_embedding or attn (CLS attention fallback)")
         return standardize(attn.float(), eps, token_mask)
     query, has_prompt = pool_prompt(prompt_embedding, prompt_mask)
     relevance = cosine_relevance(query, query_tokens, eps)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from par_export.errors import ParExportError
 from par_export.memory import kv_cache_bytes
 from par_export.runtime.pipeline import VisionLanguagePipeline
 
@@ -98,8 +99,8 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
          repeat: int = 3) -> dict:
     from par_export.engine.build import BuildOptions, build
     from par_export.export import export_model
-    from par_export.export.exporter import resolve_model
     from par_export.models.families import family_for
+    from par_export.models.names import resolve_model
     from par_export.processing import open_image
     from par_export.reduce import PARConfig
 
@@ -107,7 +108,7 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
         llava_dir, clip_dir = resolve_model(model_name, Path(tmp))
         family = family_for(llava_dir)
         if not family.pipeline and llm != "transformers":
-            raise ValueError(f"--llm {llm}: {family.name} answers with transformers only so far")
+            raise ParExportError(f"--llm {llm}: {family.name} answers with transformers only so far")
         inputs = family.inputs(llava_dir)  # the checkpoint's processor and chat template
         picture = open_image(image)
         text = inputs.chat_prompt(prompt)
@@ -142,9 +143,9 @@ def _chat_pipeline(pipe: VisionLanguagePipeline, model, text: str, picture, meth
                    compare_full: bool, max_new_tokens: int, llm: str, repeat: int) -> dict:
     """LLaVA-1.5: the artifact reduces, the pipeline splices the rows, ``llm`` answers; with
     ``compare_full`` the full context goes through the same splice and the same LLM runtime."""
-    meta, manifest = pipe.manifest["metadata"], pipe.manifest
+    meta, manifest = pipe.manifest.metadata, pipe.manifest
     pixels = pipe.inputs.pixel_values([picture])
-    backend = f"{manifest['backend']} {manifest['precision']} (artifact)"
+    backend = f"{manifest.backend} {manifest.precision} (artifact)"
 
     def spliced(rows):
         """``rows`` (``image_embeds``, ``num_kept``) with the prompt spliced around them: ``generate``'s input."""
@@ -162,9 +163,9 @@ def _chat_pipeline(pipe: VisionLanguagePipeline, model, text: str, picture, meth
     # "auto" only on an adaptive artifact
     contexts = {"reduced": (lambda: spliced(lambda: pipe.reduce(pixels, [text], budget)), generate)}
     backends = {"reduced": backend}
-    n = int(meta["tokens_per_image"])
+    n = meta.tokens_per_image
     if compare_full:
-        if meta["budget_input"] and meta["width"] >= n:  # the same graph keeps every token: same backend
+        if meta.budget_input and meta.width >= n:  # the same graph keeps every token: same backend
             def full_rows():
                 return pipe.reduce(pixels, [text], n)
             backends["full"] = backend + f", K = N = {n}"
@@ -174,7 +175,7 @@ def _chat_pipeline(pipe: VisionLanguagePipeline, model, text: str, picture, meth
                 features = getattr(features, "pooler_output", features)  # transformers 5: an output object
                 rows = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
                 return rows.reshape(1, n, -1).float().numpy(), np.array([n])
-            why = "its K is adaptive" if not meta["budget_input"] else f"its width is {meta['width']}"
+            why = "its K is adaptive" if not meta.budget_input else f"its width is {meta.width}"
             backends["full"] = (f"PyTorch (the artifact's graph cannot return all {n} rows: {why}; an artifact "
                                 f"exported with --budget K --k-max {n} times both rows on one backend)")
         contexts["full"] = (lambda: spliced(full_rows), generate)

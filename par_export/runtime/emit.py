@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from par_export.errors import ParExportError
+
 
 @dataclass
 class TensorRTLLMInputs:
@@ -38,7 +40,7 @@ def _rows(image_embeds: np.ndarray, num_kept: np.ndarray) -> np.ndarray:
 
 def _check(ids_before: list[list[int]], ids_after: list[list[int]], num_kept: np.ndarray) -> None:
     if not len(ids_before) == len(ids_after) == len(num_kept):
-        raise ValueError(f"{len(ids_before)} prompts (before), {len(ids_after)} (after), {len(num_kept)} images: "
+        raise ParExportError(f"{len(ids_before)} prompts (before), {len(ids_after)} (after), {len(num_kept)} images: "
                          "one image per prompt expected")
 
 
@@ -74,7 +76,7 @@ def emit(pipe, pixel_values: np.ndarray, prompt: str, runtime: str, budget: int 
     """One image + prompt through ``pipe`` (a :class:`VisionLanguagePipeline`) -> the arrays
     ``runtime`` takes and a JSON-able description (K, ids of note, the version targeted)."""
     if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; expected one of {sorted(RUNTIMES)}")
+        raise ParExportError(f"unknown runtime {runtime!r}; expected one of {sorted(RUNTIMES)}")
     pipe.split_prompts([prompt], [0])  # placeholder check before the vision run
     image_embeds, num_kept = pipe.reduce(pixel_values, [prompt], budget)
     ids_before, ids_after = ([part] for part in pipe.split_prompts([prompt], num_kept)[0])

@@ -9,16 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from par_export.engine.load import artifact_runners, close_runners
-from par_export.engine.manifest import row_width
-from par_export.engine.run import budget_feed, query_inputs
-from par_export.engine.verify import cast_feed
-from par_export.processing import PROCESSOR_DIR, ModelInputs
+from par_export.artifact import Artifact
+from par_export.errors import ParExportError
+from par_export.models.families import family_named
 
 IMAGE = "<image>"
 
 
-class PromptError(ValueError):
+class PromptError(ParExportError):
     """A prompt the pipeline cannot place the image into; the message says why."""
 
 
@@ -40,19 +38,16 @@ class VisionLanguagePipeline:
 
     def __init__(self, artifact: str | Path, model, tokenizer, llm=None, allow_unverified: bool = False,
                  par: list[str] | tuple = ()):
-        from par_export.models.families import family_named
-
         self.folder = Path(artifact)
-        self.manifest, self.runners = artifact_runners(self.folder, allow_unverified)
-        family = family_named(self.manifest["metadata"].get("family", "llava"))
+        self.artifact = Artifact.open(self.folder, allow_unverified, par)  # par: prompt-rewrite overrides
+        self.manifest = self.artifact.manifest
+        family = family_named(self.manifest.metadata.family)
         if not family.pipeline:
-            raise ValueError(f"{self.folder}: a {family.name} artifact; the LLM pipeline (chat, emit, eval) splices "
-                             "LLaVA-1.5's fixed image runs only so far (`par-export run` serves it)")
+            raise PromptError(f"{self.folder}: a {family.name} artifact; the LLM pipeline (chat, emit, eval) splices "
+                              "LLaVA-1.5's fixed image runs only so far (`par-export run` serves it)")
         self._check_model(model, tokenizer)
-        for runner in self.runners.values():
-            runner.activate()
-        self.inputs = ModelInputs.from_folder(self.folder / PROCESSOR_DIR)  # the checkpoint's processor
-        self.query = query_inputs(self.folder, self.manifest, par)  # par: prompt-rewrite overrides
+        self.artifact.activate()
+        self.inputs = self.artifact.inputs  # the checkpoint's processor
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.embed = model.get_input_embeddings()
@@ -61,7 +56,7 @@ class VisionLanguagePipeline:
 
     def close(self) -> None:
         """Release the artifact's sessions (Polygraphy runners are activated for the pipeline's life)."""
-        close_runners(self.runners)
+        self.artifact.close()
 
     def __enter__(self) -> VisionLanguagePipeline:
         return self
@@ -72,30 +67,23 @@ class VisionLanguagePipeline:
     def _check_model(self, model, tokenizer) -> None:
         """Refuse, before any output, a model the artifact was not exported from: the LLM width must
         be the rows' width and the image token the same id in the model, tokenizer and artifact."""
-        meta = self.manifest["metadata"]
-        width = row_width(self.manifest)
+        meta = self.manifest.metadata
+        width = self.manifest.row_width
         hidden = model.config.text_config.hidden_size
         if isinstance(width, int) and width != hidden:
-            raise ValueError(f"{self.folder}: the artifact's rows are {width} wide, the model's LLM takes {hidden}: "
-                             f"pass the model it was exported from ({meta['model']})")
-        ids = {"artifact": meta.get("image_token_id"), "model config": getattr(model.config, "image_token_id", None),
+            raise PromptError(f"{self.folder}: the artifact's rows are {width} wide, the model's LLM takes {hidden}: "
+                              f"pass the model it was exported from ({meta.model})")
+        ids = {"artifact": meta.image_token_id, "model config": getattr(model.config, "image_token_id", None),
                "tokenizer": tokenizer.convert_tokens_to_ids(IMAGE)}
         if len(set(ids.values())) != 1:
-            raise ValueError(f"{self.folder}: image token ids differ ({ids}): pass the model it was exported from "
-                             f"({meta['model']})")
+            raise PromptError(f"{self.folder}: image token ids differ ({ids}): pass the model it was exported from "
+                              f"({meta.model})")
 
     def reduce(self, pixel_values: np.ndarray, prompts: list[str], budget: int | None = None):
         """Reduced embeddings ``[B, W, D]`` and K ``[B]`` for images and their prompts."""
-        meta = self.manifest["metadata"]
-        queries = np.zeros((len(prompts), meta["query_dim"]), np.float32)
-        if self.query is not None:
-            for i, prompt in enumerate(prompts):
-                queries[i] = self.query.embed(prompt.replace(IMAGE, " "), self.runners["query_encoder"])[0][0]
-        feed = {"pixel_values": pixel_values.astype(np.float32), "query_embeds": queries}
-        k = budget_feed(meta, budget)
-        if k is not None:
-            feed["budget"] = k
-        out = self.runners["vision_par"].infer(cast_feed(feed, self.manifest["graphs"]["vision_par"]))
+        queries = np.concatenate([self.artifact.embed_prompt(prompt.replace(IMAGE, " "))[0] for prompt in prompts])
+        image_feed, _ = self.artifact.pixel_inputs(pixel_values.astype(np.float32))
+        out = self.artifact.infer_vision(image_feed, queries, budget)
         return out["image_embeds"], out["num_kept"]
 
     def split_prompts(self, prompts: list[str], num_kept: np.ndarray) -> list[tuple[list[int], list[int]]]:

@@ -34,11 +34,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from par_export.errors import ParExportError
+
 MODEL = "par_reduce"
 log = logging.getLogger("par_export.serve")
 
 
-class ServeError(RuntimeError):
+class ServeError(ParExportError):
     """Triton cannot be started or has stopped; the message (one line) says why."""
 
 

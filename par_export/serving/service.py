@@ -14,18 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from par_export.engine.load import artifact_runners, close_runners
-from par_export.engine.manifest import row_width
-from par_export.engine.run import budget_feed, query_inputs
-from par_export.engine.verify import cast_feed
-from par_export.processing import PROCESSOR_DIR, InputError, ModelInputs, decode_image
+from par_export.artifact import Artifact, Reduced
+from par_export.errors import ParExportError
+from par_export.processing import InputError, decode_image
 
 # A retrieval query is a question, not a document; the query encoder truncates at its
 # max_length tokens anyway. The cap keeps a 100k-character body from tying up the tokenizer.
 MAX_PROMPT_CHARS = 16_384
 
 
-class RequestError(ValueError):
+class RequestError(ParExportError):
     """A malformed request; the message (one line) goes back to the client."""
 
 
@@ -40,16 +38,6 @@ class ReduceRequest:
     image: bytes | None = None
     pixel_values: np.ndarray | None = None
     budget: int | None = None
-
-
-@dataclass
-class Reduced:
-    """``image_embeds [R, D]`` float32: the rows the LLM receives (R = K; LLaVA-NeXT adds its
-    newline rows), ``num_kept`` K, ``keep_index [K]`` int64 (ascending token indices)."""
-
-    image_embeds: np.ndarray
-    num_kept: int
-    keep_index: np.ndarray
 
 
 @dataclass
@@ -72,26 +60,19 @@ class ReductionService:
     """
 
     def __init__(self, artifact: str | Path, allow_unverified: bool = False):
-        from par_export.models.families import export_config
-
-        folder = Path(artifact)
-        self.manifest, self.runners = artifact_runners(folder, allow_unverified)
-        self.meta = self.manifest["metadata"]
-        self.family = export_config(self.meta)
-        self.inputs = ModelInputs.from_folder(folder / PROCESSOR_DIR)
-        self.query = query_inputs(folder, self.manifest)
+        self.artifact = Artifact.open(Path(artifact), allow_unverified)
+        self.meta = self.artifact.metadata
+        self.query = self.artifact.query
         # families whose N is fixed stack images into one call; the others run one image per call
-        self.batch_max = 1 if self.family.dynamic_tokens else int(self.meta["export"]["batch_max"])
-        self.embed_dim = int(row_width(self.manifest))
+        self.batch_max = self.artifact.batch_max
+        self.embed_dim = self.artifact.row_width
 
     def open(self) -> ReductionService:
-        for runner in self.runners.values():
-            if not runner.is_active:
-                runner.activate()
+        self.artifact.activate()
         return self
 
     def close(self) -> None:
-        close_runners(self.runners)
+        self.artifact.close()
 
     def __enter__(self) -> ReductionService:
         return self.open()
@@ -101,45 +82,40 @@ class ReductionService:
 
     # one request -> graph inputs ---------------------------------------------------------------
     def _query(self, request: ReduceRequest) -> np.ndarray:
-        dim = int(self.meta["query_dim"])
         if self.query is None:
             if request.input_ids is not None:
                 raise RequestError("input_ids: this artifact's method takes no prompt (it has no query encoder)")
-            return np.zeros((1, dim), np.float32)
+            return self.artifact.embed_prompt("")[0]
         if request.prompt is not None and request.input_ids is not None:
             raise RequestError("send either 'prompt' or 'input_ids', not both")
-        runner = self.runners["query_encoder"]
         if request.input_ids is not None:
             ids = np.asarray(request.input_ids)
-            limit = self.query.settings["max_length"]
+            limit = self.query.settings.max_length
             vocab = len(self.query.tokenizer)
             if ids.ndim != 1 or not 1 <= ids.size <= limit:
                 raise RequestError(f"input_ids must hold 1 to {limit} token ids, got shape {list(ids.shape)}")
             if ids.min() < 0 or ids.max() >= vocab:
                 raise RequestError(f"input_ids must be in [0, {vocab}) (the artifact's tokenizer/), "
                                    f"got {int(ids.min())}..{int(ids.max())}")
-            out = runner.infer({"input_ids": ids[None].astype(np.int64),
-                                "attention_mask": np.ones((1, ids.size), np.int64)})
-            return out["query_embeds"].astype(np.float32)
+            return self.query.embed_ids(ids, self.artifact.runners["query_encoder"])
         if request.prompt is None:
             raise RequestError("missing 'prompt' (the user's question) or 'input_ids'")
         if not request.prompt.strip():
             raise RequestError("prompt is empty: send the user's question")
         if len(request.prompt) > MAX_PROMPT_CHARS:
             raise RequestError(f"prompt has {len(request.prompt)} characters; at most {MAX_PROMPT_CHARS}")
-        return self.query.embed(request.prompt, runner)[0]
+        return self.artifact.embed_prompt(request.prompt)[0]
 
     def _image(self, request: ReduceRequest) -> tuple[dict, object]:
         if (request.image is None) == (request.pixel_values is None):
             raise RequestError("send exactly one of 'image' (encoded image bytes) and 'pixel_values'")
         if request.image is not None:
-            features = self.inputs.image_features([decode_image(request.image)])
-            return self.family.image_feed(self.meta, features)
-        if self.family.dynamic_tokens:
-            raise RequestError(f"pixel_values: a {self.meta['family']} image also needs the processor's other "
+            return self.artifact.image_inputs([decode_image(request.image)])
+        if self.artifact.contract.dynamic_tokens:
+            raise RequestError(f"pixel_values: a {self.meta.family} image also needs the processor's other "
                                "outputs (its size or grid); send 'image' instead")
         pixels = np.asarray(request.pixel_values)
-        size = self.meta["image_size"]
+        size = self.meta.image_size
         if pixels.ndim == 4 and pixels.shape[0] == 1:
             pixels = pixels[0]
         if pixels.shape != (3, size, size):
@@ -147,13 +123,13 @@ class ReductionService:
                                f"one image), got {list(pixels.shape)}")
         if not np.isfinite(pixels).all():
             raise RequestError("pixel_values holds NaN or Inf")
-        return self.family.image_feed(self.meta, {"pixel_values": pixels[None]})
+        return self.artifact.pixel_inputs(pixels[None])
 
     def prepare(self, request: ReduceRequest) -> _Prepared:
         """Validate one request and compute its query; :class:`RequestError` says what is wrong."""
         try:
-            budget = budget_feed(self.meta, request.budget)
-        except ValueError as err:
+            budget = self.artifact.budget.feed(request.budget)
+        except ParExportError as err:
             raise RequestError(str(err)) from None
         try:
             feed, layout = self._image(request)
@@ -191,15 +167,10 @@ class ReductionService:
                     continue
                 for j, (i, prepared) in enumerate(chunk):
                     one = outputs if len(chunk) == 1 else {k: v[j:j + 1] for k, v in outputs.items()}
-                    k = int(one["num_kept"][0])
-                    results[i] = Reduced(np.ascontiguousarray(self.family.rows(one, prepared.layout), np.float32), k,
-                                         one["keep_index"][0, :k].astype(np.int64))
+                    results[i] = self.artifact.rows(one, prepared.layout)
         return results
 
     def _run_vision(self, chunk: list[_Prepared]) -> dict:
         feed = {name: np.concatenate([p.feed[name] for p in chunk]) for name in chunk[0].feed}
-        feed["query_embeds"] = np.concatenate([p.query for p in chunk])
-        if chunk[0].budget is not None:
-            feed["budget"] = chunk[0].budget
-        runner = self.runners["vision_par"]
-        return runner.infer(cast_feed(feed, self.manifest["graphs"]["vision_par"]))
+        budget = None if chunk[0].budget is None else int(chunk[0].budget)
+        return self.artifact.infer_vision(feed, np.concatenate([p.query for p in chunk]), budget)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 
+from par_export.errors import ParExportError
 from par_export.export.custom_op import DOMAIN
 from par_export.export.metadata import load_graph_only, metadata_from_model
 from par_export.files import atomic_folder
@@ -28,7 +29,7 @@ ENSEMBLE = "par_pipeline"
 def _tensor_block(kind: str, value: onnx.ValueInfoProto) -> str:
     tensor = value.type.tensor_type
     if tensor.elem_type not in TRITON_TYPES:
-        raise ValueError(f"{value.name}: ONNX type {tensor.elem_type} has no Triton equivalent here")
+        raise ParExportError(f"{value.name}: ONNX type {tensor.elem_type} has no Triton equivalent here")
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
     reshape = ""
     if not dims:  # a scalar: Triton needs at least one dim
@@ -73,9 +74,9 @@ def write_triton_repo(source: str | Path, out: str | Path, overwrite: bool = Fal
             raise FileNotFoundError(f"{path}: missing; give a `par-export export` folder")
     vision, query = load_graph_only(vision_path), load_graph_only(query_path)
     if not metadata_from_model(vision):
-        raise ValueError(f"{vision_path}: no par.* metadata; give a folder `par-export export` wrote")
+        raise ParExportError(f"{vision_path}: no par.* metadata; give a folder `par-export export` wrote")
     if any(node.domain == DOMAIN for node in vision.graph.node):
-        raise ValueError("this export holds par::TopKCluster (--plugin); Triton's ONNX Runtime backend cannot run "
+        raise ParExportError("this export holds par::TopKCluster (--plugin); Triton's ONNX Runtime backend cannot run "
                          "it: export without --plugin, or serve a TensorRT engine with libpar_plugins.so preloaded")
     written = []
     with atomic_folder(out, overwrite, ValueError, inputs=[source]) as (final, _):

@@ -20,7 +20,8 @@ import json
 
 import numpy as np
 
-from par_export.serving.service import Reduced, ReduceRequest, ReductionService, RequestError
+from par_export.artifact import Reduced
+from par_export.serving.service import ReduceRequest, ReductionService, RequestError
 
 
 def _text(value, name: str) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from par_export.errors import ParExportError
 from par_export.reduce.output import ReductionOutput
 from par_export.reduce.reducer import TokenReducer
 from par_export.reduce.registry import register_authors
@@ -90,14 +91,14 @@ class PruMergeReducer(TokenReducer):
             left = int(n * ratio)
         else:
             if self.spatial_grid:
-                raise ValueError("prumerge+ (the authors' form) is adaptive only: budget 'auto'")
+                raise ParExportError("prumerge+ (the authors' form) is adaptive only: budget 'auto'")
             ratio, left = None, int(budget) - 1
         index = attention.topk(left, dim=1, largest=True, sorted=True).indices  # [B, left]
         if self.spatial_grid:
             index = self._with_grid(index, ratio, n)
         kept = index.shape[1]
         if kept + NEIGHBOURS > n:
-            raise ValueError(f"{self.name}: {kept} kept of {n} patches leaves fewer than {NEIGHBOURS} neighbours")
+            raise ParExportError(f"{self.name}: {kept} kept of {n} patches leaves fewer than {NEIGHBOURS} neighbours")
         features = visual_tokens.float()
         gather = index.unsqueeze(-1).expand(-1, -1, d)
         unit_keys = F.normalize(keys[:, 1:].float(), p=2, dim=-1)
@@ -121,10 +122,10 @@ class PruMergeReducer(TokenReducer):
     @staticmethod
     def _with_grid(index: torch.Tensor, ratio: float, n: int) -> torch.Tensor:
         if index.shape[0] != 1 or n != GRID_END + 1:
-            raise ValueError(f"prumerge+ (the authors' form) reduces one image of {GRID_END + 1} patches per call, "
+            raise ParExportError(f"prumerge+ (the authors' form) reduces one image of {GRID_END + 1} patches per call, "
                              f"as its code; got batch {index.shape[0]} of {n}")
         if ratio <= 0 or int(int(1 / ratio) / 3) < 1:
-            raise ValueError(f"prumerge+: an outlier ratio of {ratio:.3f} gives its code no grid step")
+            raise ParExportError(f"prumerge+: an outlier ratio of {ratio:.3f} gives its code no grid step")
         grid = torch.arange(0, GRID_END, int(int(1 / ratio) / 3), device=index.device)
         extra = grid[~torch.isin(grid, index[0])]
         return torch.cat([index, extra.unsqueeze(0)], dim=1)

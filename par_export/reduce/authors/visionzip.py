@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from par_export.errors import ParExportError
 from par_export.reduce.baselines.visionzip import dominant_count
 from par_export.reduce.output import ReductionOutput
 from par_export.reduce.reducer import TokenReducer
@@ -40,7 +41,7 @@ class VisionZipReducer(TokenReducer):
 
     def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask, tower=None):
         if not isinstance(budget, int):
-            raise ValueError("visionzip keeps a fixed K (its dominant:contextual split): pass an int budget")
+            raise ParExportError("visionzip keeps a fixed K (its dominant:contextual split): pass an int budget")
         b, n, d = visual_tokens.shape
         dominant = int(dominant_count(torch.tensor(budget)))  # CLS included
         contextual = budget - dominant

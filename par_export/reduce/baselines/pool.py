@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from par_export.errors import ParExportError
 from par_export.reduce.budget import valid_slots
 from par_export.reduce.reducer import TokenReducer
 from par_export.reduce.registry import register
@@ -53,9 +54,9 @@ class PoolReducer(TokenReducer):
         b, n, _ = visual_tokens.shape
         side = math.isqrt(n)
         if side * side != n:
-            raise ValueError(f"method 'pool' needs a square token grid, got N={n}")
+            raise ParExportError(f"method 'pool' needs a square token grid, got N={n}")
         if not isinstance(budget, int):
-            raise ValueError("method 'pool' needs a python int budget: the grid is fixed at trace time")
+            raise ParExportError("method 'pool' needs a python int budget: the grid is fixed at trace time")
         rows, cols = pool_grid(side, budget)
         device = visual_tokens.device
         index = torch.arange(n, device=device)
