@@ -7,6 +7,7 @@ import datetime
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from par_export.backends.tensorrt import build_engine, gpu_info, import_tensorrt
 from par_export.engine.presets import load_preset
 from par_export.engine.verify import verification_record, verify
 from par_export.errors import ParExportError
+from par_export.export import export_model
 from par_export.export.custom_op import DOMAIN
 from par_export.export.fp16 import to_fp16
 from par_export.export.metadata import read_metadata
@@ -116,7 +118,6 @@ def export_source(source: str | Path, workdir: Path, options: BuildOptions, prog
         if path.name != "vision_par.onnx":
             raise BuildError(f"{path}: expected an export's vision_par.onnx (with query_encoder.onnx beside it)")
         return path.parent
-    from par_export.export import export_model
     from par_export.reduce import PARConfig
 
     out = workdir / "onnx"
@@ -328,6 +329,19 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
                                                             atol=options.atol, rtol=options.rtol))
         (final / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))
     return manifest
+
+
+def export_and_build(model: str | Path, out: str | Path, method: str = "par", budget: int | str = "auto",
+                     config=None, clip: str | Path | None = None, precision: str = "fp32",
+                     backend: str = "onnxruntime") -> Path:
+    """Export a model folder with ``method`` at ``budget`` (:func:`~par_export.export.export_model`, PAR
+    options ``config``) and build the export into ``out`` (ONNX Runtime fp32 by default): the artifact
+    ``chat`` and ``eval`` run through when the user gives none. Returns ``out``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        export_model(model, Path(tmp) / "onnx", method=method, budget=budget, config=config, clip_path=clip,
+                     progress=False)
+        build(Path(tmp) / "onnx", out, BuildOptions(precision=precision, backend=backend), progress=False)
+    return Path(out)
 
 
 def _build_record(options: BuildOptions) -> dict:

@@ -131,8 +131,7 @@ def build_eval_artifacts(llava_dir: Path, clip_dir: Path | None, methods: list[s
     method and budget through ONNX graphs: ``{(method, budget): folder}``. One graph with a
     budget input serves all fixed budgets of a method; ``auto`` and ``pool`` (its grid is traced)
     get their own."""
-    from par_export.engine.build import BuildOptions, build
-    from par_export.export import export_model
+    from par_export.engine.build import export_and_build
 
     artifacts: dict = {}
     serial = itertools.count()
@@ -140,11 +139,7 @@ def build_eval_artifacts(llava_dir: Path, clip_dir: Path | None, methods: list[s
     def make(method: str, budget) -> Path:
         name = f"{next(serial)}-{budget}"  # a method spec may hold ':' and '='
         reducer, method_config = method_spec(method, config or PARConfig())
-        export_model(llava_dir, work / f"{name}-onnx", method=reducer, budget=budget, config=method_config,
-                     clip_path=clip_dir, progress=False)
-        build(work / f"{name}-onnx", work / name, BuildOptions(precision="fp32", backend="onnxruntime"),
-              progress=False)
-        return work / name
+        return export_and_build(llava_dir, work / name, reducer, budget, method_config, clip_dir)
 
     fixed = [b for b in budgets if b != "auto"]
     if any(is_dart(m) for m in methods):

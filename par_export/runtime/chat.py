@@ -97,8 +97,7 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
          artifact: str | Path | None = None, compare_full: bool = False, max_new_tokens: int = 16,
          llm: str = "transformers", allow_unverified: bool = False, par: list[str] | tuple = (),
          repeat: int = 3) -> dict:
-    from par_export.engine.build import BuildOptions, build
-    from par_export.export import export_model
+    from par_export.engine.build import export_and_build
     from par_export.models.families import family_for
     from par_export.models.names import resolve_model
     from par_export.processing import open_image
@@ -113,11 +112,9 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
         picture = open_image(image)
         text = inputs.chat_prompt(prompt)
         if artifact is None:  # export + ONNX Runtime fp32 build for this method and budget
-            export_model(llava_dir, Path(tmp) / "onnx", method=method, budget=budget or "auto", clip_path=clip_dir,
-                         config=PARConfig().with_overrides(par), progress=False)
+            artifact = export_and_build(llava_dir, Path(tmp) / "art", method, budget or "auto",
+                                        PARConfig().with_overrides(par), clip_dir)
             par = ()  # applied in the graph
-            artifact = Path(tmp) / "art"
-            build(Path(tmp) / "onnx", artifact, BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
         model = family.load_model(llava_dir)
         if not family.pipeline:  # one image per graph call (LLaVA-NeXT, Qwen2.5-VL)
             return _chat_per_image(family, model, inputs, artifact, image, picture, prompt, text, method, budget,
