@@ -51,3 +51,21 @@ def cli_export_and_build(model, root, *export_flags) -> tuple:
     assert main(["export", "--model", str(model), "--out", str(onnx), *export_flags]) == 0
     assert main(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
     return onnx, art
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory):
+    """``(artifact folder, image)``: ``par-export build --model tiny`` (fp32, ONNX Runtime) through the
+    CLI, and a 40x48 PNG with a red square."""
+    import numpy as np
+    from PIL import Image
+
+    from par_export.cli import main
+
+    root = tmp_path_factory.mktemp("tiny-artifact")
+    art = root / "art"
+    assert main(["build", "--model", "tiny", "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    rgb = np.full((48, 40, 3), 110, np.uint8)
+    rgb[8:24, 4:20] = (220, 30, 30)
+    Image.fromarray(rgb).save(root / "scene.png")
+    return art, root / "scene.png"

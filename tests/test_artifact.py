@@ -21,15 +21,8 @@ PROMPT = "USER: <image> what color is the square?"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("artifact")
-    art = root / "art"
-    assert main(["build", "--model", "tiny", "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
-    image = root / "scene.png"
-    rgb = np.full((48, 40, 3), 110, np.uint8)
-    rgb[8:24, 4:20] = (220, 30, 30)
-    Image.fromarray(rgb).save(image)
-    return art, image
+def built(tiny_artifact):
+    return tiny_artifact
 
 
 def test_metadata_round_trips_and_types_its_fields(built):

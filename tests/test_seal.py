@@ -7,9 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from par_export.artifact.manifest import sha256
 from par_export.cli import main
@@ -18,13 +16,8 @@ PROMPT = "USER: <image> what color is the square?"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("seal")
-    art = root / "art"
-    assert main(["build", "--model", "tiny", "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
-    image = root / "scene.png"
-    Image.fromarray(np.full((48, 48, 3), 120, np.uint8)).save(image)
-    return art, image
+def built(tiny_artifact):
+    return tiny_artifact
 
 
 @pytest.fixture
