@@ -98,7 +98,7 @@ def test_artifact_reduce_is_what_run_gives(built):
 
 def test_a_programming_error_is_internal_not_a_user_error(built, monkeypatch, capsys):
     """main catches ParExportError (rc 2); anything else is a bug (rc 3, --debug shows it)."""
-    import par_export.engine.run as run_module
+    import par_export.cli.engine as run_module
 
     def broken(*args, **kwargs):
         raise TypeError("a bug")

@@ -125,11 +125,12 @@ def test_files_that_are_not_what_they_claim_are_refused(tiny_artifact, tmp_path,
 
 def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
     import par_export.cli as cli
+    import par_export.cli.reducers
 
     def broken(args):
         return {}["missing"]  # a bug, not bad input
 
-    monkeypatch.setattr(cli, "cmd_methods", broken)
+    monkeypatch.setattr(par_export.cli.reducers, "cmd_methods", broken)
     assert cli.main(["methods"]) == 3
     err = capsys.readouterr().err
     assert "internal error: KeyError" in err and "--debug" in err and "Traceback" not in err

@@ -354,7 +354,7 @@ def bench_ttft(args) -> dict:
     from par_export.export import export_model
     from par_export.models.names import resolve_model
     from par_export.reduce import PARConfig
-    from par_export.runtime.chat import chat
+    from par_export.runtime.chat import ChatOptions, chat
 
     image = args.out / "scene.png"
     render(sample(2_000_003)).save(image)
@@ -367,8 +367,9 @@ def bench_ttft(args) -> dict:
           progress=False)
     results = {}
     for llm in args.llm:
-        result = chat("demo", image, "what shape is the red object ?", budget=args.ttft_budget,
-                      artifact=work / "art", compare_full=True, max_new_tokens=8, llm=llm, repeat=args.rounds)
+        result = chat("demo", image, "what shape is the red object ?",
+                      ChatOptions(budget=args.ttft_budget, artifact=work / "art", compare_full=True, max_new_tokens=8,
+                                  llm=llm, repeat=args.rounds))
         results[llm] = result
         reduced, full = result["rows"]
         print(f"{llm}: TTFT reduced {reduced['ttft_ms']:.1f} ms (K={reduced['context']}) vs full "

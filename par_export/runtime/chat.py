@@ -14,13 +14,20 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from par_export.engine.build import export_and_build
+from par_export.engine.run import run_image
 from par_export.errors import ParExportError
 from par_export.memory import kv_cache_bytes
+from par_export.models.families import family_for
+from par_export.models.names import resolve_model
+from par_export.processing import open_image
+from par_export.reduce import PARConfig
 from par_export.runtime.pipeline import VisionLanguagePipeline
 
 
@@ -92,17 +99,40 @@ def summary_row(name: str, tokens: int, new: int, timings: dict, config, vision_
     return row
 
 
-@torch.no_grad()
-def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", budget=None,
-         artifact: str | Path | None = None, compare_full: bool = False, max_new_tokens: int = 16,
-         llm: str = "transformers", allow_unverified: bool = False, par: list[str] | tuple = (),
-         repeat: int = 3) -> dict:
-    from par_export.engine.build import export_and_build
-    from par_export.models.families import family_for
-    from par_export.models.names import resolve_model
-    from par_export.processing import open_image
-    from par_export.reduce import PARConfig
+@dataclass(frozen=True)
+class ChatOptions:
+    """How ``chat`` answers.
 
+    Attributes:
+        method, budget: the reducer and K (``None``: ``"auto"`` when chat exports the graph itself,
+            the artifact's own with ``artifact``).
+        artifact: a ``par-export build`` folder; ``None``: export and build one into a temporary folder.
+        compare_full: also answer with the full visual context, through the same LLM runtime.
+        max_new_tokens: tokens to generate; ``repeat``: timed rounds after one warm-up.
+        llm: ``transformers``, ``onnxruntime`` (a greedy loop over the exported LLM) or
+            ``onnxruntime-genai``.
+        allow_unverified: use an artifact whose verification failed or never ran.
+        par: ``--par NAME=VALUE`` overrides (with ``artifact``: the prompt rewrite only).
+    """
+
+    method: str = "par"
+    budget: int | str | None = None
+    artifact: str | Path | None = None
+    compare_full: bool = False
+    max_new_tokens: int = 16
+    llm: str = "transformers"
+    allow_unverified: bool = False
+    par: tuple[str, ...] = ()
+    repeat: int = 3
+
+
+@torch.no_grad()
+def chat(model_name: str, image: str | Path, prompt: str, options: ChatOptions | None = None) -> dict:
+    """Answer ``prompt`` about ``image`` with ``model_name`` (a folder, ``demo`` or ``tiny``) on the reduced
+    visual context: the answers and the timing rows (:func:`format_chat` prints them)."""
+    options = options or ChatOptions()
+    method, budget, llm, par = options.method, options.budget, options.llm, tuple(options.par)
+    artifact = options.artifact
     with tempfile.TemporaryDirectory() as tmp:
         llava_dir, clip_dir = resolve_model(model_name, Path(tmp))
         family = family_for(llava_dir)
@@ -116,9 +146,9 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
                                         PARConfig().with_overrides(par), clip_dir)
             par = ()  # applied in the graph
         model = family.load_model(llava_dir)
+        options = replace(options, artifact=artifact, par=par)  # the artifact chat runs, and its prompt options
         if not family.pipeline:  # one image per graph call (LLaVA-NeXT, Qwen2.5-VL)
-            return _chat_per_image(family, model, inputs, artifact, image, picture, prompt, text, method, budget,
-                                   compare_full, max_new_tokens, allow_unverified, par, repeat)
+            return _chat_per_image(family, model, inputs, image, picture, prompt, text, options)
         tokenizer = inputs.tokenizer
         ort_llm = None
         if llm == "onnxruntime":
@@ -131,15 +161,15 @@ def chat(model_name: str, image: str | Path, prompt: str, method: str = "par", b
 
             export_genai(model, tokenizer, Path(tmp) / "genai")
             ort_llm = GenaiLLM(Path(tmp) / "genai")
-        with VisionLanguagePipeline(artifact, model, tokenizer, ort_llm, allow_unverified, par) as pipe:
-            return _chat_pipeline(pipe, model, text, picture, method, budget, compare_full, max_new_tokens, llm,
-                                  repeat)
+        with VisionLanguagePipeline(artifact, model, tokenizer, ort_llm, options.allow_unverified, par) as pipe:
+            return _chat_pipeline(pipe, model, text, picture, options)
 
 
-def _chat_pipeline(pipe: VisionLanguagePipeline, model, text: str, picture, method: str, budget,
-                   compare_full: bool, max_new_tokens: int, llm: str, repeat: int) -> dict:
+def _chat_pipeline(pipe: VisionLanguagePipeline, model, text: str, picture, options: ChatOptions) -> dict:
     """LLaVA-1.5: the artifact reduces, the pipeline splices the rows, ``llm`` answers; with
     ``compare_full`` the full context goes through the same splice and the same LLM runtime."""
+    method, budget, llm, repeat = options.method, options.budget, options.llm, options.repeat
+    compare_full, max_new_tokens = options.compare_full, options.max_new_tokens
     meta, manifest = pipe.manifest.metadata, pipe.manifest
     pixels = pipe.inputs.pixel_values([picture])
     backend = f"{manifest.backend} {manifest.precision} (artifact)"
@@ -191,23 +221,21 @@ def _chat_pipeline(pipe: VisionLanguagePipeline, model, text: str, picture, meth
             "repeat": repeat}
 
 
-def _chat_per_image(family, model, inputs, artifact, image, picture, prompt: str, text: str, method: str, budget,
-                    compare_full: bool, max_new_tokens: int, allow_unverified: bool = False,
-                    par: list[str] | tuple = (), repeat: int = 3) -> dict:
+def _chat_per_image(family, model, inputs, image, picture, prompt: str, text: str, options: ChatOptions) -> dict:
     """Families whose graph takes one image: reduce through the artifact (``run_image``), place the
     rows (and, for Qwen2.5-VL, their M-RoPE positions) with the family's adapter, answer with
     transformers; ``compare_full`` answers from the stock inputs too (its vision runs in PyTorch
     inside the prefill: these graphs return at most their width of rows)."""
-    from par_export.engine.run import run_image
-    from par_export.reduce import PARConfig
-
+    method, budget, repeat = options.method, options.budget, options.repeat
+    compare_full, max_new_tokens = options.compare_full, options.max_new_tokens
     encoded = inputs.encode([text], [picture])
     adapter = family.adapter(model, method, PARConfig(space="llm"), inputs.tokenizer)  # places rows only
     pad = inputs.tokenizer.pad_token_id
 
     def reduced_vision():
         """``(run_image's result, the model inputs with its rows placed)``."""
-        result = run_image(artifact, image, prompt, budget, allow_unverified=allow_unverified, par=par)
+        result = run_image(options.artifact, image, prompt, budget, allow_unverified=options.allow_unverified,
+                           par=options.par)
         rows = [torch.from_numpy(result["image_embeds"].astype("float32")).to(model.dtype)]
         return result, adapter.inputs_from_rows(encoded["input_ids"], encoded["attention_mask"],
                                                 encoded.get("image_grid_thw", encoded.get("image_sizes")), rows,
