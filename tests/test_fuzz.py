@@ -282,3 +282,29 @@ def test_a_killed_build_leaves_no_half_artifact_and_the_next_run_cleans_up(tmp_p
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no scratch folder, no lock file left
+
+
+def test_cli_numbers_nan_order_and_output_places_are_one_line(world, tmp_path, capsys, monkeypatch):
+    """Classes of issue 32: NaN/inf/negative tolerances, profile bounds out of order, an empty budget
+    list, and output folders that must never be written (/, the home folder, the current folder)."""
+    before = snapshot(world)
+    art = world / "art"
+    for value in ["nan", "inf", "-1e-3", "x"]:
+        for flag in ("--atol", "--rtol"):
+            assert call(["verify", str(art), flag, value], capsys)[0] == 2, (flag, value)
+            assert call(["build", "--model", "tiny", "--out", str(tmp_path / "b"), "--print-trtexec", flag, value],
+                        capsys)[0] == 2, (flag, value)
+    rc, err = call(["build", "--model", "tiny", "--out", str(tmp_path / "b"), "--min-batch", "4", "--max-batch", "2",
+                    "--print-trtexec"], capsys)
+    assert rc == 2 and "min <= opt <= max" in err, err
+    for budgets in ("", " , ", ",,"):
+        rc, err = call(["eval", "--model", "tiny", "--budgets", budgets, "--n", "2", "--out", str(tmp_path / "e")],
+                       capsys)
+        assert rc == 2 and "--budgets" in err, (budgets, err)
+    monkeypatch.chdir(tmp_path)
+    for out in ("/", str(Path.home()), "", "."):
+        rc, err = call(["reduce", "--budget", "8", "--out", out], capsys)
+        assert rc == 2 and "--out" in err, (out, err)
+    assert not Path("/kept_tokens.png").exists() and not (Path.home() / "kept_tokens.png").exists()
+    assert not (tmp_path / "kept_tokens.png").exists()
+    assert snapshot(world) == before
