@@ -20,9 +20,8 @@ from pathlib import Path
 from par_export.errors import ParExportError
 
 # Written into every output folder: ``--overwrite`` replaces only folders that hold it (or are empty).
+# Nothing else proves ownership: a user's folder with a report.json or manifest.json of its own is not ours.
 MARKER = ".par-export"
-# Files that mark folders older par-export versions wrote (before the marker existed).
-_LEGACY_MARKERS = ("manifest.json", "report.json", "results.json")
 
 
 def check_out(path: str | Path, inputs: Iterable[str | Path] = (), sealed: Iterable[str | Path] = ()) -> Path:
@@ -64,7 +63,7 @@ def inside_any(path: str | Path, folders: Iterable[str | Path]) -> str | Path | 
 def is_ours(folder: Path) -> bool:
     """True for an empty folder or one par-export wrote (``--overwrite`` may replace only these)."""
     entries = list(folder.iterdir())
-    return not entries or (folder / MARKER).is_file() or any((folder / name).is_file() for name in _LEGACY_MARKERS)
+    return not entries or (folder / MARKER).is_file()
 
 
 @contextlib.contextmanager

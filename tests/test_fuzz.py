@@ -308,3 +308,30 @@ def test_cli_numbers_nan_order_and_output_places_are_one_line(world, tmp_path, c
     assert not Path("/kept_tokens.png").exists() and not (Path.home() / "kept_tokens.png").exists()
     assert not (tmp_path / "kept_tokens.png").exists()
     assert snapshot(world) == before
+
+
+def test_overwrite_never_deletes_a_users_folder_and_heatmap_never_replaces_a_users_file(world, tmp_path, capsys):
+    """Only par-export's marker proves a folder is ours: a user's folder with a report.json or a
+    manifest.json of its own survives --overwrite of every writer; --heatmap never replaces a file
+    that is not a PNG."""
+    art, image = world / "art", world / "scene.png"
+    for own in ("report.json", "manifest.json", "results.json"):
+        mydocs = tmp_path / f"mydocs-{own}"
+        mydocs.mkdir()
+        (mydocs / "thesis.txt").write_text("three years of work")
+        (mydocs / own).write_text("{}")
+        for argv in (["export", "--model", "tiny", "--budget", "16"],
+                     ["build", str(world / "onnx"), "--precision", "fp32", "--backend", "onnxruntime"],
+                     ["triton-repo", str(world / "onnx")]):
+            rc, err = call(argv + ["--out", str(mydocs), "--overwrite"], capsys)
+            assert rc == 2 and "replaces only a folder par-export wrote" in err, (argv, own, err)
+            assert (mydocs / "thesis.txt").read_text() == "three years of work"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    rc, err = call(["run", str(art), "--image", str(image), "--prompt", "a red square", "--heatmap", str(notes)],
+                   capsys)
+    assert rc == 2 and "not a PNG" in err and notes.read_text() == "keep me"
+    png = tmp_path / "kept.png"
+    for _ in range(2):  # a PNG (the previous run's) is replaced
+        assert call(["run", str(art), "--image", str(image), "--prompt", "a red square", "--heatmap", str(png)],
+                    capsys)[0] == 0

@@ -25,6 +25,22 @@ def timed(call, runner, repeat: int) -> tuple:
     return result, times
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_heatmap(path: str | Path | None) -> None:
+    """Refuse a ``--heatmap`` path whose existing file is not a PNG (a user's file would be lost); a
+    PNG there, such as the previous run's, is replaced."""
+    if path is None or not Path(path).exists():
+        return
+    path = Path(path)
+    if not path.is_file() or path.is_symlink():
+        raise UsageError(f"--heatmap {path}: exists and is not a regular file; name a .png file")
+    with open(path, "rb") as f:
+        if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+            raise UsageError(f"--heatmap {path}: exists and is not a PNG, so it is not replaced; name another file")
+
+
 def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | str | None = None,
               heatmap: str | Path | None = None, allow_unverified: bool = False, par: list[str] | tuple = (),
               repeat: int = 0) -> dict:
@@ -36,6 +52,7 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
     if heatmap is not None and inside_any(heatmap, [folder]):
         raise UsageError(f"--heatmap {heatmap}: inside the artifact {folder}, whose files are sealed; write it "
                          "elsewhere")
+    check_heatmap(heatmap)
     with Artifact.open(folder, allow_unverified, par) as art:
         image_feed, layout = art.image_inputs([open_image(image)])
         samples = {}

@@ -302,7 +302,7 @@ def write_outputs(rows: list[dict], results: dict, out: Path, overwrite: bool = 
                   sealed=()) -> list[Path]:
     """results.csv, results.json, accuracy_vs_tokens.png, kept_heatmaps.png in ``out``, written whole
     or not at all (``out`` must not exist unless ``overwrite``, nor be inside a ``sealed`` artifact)."""
-    with atomic_folder(out, overwrite, ValueError, inputs=inputs, sealed=sealed) as (final, _):
+    with atomic_folder(out, overwrite, ParExportError, inputs=inputs, sealed=sealed) as (final, _):
         with open(final / "results.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()

@@ -108,7 +108,7 @@ def write_emitted(folder, arrays: dict, meta: dict, overwrite: bool = False, inp
 
     from par_export.files import atomic_folder
 
-    with atomic_folder(folder, overwrite, ValueError, inputs=inputs, sealed=[artifact] if artifact else []) as (final, _):
+    with atomic_folder(folder, overwrite, ParExportError, inputs=inputs, sealed=[artifact] if artifact else []) as (final, _):
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(final / "inputs.safetensors"))
         (final / "inputs.json").write_text(json.dumps(meta, indent=2) + "\n")
     return [Path(folder) / "inputs.safetensors", Path(folder) / "inputs.json"]

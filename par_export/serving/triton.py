@@ -79,7 +79,7 @@ def write_triton_repo(source: str | Path, out: str | Path, overwrite: bool = Fal
         raise ParExportError("this export holds par::TopKCluster (--plugin); Triton's ONNX Runtime backend cannot run "
                          "it: export without --plugin, or serve a TensorRT engine with libpar_plugins.so preloaded")
     written = []
-    with atomic_folder(out, overwrite, ValueError, inputs=[source]) as (final, _):
+    with atomic_folder(out, overwrite, ParExportError, inputs=[source]) as (final, _):
         for graph_name, model_name in MODELS.items():
             folder = final / model_name
             (folder / "1").mkdir(parents=True)
