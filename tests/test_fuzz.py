@@ -335,3 +335,11 @@ def test_overwrite_never_deletes_a_users_folder_and_heatmap_never_replaces_a_use
     for _ in range(2):  # a PNG (the previous run's) is replaced
         assert call(["run", str(art), "--image", str(image), "--prompt", "a red square", "--heatmap", str(png)],
                     capsys)[0] == 0
+
+
+def test_run_refuses_the_prompts_the_server_refuses(world, tmp_path, capsys):
+    art, image = world / "art", world / "scene.png"
+    for prompt, message in (("", "is empty"), ("   ", "is empty"), ("x" * 100_000, "at most")):
+        rc, err = call(["run", str(art), "--image", str(image), "--prompt", prompt,
+                        "--heatmap", str(tmp_path / "h.png")], capsys)
+        assert rc == 2 and message in err, (prompt[:10], err)

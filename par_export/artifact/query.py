@@ -20,6 +20,20 @@ every other option is traced into ``vision_par.onnx`` at export."""
 
 TOKENIZER_DIR = "tokenizer"
 
+# A retrieval query is a question, not a document; the query encoder truncates at its
+# max_length tokens anyway. The cap keeps a 100k-character body from tying up the tokenizer.
+MAX_PROMPT_CHARS = 16_384
+
+
+def check_prompt(prompt: str, label: str = "prompt") -> str:
+    """``prompt`` if it holds a question of at most :data:`MAX_PROMPT_CHARS` characters; one line
+    otherwise (the same rule for ``run``, ``chat`` and the server)."""
+    if not prompt.strip():
+        raise UsageError(f"{label} is empty: send the user's question")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise UsageError(f"{label} has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
+    return prompt
+
 
 def query_settings(settings: QuerySettings | None, par: list[str] | tuple = ()) -> QuerySettings | None:
     """``settings`` with ``--par NAME=VALUE`` overrides of :data:`QUERY_OPTIONS` applied; an override of

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from par_export.artifact.manifest import PRECISIONS
+from par_export.artifact.query import check_prompt
 from par_export.cli.args import (
     ARTIFACT,
     NON_NEGATIVE,
@@ -79,6 +80,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_run(args) -> int:
+    check_prompt(args.prompt, "--prompt")  # the server's rule: a question, not empty, not a document
     heatmap = args.heatmap or "kept_tokens.png"  # never inside the sealed artifact
     result = run_image(args.artifact, args.image, args.prompt, args.budget, heatmap, args.allow_unverified, args.par,
                        args.repeat)

@@ -15,12 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from par_export.artifact import Artifact, Reduced
+from par_export.artifact.query import check_prompt
 from par_export.errors import ParExportError
 from par_export.processing import InputError, decode_image
-
-# A retrieval query is a question, not a document; the query encoder truncates at its
-# max_length tokens anyway. The cap keeps a 100k-character body from tying up the tokenizer.
-MAX_PROMPT_CHARS = 16_384
 
 
 class RequestError(ParExportError):
@@ -100,10 +97,10 @@ class ReductionService:
             return self.query.embed_ids(ids, self.artifact.runners["query_encoder"])
         if request.prompt is None:
             raise RequestError("missing 'prompt' (the user's question) or 'input_ids'")
-        if not request.prompt.strip():
-            raise RequestError("prompt is empty: send the user's question")
-        if len(request.prompt) > MAX_PROMPT_CHARS:
-            raise RequestError(f"prompt has {len(request.prompt)} characters; at most {MAX_PROMPT_CHARS}")
+        try:
+            check_prompt(request.prompt)
+        except ParExportError as err:
+            raise RequestError(str(err)) from None
         return self.artifact.embed_prompt(request.prompt)[0]
 
     def _image(self, request: ReduceRequest) -> tuple[dict, object]:
