@@ -10,6 +10,7 @@ from pathlib import Path
 
 from par_export.artifact.metadata import ExportMetadata, MetadataError
 from par_export.errors import ParExportError
+from par_export.files import atomic_output
 
 MANIFEST = "manifest.json"
 # 2: every file of the folder hashed ("files"), the build's verification recorded
@@ -114,8 +115,6 @@ class Manifest:
 
     def write(self, folder: str | Path) -> None:
         """``folder/manifest.json``, replaced atomically (never half written)."""
-        from par_export.files import atomic_output
-
         with atomic_output(Path(folder) / MANIFEST) as tmp:
             tmp.write_text(json.dumps(self.to_json(), indent=2))
 

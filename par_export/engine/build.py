@@ -4,7 +4,6 @@ with a manifest, then verified."""
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import shutil
 import tempfile
@@ -16,7 +15,7 @@ import onnx
 from tqdm.auto import tqdm
 
 import par_export
-from par_export.artifact.manifest import FORMAT, MANIFEST, PRECISIONS, GraphEntry, Manifest, seal, sha256
+from par_export.artifact.manifest import FORMAT, PRECISIONS, GraphEntry, Manifest, seal, sha256
 from par_export.artifact.metadata import ExportMetadata
 from par_export.backends.base import BackendUnavailable
 from par_export.backends.tensorrt import build_engine, gpu_info, import_tensorrt
@@ -322,12 +321,12 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
                 metadata=typed,
                 files=files,
             )
-            (final / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))
+            manifest.write(final)
             steps.update()
         # verified before it is put in place; a failed verification is recorded, and `run` refuses it
         manifest.verification = verification_record(*verify(final, count=3, allow_unverified=True,
                                                             atol=options.atol, rtol=options.rtol))
-        (final / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))
+        manifest.write(final)
     return manifest
 
 

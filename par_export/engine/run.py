@@ -61,7 +61,6 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
             (query, rewritten), samples["query_encoder"] = timed(lambda: art.embed_prompt(prompt), runner, repeat)
         else:
             query, rewritten = art.embed_prompt(prompt)
-        art.budget.feed(budget)  # a budget the artifact cannot take is refused before the vision graph runs
         out, samples["vision_reduce"] = timed(lambda: art.infer_vision(image_feed, query, budget),
                                               art.runners["vision_par"], repeat)
         reduced = art.rows(out, layout, rewritten)
