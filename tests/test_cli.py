@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
 
 from par_export.cli import main
 from par_export.reduce import available_methods
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_methods_lists_every_registered_reducer(capsys):
@@ -47,16 +57,6 @@ def test_console_script_runs():
 
 
 # --- wrong results are no longer returned as success (issue 19) -------------------------------
-import json  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def one_error(capsys, rc: int, fragment: str) -> None:
@@ -138,20 +138,35 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(monkeypatch
         cli.main(["--debug", "methods"])
 
 
-def test_two_concurrent_builds_into_one_out_the_second_fails(tmp_path):
+def test_build_refuses_an_out_that_another_process_is_writing_then_builds_once_it_is_free(tmp_path, capsys):
+    """A second writer fails at once instead of racing the first. The first writer is a real process
+    holding the same ``output_lock`` a build holds (two real builds would race on import time)."""
     out = tmp_path / "art"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "par_export.cli", "build", "--model", "tiny", "--precision", "fp32",
-               "--backend", "onnxruntime", "--out", str(out)]
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".art.tmp-*")) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    second = subprocess.run(command, capture_output=True, text=True, env=env)
-    assert first.wait() == 0
-    assert second.returncode == 2 and "another par-export process is writing it" in second.stderr
+    ready = tmp_path / "locked"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time, pathlib\n"
+         "from par_export.files import output_lock\n"
+         "with output_lock(pathlib.Path(sys.argv[1]), ValueError):\n"
+         "    pathlib.Path(sys.argv[2]).touch()\n"
+         "    sys.stdin.read()\n",
+         str(out), str(ready)],
+        stdin=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and holder.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ready.exists(), "the lock holder did not start"
+        command = ["build", "--model", "tiny", "--precision", "fp32", "--backend", "onnxruntime", "--out", str(out)]
+        assert main(command) == 2
+        assert "another par-export process is writing it" in capsys.readouterr().err
+        assert not out.exists()
+    finally:
+        holder.communicate(b"")
+    assert holder.returncode == 0
+    assert main(command) == 0
     assert json.loads((out / "manifest.json").read_text())["verification"]["passed"] is True
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "locked"]
 
 
 # --- flags as TensorRT / Polygraphy / Hugging Face users spell them (issue 20) ---------------
