@@ -24,9 +24,12 @@ from par_export.errors import ParExportError
 MARKER = ".par-export"
 
 
-def check_out(path: str | Path, inputs: Iterable[str | Path] = (), sealed: Iterable[str | Path] = ()) -> Path:
+def check_out(path: str | Path, inputs: Iterable[str | Path] = (), sealed: Iterable[str | Path] = (),
+              data: Iterable[str | Path] = ()) -> Path:
     """``path`` resolved, or :class:`ValueError` when it may not be an output folder: ``/``, the home
-    folder, the current folder or one above it, a folder holding (or equal to) one of ``inputs``,
+    folder, the current folder or one above it, a folder holding, equal to or inside one of ``inputs``
+    (the model, export or artifact folders a command reads), holding or equal to one of ``data`` (the
+    question files and image folders eval reads: results may go in a subfolder of those),
     a folder inside one of the ``sealed`` artifacts (it would break their seal), or an existing file."""
     raw = Path(path).expanduser()
     resolved = raw.resolve()
@@ -40,6 +43,12 @@ def check_out(path: str | Path, inputs: Iterable[str | Path] = (), sealed: Itera
     if resolved == cwd or resolved in cwd.parents:
         raise ParExportError(f"--out {path}: is the current folder or holds it; name a new folder for the output")
     for item in inputs:
+        source = Path(item).expanduser().resolve()
+        if source == resolved or resolved in source.parents:
+            raise ParExportError(f"--out {path}: holds the input {item}; name a folder outside it")
+        if source in resolved.parents:  # inputs are read, never written into
+            raise ParExportError(f"--out {path}: is inside the input {item}; name a folder outside it")
+    for item in data:
         source = Path(item).expanduser().resolve()
         if source == resolved or resolved in source.parents:
             raise ParExportError(f"--out {path}: holds the input {item}; name a folder outside it")
@@ -115,17 +124,18 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_folder(path: str | Path, overwrite: bool, error: type[Exception] = FileExistsError,
-                  inputs: Iterable[str | Path] = (), sealed: Iterable[str | Path] = ()):
+                  inputs: Iterable[str | Path] = (), sealed: Iterable[str | Path] = (),
+                  data: Iterable[str | Path] = ()):
     """Yield ``(final, scratch)`` folders beside ``path``; on success ``final`` becomes ``path``.
 
-    ``path`` is checked with :func:`check_out` against ``inputs`` and ``sealed``. It must not exist unless
+    ``path`` is checked with :func:`check_out` against ``inputs``, ``sealed`` and ``data``. It must not exist unless
     ``overwrite``, and then only an empty folder or one par-export wrote is replaced. Writers
     to one ``path`` exclude each other (:func:`output_lock`). The final rename never deletes a
     folder that appeared meanwhile: it fails instead. On any failure neither a new ``path`` nor
     the scratch folders remain; the old ``path`` is kept.
     """
     try:
-        target = check_out(path, inputs, sealed)
+        target = check_out(path, inputs, sealed, data)
     except ValueError as err:
         raise error(str(err)) from None
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from par_export.errors import ParExportError
+from par_export.files import check_out
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("par_topk_cluster/topKClusterKernel.cu", "par_topk_cluster/topKClusterPlugin.cpp")
@@ -62,7 +63,9 @@ def nvcc_command(archs: tuple[str, ...], include: Path, output: Path, nvcc: str 
 
 def build_plugin(archs: tuple[str, ...] | None = None, out_dir: str | Path | None = None,
                  trt_include: str | Path | None = None, nvcc: str | None = None) -> Path:
-    """Compile the plugin library; written to a temp file and renamed, so a failure leaves no library."""
+    """Compile the plugin library; written to a temp file and renamed, so a failure leaves no library.
+    ``out_dir`` follows the output-folder rule of every command (:func:`par_export.files.check_out`)."""
+    out = check_out(out_dir) if out_dir is not None else plugin_dir()
     nvcc = nvcc or shutil.which("nvcc") or (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc")
     if not Path(nvcc).exists() and shutil.which(str(nvcc)) is None:
         raise PluginBuildError("nvcc not found: install the CUDA toolkit or set CUDA_HOME")
@@ -70,7 +73,6 @@ def build_plugin(archs: tuple[str, ...] | None = None, out_dir: str | Path | Non
     if missing:
         raise PluginBuildError(f"plugin sources {missing} not found under {REPO / 'plugins'}: build from a source checkout")
     archs = tuple(archs or DEFAULT_ARCHS)
-    out = Path(out_dir) if out_dir is not None else plugin_dir()
     out.mkdir(parents=True, exist_ok=True)
     include = find_tensorrt_include(trt_include)
     fd, tmp = tempfile.mkstemp(prefix=f".{LIBRARY}.", suffix=".tmp", dir=out)

@@ -33,6 +33,29 @@ def hub_kwargs() -> dict:
     return {"local_files_only": True, "trust_remote_code": False}
 
 
+def load_pretrained(loader, folder: str | Path):
+    """``loader.from_pretrained(folder)`` offline, or one :class:`InputError` naming the folder.
+
+    Catches every ``Exception``: a malformed ``tokenizer.json`` raises a bare ``Exception`` from the
+    Rust tokenizers library ("data did not match any variant ..."), and ``KeyError``, ``TypeError``,
+    ``ValueError`` or ``OSError`` from transformers for others; each means the folder's files are
+    unreadable, which is the user's to fix, not an internal error.
+    """
+    if not Path(folder).is_dir():
+        raise InputError(f"{folder}: missing (expected a folder written by save_pretrained)")
+    try:
+        return loader.from_pretrained(folder, **hub_kwargs())
+    except Exception as err:  # see the docstring
+        raise unreadable(folder, loader.__name__, err) from None
+
+
+def unreadable(folder: str | Path, loader: str, err: Exception) -> InputError:
+    """The one line for a folder whose files ``loader`` cannot read: the folder, the error's type and
+    its first line."""
+    first = (str(err).splitlines() or [""])[0]
+    return InputError(f"{folder}: {loader} does not load it ({type(err).__name__}: {first})")
+
+
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
@@ -41,6 +64,9 @@ def open_image(path: str | Path):
     :class:`InputError`."""
     if Path(path).suffix.lower() in VIDEO_SUFFIXES:
         raise InputError(f"{path}: video input is not supported yet (one image per prompt)")
+    if Path(path).exists() and not Path(path).is_file():
+        # a FIFO or a device would block the read (or never end); a folder is not an image either
+        raise InputError(f"{path}: not a regular file (a folder, FIFO or device); expected an image file")
     return _decode(path, str(path))
 
 
@@ -64,7 +90,9 @@ def _decode(source, label: str):
         raise InputError(f"{label}: no such image") from None
     except Image.DecompressionBombError as err:
         raise InputError(f"{label}: image too large to decode safely ({err})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except UnidentifiedImageError:  # its message names the file object (a BytesIO repr for a request)
+        raise InputError(f"{label}: not a readable image (no format Pillow reads: PNG, JPEG, WebP, ...)") from None
+    except (OSError, ValueError) as err:
         raise InputError(f"{label}: not a readable image ({err})") from None
 
 
@@ -99,12 +127,7 @@ class ComponentProcessor:
         processor_class = getattr(transformers, name or "", None)
         if processor_class is None or not hasattr(processor_class, "replace_image_token"):
             raise InputError(f"{folder}: processor class {name!r} cannot be built here and has no image-token rule")
-        try:
-            image_processor = AutoImageProcessor.from_pretrained(folder, **hub_kwargs())
-            tokenizer = AutoTokenizer.from_pretrained(folder, **hub_kwargs())
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise InputError(f"{folder}: the processor does not load ({str(err).splitlines()[0]})") from None
-        return cls(processor_class, image_processor, tokenizer)
+        return cls(processor_class, load_pretrained(AutoImageProcessor, folder), load_pretrained(AutoTokenizer, folder))
 
     def apply_chat_template(self, messages, **kwargs) -> str:
         return self.tokenizer.apply_chat_template(messages, **kwargs)
@@ -177,8 +200,8 @@ class ModelInputs:
                 # transformers cannot build a processor with a video slot (Qwen2.5-VL's) when torchvision
                 # is absent: its video-processor registry is a placeholder. Same parts, loaded one by one.
                 processor = ComponentProcessor.from_folder(folder)
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                raise InputError(f"{folder}: the processor does not load ({str(err).splitlines()[0]})") from None
+            except Exception as err:  # as in load_pretrained: a malformed file raises any of several types
+                raise unreadable(folder, "AutoProcessor", err) from None
         if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
             raise InputError(f"{folder}: {type(processor).__name__} has no image processor and tokenizer pair")
         token = getattr(processor, "image_token", None) or image_token

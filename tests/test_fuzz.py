@@ -343,3 +343,146 @@ def test_run_refuses_the_prompts_the_server_refuses(world, tmp_path, capsys):
         rc, err = call(["run", str(art), "--image", str(image), "--prompt", prompt,
                         "--heatmap", str(tmp_path / "h.png")], capsys)
         assert rc == 2 and message in err, (prompt[:10], err)
+
+
+def _reseal(folder: Path, *changed: str) -> None:
+    """Write the manifest's hashes of ``changed`` files again: a tampering the seal alone cannot catch."""
+    from par_export.artifact.manifest import sha256
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name in changed:
+        manifest["files"][name] = sha256(folder / name)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+GARBAGE_TOKENIZERS = ["", "garbage", "{}", "[]", '{"added_tokens": [], "model": 3}',
+                      '{"added_tokens": [{}], "model": {"type": "BPE"}}', '{"model": {"type": "BPE"}}']
+
+
+def test_artifacts_and_exports_missing_or_garbling_what_they_declare_are_refused(world, tmp_path, capsys):
+    """Issue 32: an artifact or export folder lacking (or holding an unreadable) graph, processor,
+    tokenizer or report that it declares is refused at build and at load, even when resealed; a
+    prompt is never silently ignored."""
+    before = snapshot(world)
+    art, image = world / "art", world / "scene.png"
+    uses = [["run", None, "--image", str(image), "--prompt", "red", "--heatmap", str(tmp_path / "h.png")],
+            ["verify", None, "-n", "1"]]
+
+    def refused(folder: Path, what: str) -> None:
+        for argv in uses:
+            rc, err = call([argv[0], str(folder), *argv[2:]], capsys)
+            assert rc == 2, (what, argv[0], err)
+
+    for garbage in GARBAGE_TOKENIZERS:
+        for name in ("tokenizer/tokenizer.json", "processor/tokenizer.json"):
+            copy = tmp_path / "copy"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(art, copy)
+            (copy / name).write_text(garbage)
+            _reseal(copy, name)
+            refused(copy, f"{name} = {garbage!r}")
+    copy = tmp_path / "no-query"
+    shutil.copytree(art, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = manifest["graphs"].pop("query_encoder")
+    for name in (entry["file"], entry["source"]):
+        manifest["files"].pop(name)
+        (copy / name).unlink()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    rc, err = call(["run", str(copy), "--image", str(image), "--prompt", "red"], capsys)
+    assert rc == 2 and "declares a query encoder" in err, err
+
+    # build: each file an export declares, missing or unreadable
+    for name, edit in (("query_encoder.onnx", "rm"), ("report.json", "rm"), ("processor", "rm"), ("tokenizer", "rm"),
+                       ("report.json", "{not json"), ("tokenizer/tokenizer.json", "garbage"),
+                       ("processor/processor_config.json", "[1, 2")):
+        onnx = tmp_path / "onnx"
+        shutil.rmtree(onnx, ignore_errors=True)
+        shutil.copytree(world / "onnx", onnx)
+        target = onnx / name
+        if edit == "rm":
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        else:
+            target.write_text(edit)
+        out = tmp_path / "built"
+        rc, err = call(["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(out)],
+                       capsys)
+        assert rc == 2 and not out.exists(), (name, edit, err)
+        assert not list(tmp_path.glob(".built*")), (name, edit)
+    assert snapshot(world) == before
+
+
+def test_weights_that_do_not_match_the_declared_architecture_are_refused(tiny_folders, tmp_path, capsys):
+    """A config.json of one architecture over the weights of another: refused in one line naming
+    missing and unexpected keys, instead of loading random weights and exporting them."""
+    from par_export.models.tiny import save_tiny_qwen2_5_vl
+
+    llava, _ = tiny_folders
+    qwen = save_tiny_qwen2_5_vl(tmp_path / "qwen")
+    for weights, config in ((llava, qwen), (qwen, llava)):
+        mixed = tmp_path / f"mixed-{weights.name}"
+        shutil.copytree(weights, mixed)
+        shutil.copy(config / "config.json", mixed / "config.json")
+        out = tmp_path / f"out-{weights.name}"
+        rc, err = call(["export", "--model", str(mixed), "--out", str(out)], capsys)
+        assert rc == 2 and "do not match" in err and ("missing" in err or "mis-shaped" in err), err
+        assert not out.exists()
+
+
+def test_outputs_never_go_inside_an_input_nor_at_root_home_or_here(world, tiny_folders, tmp_path, capsys,
+                                                                   monkeypatch):
+    """One output-folder rule for every writer: export, build and triton-repo never write into the
+    folder they read; plugin build never at /, the home folder or the current folder."""
+    llava, _ = tiny_folders
+    before, model_before = snapshot(world), snapshot(llava)
+    for argv in (["export", "--model", str(llava), "--out", str(llava / "onnx")],
+                 ["build", str(world / "onnx"), "--precision", "fp32", "--backend", "onnxruntime",
+                  "--out", str(world / "onnx" / "art")],
+                 ["triton-repo", str(world / "onnx"), "--out", str(world / "onnx" / "repo")],
+                 ["eval", "--model", str(llava), "--n", "2", "--out", str(llava / "eval")]):
+        rc, err = call(argv, capsys)
+        assert rc == 2 and "inside the input" in err, (argv[0], err)
+    monkeypatch.chdir(tmp_path)
+    for out in ("/", str(Path.home()), "", "."):
+        rc, err = call(["plugin", "build", "--out", out], capsys)
+        assert rc == 2 and "--out" in err, (out, err)
+    assert not Path("/libpar_plugins.so").exists() and not (tmp_path / "libpar_plugins.so").exists()
+    assert snapshot(world) == before and snapshot(llava) == model_before
+
+
+def test_reads_never_block_and_messages_name_what_was_wrong(world, tmp_path, capsys):
+    """No blocking read of a FIFO or device as an image; a mistyped top-level flag is named; two
+    endpoints on one port are refused before Triton starts; an undecodable upload's message shows no
+    object repr."""
+    from par_export.processing import InputError, decode_image
+
+    art = world / "art"
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    for image in (fifo, Path("/dev/zero"), tmp_path):
+        rc, err = call(["run", str(art), "--image", str(image), "--prompt", "red"], capsys)
+        assert rc == 2 and "not a regular file" in err, (image, err)
+    for argv, flag in ((["--bogus"], "--bogus"), (["-x", "--debug"], "-x"), (["run", str(art), "--bogus"], "--bogus")):
+        rc, err = call(argv, capsys)
+        assert rc == 2 and f"unrecognized arguments: {flag}" in err, (argv, err)
+    rc, err = call(["serve", str(art), "--http-port", "18000", "--grpc-port", "18000"], capsys)
+    assert rc == 2 and "same port" in err, err
+    with pytest.raises(InputError) as caught:
+        decode_image(b"not an image at all", "request image")
+    assert "object at 0x" not in str(caught.value) and "request image" in str(caught.value)
+
+
+def test_eval_defaults_fit_the_family_and_release_the_artifacts_sessions(world, tiny_folders, tmp_path, capsys):
+    """eval's default methods are the ones the family takes (no pool on per-image N); eval through a
+    built artifact releases its Polygraphy sessions (no "never deactivated" warning)."""
+    from par_export.eval.run import DEFAULT_METHODS, default_methods
+    from par_export.models.tiny import save_tiny_llava_next, save_tiny_qwen2_5_vl
+
+    for folder in (save_tiny_qwen2_5_vl(tmp_path / "qwen"), save_tiny_llava_next(tmp_path / "next")):
+        methods = default_methods(folder)
+        assert "par" in methods and "pool" not in methods, (folder.name, methods)
+    assert default_methods(tiny_folders[0]) == list(DEFAULT_METHODS)  # LLaVA-1.5: one N for every image
+    rc = main(["eval", "--model", "tiny", "--backend", str(world / "art"), "--n", "4", "--budgets", "16",
+               "--out", str(tmp_path / "ev")])
+    printed = capsys.readouterr()
+    assert rc == 0 and "never deactivated" not in printed.out + printed.err

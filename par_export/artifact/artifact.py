@@ -102,7 +102,11 @@ class Artifact:
         return cls(folder, allow_unverified, par)
 
     def _query_inputs(self, par) -> QueryInputs | None:
-        settings = self.metadata.query if "query_encoder" in self.manifest.graphs else None
+        settings = self.metadata.query
+        if settings is not None and "query_encoder" not in self.manifest.graphs:
+            # a graph that takes query_embeds but no encoder for them: every prompt would be ignored
+            raise ArtifactError(f"{self.folder}: the export's metadata declares a query encoder but the manifest "
+                                "has no query_encoder graph; build the artifact again from its export")
         settings = query_settings(settings, par)
         return None if settings is None else QueryInputs(self.folder, settings, self.metadata.query_dim)
 

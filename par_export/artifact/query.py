@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from par_export.artifact.metadata import QuerySettings
 from par_export.errors import UsageError
-from par_export.processing import hub_kwargs
+from par_export.processing import load_pretrained
 from par_export.reduce import PARConfig
 from par_export.reduce.prompt import rewrite_prompt
 
@@ -65,7 +65,7 @@ class QueryInputs:
     def __init__(self, folder: Path, settings: QuerySettings, dim: int):
         self.settings = settings
         self.dim = dim
-        self.tokenizer = AutoTokenizer.from_pretrained(Path(folder) / TOKENIZER_DIR, **hub_kwargs())
+        self.tokenizer = load_pretrained(AutoTokenizer, Path(folder) / TOKENIZER_DIR)
 
     def rewrite(self, prompt: str) -> str:
         """PAR step 1: the query text the encoder sees."""

@@ -56,9 +56,6 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
 
 
 # Optional dependencies and the extra that installs each.
-
-
-# Optional dependencies and the extra that installs each.
 EXTRAS = {"onnxruntime": "cpu] or [gpu", "onnxruntime_genai": "cpu] or [gpu", "tensorrt": "tensorrt",
           "tritonclient": "test"}
 

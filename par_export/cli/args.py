@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 from par_export.artifact.budget import parse_budget
 from par_export.backends.onnxruntime import PROVIDERS
@@ -130,5 +131,21 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)  # for error(): the flags it was given
+        return super().parse_known_args(args, namespace)
+
+    def unknown_flags(self) -> list[str]:
+        """The flags given to this parser that it does not know (before a subcommand, for the top one)."""
+        given = self._argv
+        if self._subparsers is not None:  # flags after the command name are the subcommand's
+            given = given[:next((i for i, a in enumerate(given) if not a.startswith("-")), len(given))]
+        known = list(self._option_string_actions)
+        return [a for a in given if a.startswith("-") and len(a) > 1 and not a.lstrip("-").replace(".", "").isdigit()
+                and not any(option.startswith(a.split("=", 1)[0]) for option in known)]
+
     def error(self, message: str):
+        unknown = self.unknown_flags() if message.startswith("the following arguments are required") else []
+        if unknown:  # argparse checks required arguments first: name the flag the user mistyped instead
+            message = f"unrecognized arguments: {' '.join(unknown)}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -8,6 +8,7 @@ from par_export.cli.args import OVERWRITE, PAR_GRAPH, POSITIVE, add_par, at_leas
 from par_export.export import export_model
 from par_export.export.edge_llm import export_edge_llm
 from par_export.export.inspect import describe
+from par_export.files import check_out
 from par_export.models.names import MODEL_HELP
 from par_export.plugins import DEFAULT_ARCHS, build_plugin, plugin_path
 from par_export.reduce import PARConfig, available_methods
@@ -63,8 +64,9 @@ def cmd_plugin(args) -> int:
         print(path)
         return 0 if path.is_file() else 1
     archs = tuple(args.arch) if args.arch else DEFAULT_ARCHS
+    out = check_out(args.out) if args.out is not None else None  # refused before the progress line
     print(f"building libpar_plugins.so for sm_{', sm_'.join(archs)} ...", flush=True)
-    print(f"wrote {build_plugin(archs, args.out, args.trt_include)}")
+    print(f"wrote {build_plugin(archs, out, args.trt_include)}")
     return 0
 
 

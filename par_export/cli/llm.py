@@ -35,15 +35,16 @@ from par_export.runtime.pipeline import VisionLanguagePipeline
 
 
 def cmd_eval(args) -> int:
-    inputs = [p for p in (args.model, args.clip, args.data, args.images) if p]
+    inputs = [p for p in (args.model, args.clip) if p]
+    data = [p for p in (args.data, args.images) if p]
     sealed = [args.backend] if args.backend not in ("torch", "onnxruntime") else []  # an artifact
     # the output folder is checked before the evaluation, not after it
-    check_replaceable(check_out(args.out, inputs, sealed), args.overwrite, UsageError)
+    check_replaceable(check_out(args.out, inputs, sealed, data), args.overwrite, UsageError)
     try:  # checked here rather than by argparse, so that eval's one-line errors all come from main
         values = budgets(args.budgets)
     except argparse.ArgumentTypeError as err:
         raise UsageError(f"--budgets: {err}") from None
-    results = run_eval(EvalOptions(model=args.model, clip=args.clip, methods=tuple(args.methods.split(",")),
+    results = run_eval(EvalOptions(model=args.model, clip=args.clip, methods=tuple(args.methods.split(",")) if args.methods else (),
                                    budgets=tuple(values), backend=args.backend, split=args.split, n=args.n,
                                    batch=args.batch, data=args.data, images=args.images, par=tuple(args.par),
                                    allow_unverified=args.allow_unverified))
@@ -51,7 +52,7 @@ def cmd_eval(args) -> int:
         print(f"{results['records']} records; skipped: {results['skipped'] or 'none'}")
     rows = result_rows(results)
     print(format_rows(rows))
-    for path in write_outputs(rows, results, Path(args.out), args.overwrite, inputs, sealed):
+    for path in write_outputs(rows, results, Path(args.out), args.overwrite, inputs, sealed, data):
         print(f"wrote {path}")
     return 0
 
@@ -93,10 +94,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="demo", help=MODEL_HELP + "; the procedural VQA needs a model trained on it "
                    "(demo)")
     p.add_argument("--clip", help="local CLIP folder for space=clip (demo: shipped)")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+    p.add_argument("--methods", default=None,
                    help="comma-separated reducers, of: " + ", ".join(methods) + " and the authors' forms " +
                    ", ".join(sorted(authors_methods())) + ", and dart (DART inside the LLM; dart:layer=L); "
-                   "NAME:OPT=VALUE[:...] overrides PAR options for one entry (ablations: par:router=keep,par:beta=1.0)")
+                   "NAME:OPT=VALUE[:...] overrides PAR options for one entry (ablations: par:router=keep,par:beta=1.0) "
+                   f"(default: {','.join(DEFAULT_METHODS)}, less those the model's family cannot take: pool and "
+                   "prumerge_mean need the same N for every image)")
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)),
                    help="comma-separated K values and/or 'auto'")
     p.add_argument("--backend", default="torch", help="reduce with PyTorch ('torch'), with every method exported "

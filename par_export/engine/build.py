@@ -4,6 +4,7 @@ with a manifest, then verified."""
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 import par_export
 from par_export.artifact.manifest import FORMAT, PRECISIONS, GraphEntry, Manifest, seal, sha256
 from par_export.artifact.metadata import ExportMetadata
+from par_export.artifact.query import TOKENIZER_DIR
 from par_export.backends.base import BackendUnavailable
 from par_export.backends.tensorrt import build_engine, gpu_info, import_tensorrt
 from par_export.engine.presets import load_preset
@@ -30,6 +32,7 @@ from par_export.export.onnx_io import EXTERNAL_DATA_BYTES, data_file, onnx_files
 from par_export.files import atomic_folder
 from par_export.models.names import default_budget
 from par_export.plugins import plugin_path
+from par_export.processing import PROCESSOR_DIR, ModelInputs, load_pretrained
 
 GRAPHS = ("vision_par", "query_encoder")
 logger = logging.getLogger(__name__)
@@ -125,6 +128,27 @@ def export_source(source: str | Path, workdir: Path, options: BuildOptions, prog
     export_model(source, out, budget=budget, plugin=options.plugin, clip_path=options.clip,
                  config=PARConfig().with_overrides(list(options.par)), progress=progress)
     return out
+
+
+def check_export_folder(src: Path, metadata: ExportMetadata) -> None:
+    """Refuse an export folder that lacks, or cannot read, a file its metadata needs: ``processor/``
+    (every run preprocesses through it), ``report.json`` (the export's validation record: an
+    export folder without it was never validated) and, when the graph takes ``query_embeds``,
+    ``query_encoder.onnx`` and ``tokenizer/`` (without them every prompt would be ignored)."""
+    from transformers import AutoTokenizer
+
+    ModelInputs.from_folder(src / PROCESSOR_DIR)
+    try:
+        json.loads((src / "report.json").read_text())
+    except (OSError, ValueError) as err:
+        reason = "missing" if isinstance(err, FileNotFoundError) else "unreadable"
+        raise BuildError(f"{src / 'report.json'}: {reason} (the export's validation record); export the model "
+                         "again into a new folder") from None
+    if metadata.query is not None:
+        if not (src / "query_encoder.onnx").is_file():
+            raise BuildError(f"{src}: its graph takes a prompt but query_encoder.onnx is missing; export the model "
+                             "again into a new folder")
+        load_pretrained(AutoTokenizer, src / TOKENIZER_DIR)
 
 
 def _profiles(metadata: dict, options: BuildOptions, graph: onnx.ModelProto) -> dict:
@@ -264,6 +288,7 @@ def build(source: str | Path, out: str | Path, options: BuildOptions, overwrite:
                 typed = ExportMetadata.from_json(metadata, str(src / "vision_par.onnx"))
             except ParExportError as err:
                 raise BuildError(str(err)) from None
+            check_export_folder(src, typed)
             plugin_needed = bool(typed.plugin)
             graphs = {}
             for name in GRAPHS:

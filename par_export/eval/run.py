@@ -9,10 +9,13 @@ from pathlib import Path
 
 from par_export.errors import ParExportError
 from par_export.eval.vqa import artifact_budgets, build_eval_artifacts, evaluate, evaluate_jsonl
+from par_export.models.families import family_for
 from par_export.models.names import resolve_model
-from par_export.reduce import PARConfig
+from par_export.reduce import PARConfig, reducer_class
 
 DEFAULT_METHODS = ("par", "random", "pool", "cls_attn", "visionzip_mean", "prumerge_mean", "text_sim")
+"""The methods eval scores when none are named, less those the model's family cannot take
+(:func:`default_methods`)."""
 DEFAULT_BUDGETS = (4, 8, 16, 32, 64, 128, "auto")
 
 
@@ -22,7 +25,8 @@ class EvalOptions:
 
     Attributes:
         model, clip: the model folder (or ``demo``/``tiny``) and a CLIP folder for ``space=clip``.
-        methods: reducer entries (``NAME`` or ``NAME:OPT=VALUE[:...]``; ``dart``); ``budgets``: K
+        methods: reducer entries (``NAME`` or ``NAME:OPT=VALUE[:...]``; ``dart``), empty for
+            :func:`default_methods`; ``budgets``: K
             values and/or ``"auto"``.
         backend: ``torch``, ``onnxruntime`` (every method exported and built) or a build folder (its
             method, the budgets it serves).
@@ -33,7 +37,7 @@ class EvalOptions:
 
     model: str = "demo"
     clip: str | None = None
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] = ()  # () = default_methods(the model's folder)
     budgets: tuple = DEFAULT_BUDGETS
     backend: str = "torch"
     split: str = "test"
@@ -50,10 +54,11 @@ def run_eval(options: EvalOptions) -> dict:
     ``backend``, ``methods`` and ``budgets`` for the procedural split and for JSONL."""
     if bool(options.data) != bool(options.images):
         raise ParExportError("--data FILE.jsonl and --images DIR go together")
-    methods, budgets = list(options.methods), list(options.budgets)
+    budgets = list(options.budgets)
     config, artifacts = PARConfig().with_overrides(list(options.par)), None
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, shipped_clip = resolve_model(options.model, Path(tmp))
+        methods = list(options.methods) or default_methods(model_dir)
         clip = options.clip or shipped_clip
         if options.backend == "onnxruntime":
             artifacts = build_eval_artifacts(model_dir, clip, methods, budgets, Path(tmp) / "artifacts", config)
@@ -69,3 +74,13 @@ def run_eval(options: EvalOptions) -> dict:
                                   allow_unverified=options.allow_unverified)
         return evaluate(model_dir, clip, methods, budgets, split=options.split, n=options.n, batch=options.batch,
                         config=config, artifacts=artifacts, allow_unverified=options.allow_unverified)
+
+
+def default_methods(model_dir: str | Path) -> list[str]:
+    """:data:`DEFAULT_METHODS` that the folder's family takes for every image: where N differs per
+    image (LLaVA-NeXT's crops, Qwen2.5-VL's dynamic resolution) only the reducers that take any N
+    (``pool`` needs a square grid; ``prumerge_mean`` a fixed N to trace)."""
+    family = family_for(model_dir)
+    if family.onnx_config is None or not family.onnx_config.dynamic_tokens:
+        return list(DEFAULT_METHODS)
+    return [m for m in DEFAULT_METHODS if reducer_class(m).dynamic_tokens]

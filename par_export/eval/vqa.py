@@ -7,9 +7,11 @@ per batch and is shared by all of them.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,14 +206,21 @@ def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config
     return base, adapters, family.inputs(llava_dir)
 
 
-def _pipelines(base, artifacts: dict | None, allow_unverified: bool) -> dict:
-    """``{(method, budget): VisionLanguagePipeline}``, one pipeline per artifact folder."""
+@contextlib.contextmanager
+def _pipelines(base, artifacts: dict | None, allow_unverified: bool) -> Iterator[dict]:
+    """``{(method, budget): VisionLanguagePipeline}``, one pipeline per artifact folder; their sessions
+    are released on exit."""
     from par_export.runtime.pipeline import VisionLanguagePipeline
 
     loaded: dict = {}
-    for folder in dict.fromkeys((artifacts or {}).values()):
-        loaded[folder] = VisionLanguagePipeline(folder, base.model, base.tokenizer, allow_unverified=allow_unverified)
-    return {key: loaded[folder] for key, folder in (artifacts or {}).items()}
+    try:
+        for folder in dict.fromkeys((artifacts or {}).values()):
+            loaded[folder] = VisionLanguagePipeline(folder, base.model, base.tokenizer,
+                                                    allow_unverified=allow_unverified)
+        yield {key: loaded[folder] for key, folder in (artifacts or {}).items()}
+    finally:
+        for pipe in loaded.values():
+            pipe.close()
 
 
 @torch.no_grad()
@@ -231,40 +240,40 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
     if too_large:
         raise ParExportError(f"--budgets {too_large}: above the {base.tokens_per_image} tokens per image; a larger "
                          "budget would score the full context under another name")
-    pipes = _pipelines(base, artifacts, allow_unverified)
-    tallies: dict = {"full": Tally()}
-    examples = []
-    seeds = list(split_seeds(split, n))
-    for start in tqdm(range(0, len(seeds), batch), desc=f"eval {split}", disable=not progress):
-        samples, ids, mask, pixels, answers = vqa_batch(base, inputs, seeds[start:start + batch])
-        full = base.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[:, -1].argmax(-1)
-        tallies["full"].add(full == answers)
-        # one tower pass for every method (the authors' forms also read the tower's keys and CLS token)
-        features = base.vision_features(pixels, tower_outputs=any(a.reducer.tower_inputs for a in adapters.values()))
-        for method, adapter in adapters.items():
-            for budget in budgets:
-                if budget == "auto" and not adapter.reducer.supports_auto:
-                    continue
-                k = budget
-                tally = tallies.setdefault((method, budget), Tally())
-                pipe, reduced = pipes.get((method, budget)), None
-                if pipe is not None:
-                    logits, kept = _reduce_with_artifact(pipe, base, samples, pixels, k)
-                else:
-                    reduced = adapter.prepare_inputs(ids, mask, pixels, budget=k, features=features)
-                    logits, kept = base.model(**reduced.model_inputs).logits[:, -1], reduced.reduction.num_kept.tolist()
-                predicted = logits.argmax(-1)
-                tally.add(predicted == answers)
-                tally.kept += kept
-                if reduced is not None and method == "par" and budget == budgets[0] and len(examples) < keep_examples:
-                    for b in range(min(keep_examples - len(examples), len(samples))):
-                        examples.append((samples[b], reduced.reduction, b, bool(predicted[b] == answers[b])))
-        for method in [m for m in methods if is_dart(m)]:
-            for budget in [b for b in budgets if b != "auto"]:  # DART keeps a fixed share
-                logits, kept = dart_first_token_logits(base.model, ids, mask, pixels, budget, dart_settings(method))
-                tally = tallies.setdefault((method, budget), Tally())
-                tally.add(logits.argmax(-1) == answers)
-                tally.kept += kept
+    with _pipelines(base, artifacts, allow_unverified) as pipes:
+        tallies: dict = {"full": Tally()}
+        examples = []
+        seeds = list(split_seeds(split, n))
+        for start in tqdm(range(0, len(seeds), batch), desc=f"eval {split}", disable=not progress):
+            samples, ids, mask, pixels, answers = vqa_batch(base, inputs, seeds[start:start + batch])
+            full = base.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[:, -1].argmax(-1)
+            tallies["full"].add(full == answers)
+            # one tower pass for every method (the authors' forms also read the tower's keys and CLS token)
+            features = base.vision_features(pixels, tower_outputs=any(a.reducer.tower_inputs for a in adapters.values()))
+            for method, adapter in adapters.items():
+                for budget in budgets:
+                    if budget == "auto" and not adapter.reducer.supports_auto:
+                        continue
+                    k = budget
+                    tally = tallies.setdefault((method, budget), Tally())
+                    pipe, reduced = pipes.get((method, budget)), None
+                    if pipe is not None:
+                        logits, kept = _reduce_with_artifact(pipe, base, samples, pixels, k)
+                    else:
+                        reduced = adapter.prepare_inputs(ids, mask, pixels, budget=k, features=features)
+                        logits, kept = base.model(**reduced.model_inputs).logits[:, -1], reduced.reduction.num_kept.tolist()
+                    predicted = logits.argmax(-1)
+                    tally.add(predicted == answers)
+                    tally.kept += kept
+                    if reduced is not None and method == "par" and budget == budgets[0] and len(examples) < keep_examples:
+                        for b in range(min(keep_examples - len(examples), len(samples))):
+                            examples.append((samples[b], reduced.reduction, b, bool(predicted[b] == answers[b])))
+            for method in [m for m in methods if is_dart(m)]:
+                for budget in [b for b in budgets if b != "auto"]:  # DART keeps a fixed share
+                    logits, kept = dart_first_token_logits(base.model, ids, mask, pixels, budget, dart_settings(method))
+                    tally = tallies.setdefault((method, budget), Tally())
+                    tally.add(logits.argmax(-1) == answers)
+                    tally.kept += kept
     text_tokens = int(mask.sum(dim=1).float().mean()) - base.tokens_per_image
     full_layers = {m: dart_settings(m).layer for m in methods if is_dart(m)}
     return {"tallies": tallies, "examples": examples, "model": base, "text_tokens": text_tokens,
@@ -299,10 +308,10 @@ def result_rows(results: dict) -> list[dict]:
 
 
 def write_outputs(rows: list[dict], results: dict, out: Path, overwrite: bool = False, inputs=(),
-                  sealed=()) -> list[Path]:
+                  sealed=(), data=()) -> list[Path]:
     """results.csv, results.json, accuracy_vs_tokens.png, kept_heatmaps.png in ``out``, written whole
     or not at all (``out`` must not exist unless ``overwrite``, nor be inside a ``sealed`` artifact)."""
-    with atomic_folder(out, overwrite, ParExportError, inputs=inputs, sealed=sealed) as (final, _):
+    with atomic_folder(out, overwrite, ParExportError, inputs=inputs, sealed=sealed, data=data) as (final, _):
         with open(final / "results.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -400,49 +409,49 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
     records = read_jsonl(records_path)
     base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config or PARConfig(),
                                        pipeline_only=bool(artifacts))
-    pipes = _pipelines(base, artifacts, allow_unverified)
-    kept, pictures, skipped = load_images(records, images)
-    if not kept:
-        why = f" (skipped: {dict(skipped)})" if skipped else ""
-        raise ParExportError(f"{records_path}: no record to score{why}; nothing was written")
-    tok = inputs.tokenizer
-    image_id = base.model.config.image_token_id
-    tallies: dict = {"full": Tally()}
-    full_tokens, text_tokens = [], []
-    for start in tqdm(range(0, len(kept), batch), desc="eval jsonl", disable=not progress):
-        chunk = kept[start:start + batch]
-        encoded = inputs.encode([r.text for r in chunk], pictures[start:start + batch])
-        ids, mask = encoded["input_ids"], encoded["attention_mask"]
-        # what each family's adapter reads besides the ids: pixel_values, image_sizes, image_grid_thw
-        image_inputs = {k: v for k, v in encoded.items() if k in IMAGE_INPUTS}
-        length = ids.shape[1]
-        generate = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=int(ids[0, 0]))
-        full = base.model.generate(**encoded, **generate)
-        _score(tallies["full"], tok.batch_decode(full[:, length:], skip_special_tokens=True), chunk, is_correct)
-        image_tokens = (ids == image_id).sum(dim=1)
-        full_tokens += image_tokens.tolist()
-        text_tokens += (mask.sum(dim=1) - image_tokens).tolist()
-        features = base.vision_features(**image_inputs)
-        sizes = _tokens_per_image(features, base)
-        for method, adapter in adapters.items():
-            for budget in budgets:
-                if budget == "auto" and not adapter.reducer.supports_auto:
-                    continue
-                # a budget above an image's N keeps all of its tokens (N differs per image for some families)
-                k = budget if budget == "auto" else (min(budget, sizes[0]) if sizes[1] is None
-                                                     else [min(budget, n) for n in sizes[1]])
-                pipe = pipes.get((method, budget))
-                if pipe is not None:  # the built graph reduces, the model generates from the spliced rows
-                    embeds, embeds_mask, kept_now = _artifact_context(pipe, [r.text for r in chunk],
-                                                                      image_inputs["pixel_values"], k)
-                    new = base.model.generate(inputs_embeds=embeds, attention_mask=embeds_mask, **generate)
-                else:
-                    reduced = adapter.prepare_inputs(ids, mask, **image_inputs, budget=k, features=features)
-                    out = base.model.generate(**reduced.model_inputs, **generate)
-                    new, kept_now = out[:, reduced.model_inputs["input_ids"].shape[1]:], kept_counts(reduced.reduction)
-                tally = tallies.setdefault((method, budget), Tally())
-                _score(tally, tok.batch_decode(new, skip_special_tokens=True), chunk, is_correct)
-                tally.kept += kept_now
+    with _pipelines(base, artifacts, allow_unverified) as pipes:
+        kept, pictures, skipped = load_images(records, images)
+        if not kept:
+            why = f" (skipped: {dict(skipped)})" if skipped else ""
+            raise ParExportError(f"{records_path}: no record to score{why}; nothing was written")
+        tok = inputs.tokenizer
+        image_id = base.model.config.image_token_id
+        tallies: dict = {"full": Tally()}
+        full_tokens, text_tokens = [], []
+        for start in tqdm(range(0, len(kept), batch), desc="eval jsonl", disable=not progress):
+            chunk = kept[start:start + batch]
+            encoded = inputs.encode([r.text for r in chunk], pictures[start:start + batch])
+            ids, mask = encoded["input_ids"], encoded["attention_mask"]
+            # what each family's adapter reads besides the ids: pixel_values, image_sizes, image_grid_thw
+            image_inputs = {k: v for k, v in encoded.items() if k in IMAGE_INPUTS}
+            length = ids.shape[1]
+            generate = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=int(ids[0, 0]))
+            full = base.model.generate(**encoded, **generate)
+            _score(tallies["full"], tok.batch_decode(full[:, length:], skip_special_tokens=True), chunk, is_correct)
+            image_tokens = (ids == image_id).sum(dim=1)
+            full_tokens += image_tokens.tolist()
+            text_tokens += (mask.sum(dim=1) - image_tokens).tolist()
+            features = base.vision_features(**image_inputs)
+            sizes = _tokens_per_image(features, base)
+            for method, adapter in adapters.items():
+                for budget in budgets:
+                    if budget == "auto" and not adapter.reducer.supports_auto:
+                        continue
+                    # a budget above an image's N keeps all of its tokens (N differs per image for some families)
+                    k = budget if budget == "auto" else (min(budget, sizes[0]) if sizes[1] is None
+                                                         else [min(budget, n) for n in sizes[1]])
+                    pipe = pipes.get((method, budget))
+                    if pipe is not None:  # the built graph reduces, the model generates from the spliced rows
+                        embeds, embeds_mask, kept_now = _artifact_context(pipe, [r.text for r in chunk],
+                                                                          image_inputs["pixel_values"], k)
+                        new = base.model.generate(inputs_embeds=embeds, attention_mask=embeds_mask, **generate)
+                    else:
+                        reduced = adapter.prepare_inputs(ids, mask, **image_inputs, budget=k, features=features)
+                        out = base.model.generate(**reduced.model_inputs, **generate)
+                        new, kept_now = out[:, reduced.model_inputs["input_ids"].shape[1]:], kept_counts(reduced.reduction)
+                    tally = tallies.setdefault((method, budget), Tally())
+                    _score(tally, tok.batch_decode(new, skip_special_tokens=True), chunk, is_correct)
+                    tally.kept += kept_now
     mean_full = round(float(np.mean(full_tokens))) if full_tokens else 0
     return {"tallies": tallies, "examples": [], "model": base, "full_tokens": mean_full,
             "text_tokens": round(float(np.mean(text_tokens))) if text_tokens else 0, "skipped": skipped,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from par_export.errors import ParExportError
@@ -50,11 +51,41 @@ def check_model_folder(path: str | Path, model_types: tuple[str, ...]) -> dict:
 
 def load_pretrained_model(path: str | Path, model_types: tuple[str, ...], model_class: str, dtype=None):
     """The checkpoint's transformers model (``model_class`` by name), in eval mode, after
-    :func:`check_model_folder`: local, safetensors, no remote code."""
+    :func:`check_model_folder`: local, safetensors, no remote code, every weight matched
+    (:func:`load_matching`)."""
     import transformers
 
     check_model_folder(path, model_types)
-    return getattr(transformers, model_class).from_pretrained(path, dtype=dtype, **pretrained_kwargs()).eval()
+    return load_matching(getattr(transformers, model_class), path, dtype=dtype).eval()
+
+
+def load_matching(model_class, path: str | Path, **kwargs):
+    """``model_class.from_pretrained(path)`` that refuses weights not matching the architecture
+    ``config.json`` declares: missing, unexpected or mis-shaped keys are a :class:`ModelFolderError`
+    naming a few of them. transformers would load such a folder with the missing weights at random
+    init (after an 80-line report), and the export would then validate a random model."""
+    # its load report is said in one line below; a filter, not setLevel: transformers runs an extra
+    # tensor-parallel check (and warns) whenever that logger's own level is WARNING or above
+    report = logging.getLogger("transformers.modeling_utils")
+    quiet = logging.Filter("nothing")  # passes only records of a logger named "nothing": none
+    report.addFilter(quiet)
+    try:
+        model, info = model_class.from_pretrained(path, output_loading_info=True, **pretrained_kwargs(), **kwargs)
+    except RuntimeError as err:  # transformers' "size mismatch" error for a shape that differs
+        shapes = [line.strip() for line in str(err).splitlines() if "size mismatch" in line] or [str(err)]
+        raise ModelFolderError(f"{path}: its weights do not match {model_class.__name__}, the architecture its "
+                               f"config.json declares: {len(shapes)} mis-shaped ({shapes[0][:200]}); check that "
+                               "the weights belong to this config") from None
+    finally:
+        report.removeFilter(quiet)
+    wrong = {kind: sorted(info.get(f"{kind}_keys") or ()) for kind in ("missing", "unexpected", "mismatched")}
+    if any(wrong.values()):
+        found = "; ".join(f"{len(keys)} {kind} ({', '.join(map(str, keys[:2]))}{', ...' if len(keys) > 2 else ''})"
+                          for kind, keys in wrong.items() if keys)
+        raise ModelFolderError(f"{path}: its weights do not match {model_class.__name__}, the architecture its "
+                               f"config.json declares: {found}; check model_type and that the weights belong to "
+                               "this config")
+    return model
 
 
 def pretrained_kwargs() -> dict:

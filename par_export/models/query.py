@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from par_export.models.loading import check_model_folder, pretrained_kwargs
+from par_export.models.loading import check_model_folder, load_matching, pretrained_kwargs
 from par_export.reduce.prompt import rewrite_prompt
 
 
@@ -95,7 +95,7 @@ class ClipQueryEncoder(QueryEncoder):
         from transformers import AutoTokenizer, CLIPModel
 
         check_model_folder(path, ("clip",))
-        clip = CLIPModel.from_pretrained(path, dtype=dtype, **pretrained_kwargs())
+        clip = load_matching(CLIPModel, path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
         return cls(clip.eval(), tokenizer, rewrite, template)
 

@@ -186,11 +186,14 @@ def serve(artifact: str | Path, options: ServeOptions, on_ready=None) -> int:
     ``on_ready()`` is called once the model answers ``/v2/models/par_reduce/ready``."""
     from par_export.serving.service import ReductionService
 
+    ports = {"--http-port": options.http_port, "--grpc-port": options.grpc_port, "--metrics-port": options.metrics_port}
+    for flag, port in ports.items():
+        others = [other for other, value in ports.items() if value == port and other != flag]
+        if others:  # Triton would print a fragment of its usage text
+            raise ServeError(f"{flag} {port}: the same port as {others[0]}; give each endpoint its own port")
+        check_port(port, flag)
     check_numpy()
     install = find_triton(options.tritonserver)
-    for port, flag in ((options.http_port, "--http-port"), (options.grpc_port, "--grpc-port"),
-                       (options.metrics_port, "--metrics-port")):
-        check_port(port, flag)
     artifact = Path(artifact).resolve()
     # refuse a bad artifact before Triton starts; the model instances load the graphs, not this process
     embed_dim = ReductionService(artifact, options.allow_unverified).embed_dim
