@@ -224,3 +224,32 @@ def test_cli_export_fp16_reports_its_relative_bound(tmp_path, capsys):
     assert main(["export", "--model", "tiny", "--out", str(tmp_path / "out"), "--budget", "16", "--fp16"]) == 0
     out = capsys.readouterr().out
     assert "vision_par.onnx: " in out and "ok" in out and "outputs up to" in out
+
+
+def test_a_failed_validation_writes_its_report_to_a_file_and_prints_a_table(tmp_path, capsys, monkeypatch):
+    """A real failure: projector weights scaled by 1e7 overflow fp16 (the fp32 reference does not).
+    The error is one line naming the failed cases and the report file; the table goes to stderr;
+    the report file holds every case of both graphs; nothing is written at --out."""
+    import json
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    from par_export.cli import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the report file goes into the test's folder
+    llava = save_tiny_llava(tmp_path / "llava")
+    weights = load_file(llava / "model.safetensors")
+    for name in [n for n in weights if "multi_modal_projector.linear_2" in n]:
+        weights[name] = weights[name] * 1e7
+    save_file(weights, llava / "model.safetensors", metadata={"format": "pt"})
+    assert main(["export", "--model", str(llava), "--fp16", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "error:" in line)
+    assert "validation failed for" in line and "vision_par batch=" in line and "nothing was written" in line
+    assert "graph" in err and "FAILED" in err  # the per-case table
+    report = json.loads(Path(line.split("the whole report: ")[1].split(";")[0]).read_text())
+    assert set(report) == {"vision_par", "query_encoder"} and report["vision_par"]["passed"] is False
+    assert any(not case["passed"] for case in report["vision_par"]["cases"])
+    assert all(case["passed"] for case in report["query_encoder"]["cases"])
+    assert not (tmp_path / "out").exists()

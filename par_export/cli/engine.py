@@ -30,9 +30,10 @@ from par_export.data.calibration import demo_scenes
 from par_export.engine.build import BuildOptions, apply_preset, build, export_source, trtexec_command
 from par_export.engine.presets import available_presets
 from par_export.engine.run import run_image
-from par_export.engine.verify import format_rows, record_verification, verification_record, verify
+from par_export.engine.verify import record_verification, verification_record, verify
 from par_export.errors import UsageError
 from par_export.export.metadata import read_metadata
+from par_export.export.validate import format_rows
 from par_export.models.names import MODEL_HELP
 
 

@@ -117,26 +117,3 @@ def record_verification(folder: str | Path, record: dict) -> None:
     manifest = read_manifest(folder)
     manifest.verification = record
     manifest.write(folder)
-
-
-def format_rows(rows: list[dict]) -> str:
-    """The verification table: errors over the kept tokens both sides share (rows off the bound,
-    mean and min cosine), kept-set agreement with and without near-ties, and each case's verdict."""
-    width = max([9] + [len(r.get("case", "")) for r in rows])
-    lines = [f"{'reference':<10} {'case':<{width}} {'max abs err':>11} {'|ref| max':>9} {'rows off':>8} "
-             f"{'mean cos':>8} {'min cos':>7} {'kept agree':>10} {'ties':>4} {'w/o ties':>8} {'K equal':>7} "
-             f"{'verdict':>7}"]
-    for r in rows:
-        if "skipped" in r:
-            lines.append(f"{r['reference']:<10} skipped: {r['skipped']}")
-            continue
-        ties = "?" if r["tied_tokens"] is None else str(r["tied_tokens"])
-        lines.append(f"{r['reference']:<10} {r['case']:<{width}} {r['shared_max_abs_error']:>11.2e} "
-                     f"{r['reference_max_abs']:>9.2e} {r['off_rows']:>3}/{r['shared_tokens']:<4} "
-                     f"{r['mean_cosine']:>8.5f} {r['min_cosine']:>7.4f} {r['index_agreement']:>10.2%} {ties:>4} "
-                     f"{r['real_index_agreement']:>8.2%} {str(r['num_kept_equal']):>7} "
-                     f"{'ok' if r['passed'] else 'FAILED':>7}")
-    lines.append("over the kept tokens both sides share: max abs err, rows off the precision's bound (error or "
-                 "cosine), cosines; ties: kept tokens whose reference scores are within the precision's tolerance "
-                 "of the kept/dropped boundary (? = no reference scores), w/o ties: agreement not counting them")
-    return "\n".join(lines)

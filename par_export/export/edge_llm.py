@@ -113,7 +113,7 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
     from par_export.export.exporter import ExportError, _export
     from par_export.export.metadata import set_metadata
     from par_export.export.onnx_io import save_onnx
-    from par_export.export.validate import Case, check_graph, compare_with_torch, summarize
+    from par_export.export.validate import Case, check_graph, compare_with_torch, summarize, validation_failure
     from par_export.files import atomic_folder
     from par_export.models.families import family_for
     from par_export.models.names import resolve_model
@@ -188,7 +188,7 @@ def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", bud
         report = {**check_graph(visual_dir / "model.onnx"), **summarize(cases, "fp16", True), "cases": cases,
                   "metadata": metadata}
         if not report["passed"]:
-            raise ExportError("validation failed; nothing was written:\n" + json.dumps(cases, indent=1))
+            raise validation_failure({"visual": {**report, "cases": cases}}, ExportError)
         model_config = qwen.model.config.to_dict()
         model_config["par"] = {"method": method, "budget": budget, "min_tokens": config.k_max,
                                "outputs": {"output": "[sum K, hidden] fp16 kept rows, raster order, image after image",

@@ -21,7 +21,7 @@ from par_export.export.fp16 import to_fp16
 from par_export.export.lint import lint_file
 from par_export.export.metadata import set_metadata
 from par_export.export.onnx_io import save_onnx
-from par_export.export.validate import check_graph, compare_with_torch, summarize
+from par_export.export.validate import check_graph, compare_with_torch, summarize, validation_failure
 from par_export.files import atomic_folder
 from par_export.models.families import family_for
 from par_export.models.graphs import QueryGraph
@@ -125,7 +125,7 @@ def export_model(
         report = _export_into(work, final, model, method, budget, budget_mode, config, clip_path, cfg, progress,
                               plugin)
         if not report["passed"]:
-            raise ExportError("validation failed; nothing was written:\n" + json.dumps(report["graphs"], indent=1))
+            raise validation_failure(report["graphs"], ExportError)
     return report
 
 

@@ -3,6 +3,10 @@ inference, then ONNX Runtime against the PyTorch module it was traced from."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,8 @@ import torch
 
 from par_export.models.graphs import reference_scores
 from par_export.models.onnx_config import Case
+
+logger = logging.getLogger(__name__)
 
 # fp32: the issue's bounds. fp16: a looser bound on the embeddings (about 3 fp16 ulps
 # at magnitude 1 after a deep tower) and on the kept indices (rank flips of nearly
@@ -195,8 +201,54 @@ def summarize(cases: list[dict], precision: str, needs_indices: bool) -> dict:
         summary["tied_tokens"] = None if None in ties else sum(ties)
         cases[:] = [condensed(c, limit, bounds) for c in cases]
         summary["off_rows"] = sum(c["off_rows"] for c in cases)
-    summary["passed"] = all(all(case_verdict(c, limit, bounds).values()) for c in cases)
+    for case in cases:
+        case["passed"] = all(case_verdict(case, limit, bounds).values())
+    summary["passed"] = all(c["passed"] for c in cases)
     return summary
+
+
+def format_rows(rows: list[dict], first: str = "reference") -> str:
+    """The table of a verification or an export validation (one row per case and reference): errors over the kept tokens both sides share (rows off the bound,
+    mean and min cosine), kept-set agreement with and without near-ties, and each case's verdict.
+    ``first``: the heading of the first column (each row's ``reference``: what it was compared with,
+    or the graph)."""
+    width = max([9] + [len(r.get("case", "")) for r in rows])
+    lines = [f"{first:<10} {'case':<{width}} {'max abs err':>11} {'|ref| max':>9} {'rows off':>8} "
+             f"{'mean cos':>8} {'min cos':>7} {'kept agree':>10} {'ties':>4} {'w/o ties':>8} {'K equal':>7} "
+             f"{'verdict':>7}"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"{r['reference']:<10} skipped: {r['skipped']}")
+            continue
+        if "shared_tokens" not in r:  # a query encoder: one embedding, no kept tokens
+            lines.append(f"{r['reference']:<10} {r['case']:<{width}} {r['max_abs_error']:>11.2e} "
+                         f"{r['reference_max_abs']:>9.2e} {'':>8} {'':>8} {'':>7} {'':>10} {'':>4} {'':>8} {'':>7} "
+                         f"{'ok' if r['passed'] else 'FAILED':>7}")
+            continue
+        ties = "?" if r["tied_tokens"] is None else str(r["tied_tokens"])
+        lines.append(f"{r['reference']:<10} {r['case']:<{width}} {r['shared_max_abs_error']:>11.2e} "
+                     f"{r['reference_max_abs']:>9.2e} {r['off_rows']:>3}/{r['shared_tokens']:<4} "
+                     f"{r['mean_cosine']:>8.5f} {r['min_cosine']:>7.4f} {r['index_agreement']:>10.2%} {ties:>4} "
+                     f"{r['real_index_agreement']:>8.2%} {str(r['num_kept_equal']):>7} "
+                     f"{'ok' if r['passed'] else 'FAILED':>7}")
+    lines.append("over the kept tokens both sides share: max abs err, rows off the precision's bound (error or "
+                 "cosine), cosines; ties: kept tokens whose reference scores are within the precision's tolerance "
+                 "of the kept/dropped boundary (? = no reference scores), w/o ties: agreement not counting them")
+    return "\n".join(lines)
+
+
+def validation_failure(graphs: dict, error: type[Exception]) -> Exception:
+    """The error of an export whose validation failed: its whole report (``graphs``: per graph,
+    :func:`summarize` figures and cases) written to a file in the temp folder, the per-case table
+    logged, and one line naming the failed cases and that file (nothing goes into ``--out``)."""
+    fd, path = tempfile.mkstemp(prefix="par-export-validation-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(graphs, f, indent=1, default=str)
+    rows = [{"reference": name, **case} for name, graph in graphs.items() for case in graph["cases"]]
+    logger.error("export validation (ONNX Runtime vs PyTorch):\n%s", format_rows(rows, first="graph"))
+    failed = [f"{r['reference']} {r['case']}" for r in rows if not r["passed"]]
+    return error(f"validation failed for {len(failed)} of {len(rows)} cases ({'; '.join(failed[:3])}"
+                 f"{'; ...' if len(failed) > 3 else ''}); the whole report: {path}; nothing was written")
 
 
 def condensed(figures: dict, limit: float, bounds: dict) -> dict:
