@@ -55,7 +55,8 @@ def cli_export_and_build(model, root, *export_flags) -> tuple:
 
 @pytest.fixture(scope="module")
 def tiny_artifact(tmp_path_factory):
-    """``(artifact folder, image)``: ``par-export build --model tiny`` (fp32, ONNX Runtime) through the
+    """``(artifact folder, image)``: ``par-export build --model tiny --budget 16`` (fp32, ONNX Runtime; a
+    budget input exported with K = 16) through the
     CLI, and a 40x48 PNG with a red square."""
     import numpy as np
     from PIL import Image
@@ -64,7 +65,8 @@ def tiny_artifact(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny-artifact")
     art = root / "art"
-    assert main(["build", "--model", "tiny", "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]) == 0
+    assert main(["build", "--model", "tiny", "--precision", "fp32", "--backend", "onnxruntime", "--budget", "16",
+                 "--out", str(art)]) == 0
     rgb = np.full((48, 40, 3), 110, np.uint8)
     rgb[8:24, 4:20] = (220, 30, 30)
     Image.fromarray(rgb).save(root / "scene.png")

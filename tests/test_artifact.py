@@ -78,7 +78,7 @@ def test_one_budget_rule():
         graph.feed("auto")
     adaptive = Budget.for_export(reducer_class("par"), "auto", 64)
     assert adaptive.mode == "auto" and adaptive.feed() is None and adaptive.feed("auto") is None
-    with pytest.raises(ParExportError, match="fixed at export"):
+    with pytest.raises(ParExportError, match="chooses K itself"):
         adaptive.feed(8)
     pool = Budget.for_export(reducer_class("pool"), 16, 16)
     assert pool.mode == "fixed" and pool.traced == 16 and pool.feed(16) is None

@@ -24,7 +24,8 @@ def test_kv_and_graph_write_their_results(tmp_path):
     from par_export.memory import kv_cache_bytes
     from par_export.models.geometries import LLAVA_GEOMETRIES
 
-    assert cli(["build", "--model", "tiny", "--fp32", "--backend", "onnxruntime", "--out", str(tmp_path / "art")]) == 0
+    assert cli(["build", "--model", "tiny", "--fp32", "--backend", "onnxruntime", "--budget", "16",
+                "--out", str(tmp_path / "art")]) == 0
     assert bench_main(["kv", "graph", "--artifacts", str(tmp_path / "art"), "--rounds", "1", "--kept", "64",
                        "--out", str(tmp_path / "bench")]) == 0
     kv = json.loads((tmp_path / "bench" / "kv.json").read_text())

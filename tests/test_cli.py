@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -69,7 +70,7 @@ def one_error(capsys, rc: int, fragment: str) -> None:
 @pytest.fixture(scope="module")
 def tiny_artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli-art")
-    assert main(["build", "--model", "tiny", "--precision", "fp32", "--backend", "onnxruntime",
+    assert main(["build", "--model", "tiny", "--precision", "fp32", "--backend", "onnxruntime", "--budget", "16",
                  "--out", str(root / "art")]) == 0
     Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(root / "img.png")
     return root / "art", root / "img.png"
@@ -266,7 +267,7 @@ def test_each_subcommand_refuses_bad_input_with_one_line(command, tmp_path, caps
 
 def test_one_budget_rule_for_run_and_chat(tiny_artifact, tmp_path, capsys):
     """'auto' only where the artifact is adaptive; an int K only where it takes a budget input."""
-    art, image = tiny_artifact  # exported with a budget input (K = 16 by default)
+    art, image = tiny_artifact  # built with --budget 16: a budget input
     heat = ["--heatmap", str(tmp_path / "h.png")]
     one_error(capsys, main(["run", str(art), "--image", str(image), "--prompt", "red", "--budget", "auto", *heat]),
               "this artifact keeps a fixed K")
@@ -275,17 +276,15 @@ def test_one_budget_rule_for_run_and_chat(tiny_artifact, tmp_path, capsys):
     one_error(capsys, main(["chat", "--artifact", str(art), "--image", str(image), "--prompt", "red",
                             "--budget", "auto", "--max-new-tokens", "1"]), "this artifact keeps a fixed K")
 
-    auto = tmp_path / "auto"
+    auto = tmp_path / "auto"  # build's default: PAR's adaptive K
     assert main(["build", "--model", "tiny", "--precision", "fp32", "--backend", "onnxruntime", "--out", str(auto)]) == 0
-    if json.loads((auto / "manifest.json").read_text())["metadata"]["budget"] != "auto":
-        assert main(["export", "--model", "tiny", "--budget", "auto", "--out", str(tmp_path / "auto-onnx")]) == 0
-        assert main(["build", str(tmp_path / "auto-onnx"), "--precision", "fp32", "--backend", "onnxruntime",
-                     "--out", str(tmp_path / "auto2")]) == 0
-        auto = tmp_path / "auto2"
+    assert json.loads((auto / "manifest.json").read_text())["metadata"]["budget"] == "auto"
     capsys.readouterr()
-    assert main(["run", str(auto), "--image", str(image), "--prompt", "red", "--budget", "auto", *heat]) == 0
+    for given in ([], ["--budget", "auto"]):
+        assert main(["run", str(auto), "--image", str(image), "--prompt", "red", *given, *heat]) == 0
+        assert re.search(r"kept \d+/64 tokens", capsys.readouterr().out)
     one_error(capsys, main(["run", str(auto), "--image", str(image), "--prompt", "red", "--budget", "8", *heat]),
-              "fixed at export; it takes no other")
+              "chooses K itself")
 
 
 def test_par_overrides_reach_every_graph_and_are_refused_where_baked(tiny_artifact, tmp_path, capsys):
@@ -317,3 +316,24 @@ def test_par_overrides_reach_every_graph_and_are_refused_where_baked(tiny_artifa
               "unknown PARConfig option 'nope'")
     one_error(capsys, main(["chat", "--artifact", str(art), "--image", str(image), "--prompt", "red",
                             "--max-new-tokens", "1", "--par", "k_max=32"]), "--par k_max: fixed in this artifact's graph")
+
+
+def test_build_budget_flag_chooses_the_graphs_budget_and_defaults_to_auto(tmp_path, capsys):
+    """`build --budget K` exports a budget input with K; the default is PAR's adaptive K, which also
+    builds a model whose N is below the old fixed default (a tiny LLaVA-NeXT: 16 tokens per crop)."""
+    from par_export.models.tiny import save_tiny_llava_next
+
+    art = tmp_path / "k8"
+    assert main(["build", "--model", "tiny", "--fp32", "--backend", "onnxruntime", "--budget", "8",
+                 "--out", str(art)]) == 0
+    metadata = json.loads((art / "manifest.json").read_text())["metadata"]
+    assert metadata["budget"] == 8 and metadata["budget_input"] is True
+    assert main(["export", "--model", "tiny", "--budget", "16", "--out", str(tmp_path / "onnx")]) == 0
+    one_error(capsys, main(["build", str(tmp_path / "onnx"), "--budget", "8", "--out", str(tmp_path / "x")]),
+              "was exported already")
+    one_error(capsys, main(["build", "--model", "tiny", "--budget", "8", "--budget-range", "4:8:16",
+                            "--out", str(tmp_path / "x")]), "give one")
+    assert not (tmp_path / "x").exists()
+    nxt = save_tiny_llava_next(tmp_path / "next")
+    assert main(["build", "--model", str(nxt), "--fp32", "--backend", "onnxruntime", "--out", str(tmp_path / "n")]) == 0
+    assert json.loads((tmp_path / "n" / "manifest.json").read_text())["metadata"]["budget"] == "auto"

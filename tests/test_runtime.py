@@ -127,7 +127,8 @@ def test_chat_json_times_both_rows_alike(tmp_path, capsys):
     from par_export.cli import main
 
     Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(tmp_path / "img.png")
-    assert main(["build", "--model", "tiny", "--fp32", "--backend", "onnxruntime", "--out", str(tmp_path / "art")]) == 0
+    assert main(["build", "--model", "tiny", "--fp32", "--backend", "onnxruntime", "--budget", "16",
+                 "--out", str(tmp_path / "art")]) == 0
     capsys.readouterr()
     assert main(["chat", "--model", "tiny", "--artifact", str(tmp_path / "art"), "--image", str(tmp_path / "img.png"),
                  "--prompt", "what color is it ?", "--budget", "8", "--compare-full", "--max-new-tokens", "5",

@@ -43,7 +43,8 @@ def png(color=(200, 30, 30), size=(40, 30), seed=0) -> bytes:
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    assert cli(["build", "--model", "tiny", "--fp32", "--backend", "onnxruntime", "--out", str(root / "art")]) == 0
+    assert cli(["build", "--model", "tiny", "--fp32", "--backend", "onnxruntime", "--budget", "16",
+                "--out", str(root / "art")]) == 0
     return root / "art"
 
 

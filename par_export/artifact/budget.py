@@ -98,6 +98,9 @@ class Budget:
         if not self.takes_input:
             if requested == self.default:
                 return None
+            if self.mode == "auto":
+                raise ParExportError(f"budget {requested}: this artifact chooses K itself (exported with --budget "
+                                     "auto); build or export with --budget K for a per-call budget")
             raise ParExportError(f"budget {requested}: this artifact's budget is {self.default!r}, fixed at export; "
                                  "it takes no other")
         if not 1 <= int(requested) <= self.width:

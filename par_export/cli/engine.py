@@ -44,8 +44,11 @@ def cmd_build(args) -> int:
         if not batch[0] <= batch[1] <= batch[2]:
             raise UsageError(f"--min-batch {batch[0]}, --opt-batch {batch[1]}, --max-batch {batch[2]}: expected "
                              "min <= opt <= max")
+    if args.budget is not None and args.budget_range:
+        raise UsageError("--budget and --budget-range: give one (the range exports a budget input with K = its middle "
+                         "value)")
     options = BuildOptions(precision=args.precision, backend=args.backend, target=args.target, batch=batch,
-                           budget=args.budget_range, workspace_mib=args.workspace, timing_cache=args.timing_cache,
+                           budget=args.budget_range, export_budget=args.budget, workspace_mib=args.workspace, timing_cache=args.timing_cache,
                            version_compatible=args.version_compatible, dla_core=args.dla_core, plugin=args.plugin,
                            calib_images=args.calib_images, clip=args.clip, atol=args.atol, rtol=args.rtol,
                            par=tuple(args.par))
@@ -118,7 +121,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-batch", type=POSITIVE, help="optimization profile: smallest batch (default 1)")
     p.add_argument("--opt-batch", type=POSITIVE, help="optimization profile: batch tuned for (default min)")
     p.add_argument("--max-batch", type=POSITIVE, help="optimization profile: largest batch (default 8)")
-    p.add_argument("--budget-range", type=triple, help="MIN:MAX or MIN:OPT:MAX kept tokens")
+    p.add_argument("--budget", type=budget, help="building from a model: 'auto' (PAR's adaptive K, default) or K, "
+                   "exported as a budget input that run/serve may change per call (1..K's width)")
+    p.add_argument("--budget-range", type=triple, help="MIN:MAX or MIN:OPT:MAX kept tokens: a budget input, "
+                   "exported with K = OPT (what a --target preset sets)")
     p.add_argument("--workspace", type=POSITIVE, help="TensorRT workspace memory pool in MiB")
     p.add_argument("--pool-limit", type=pool_limit, dest="workspace", metavar="workspace:SIZE",
                    help="Polygraphy's spelling of --workspace: workspace:4G, workspace:512M, workspace:BYTES")

@@ -30,7 +30,6 @@ from par_export.export.fp16 import to_fp16
 from par_export.export.metadata import read_metadata
 from par_export.export.onnx_io import EXTERNAL_DATA_BYTES, data_file, onnx_files, save_onnx
 from par_export.files import atomic_folder
-from par_export.models.names import default_budget
 from par_export.plugins import plugin_path
 from par_export.processing import PROCESSOR_DIR, ModelInputs, load_pretrained
 
@@ -49,7 +48,8 @@ class BuildOptions:
     backend: str = "auto"  # auto | tensorrt | onnxruntime
     target: str | None = None
     batch: tuple[int, int, int] | None = None  # min, opt, max (default: preset or 1, 1, export batch_max)
-    budget: tuple[int, int, int] | None = None
+    budget: tuple[int, int, int] | None = None  # --budget-range: a budget input, exported with the middle K
+    export_budget: int | str | None = None  # --budget auto|K from a model folder (default: auto, or the range's K)
     workspace_mib: int | None = None
     timing_cache: str | None = None
     version_compatible: bool = False
@@ -109,9 +109,10 @@ def export_source(source: str | Path, workdir: Path, options: BuildOptions, prog
     ``.onnx``, or a fresh export of a model folder / ``tiny``."""
     path = Path(source)
     exported = path.is_dir() and (path / "vision_par.onnx").is_file()
-    if (exported or path.suffix == ".onnx") and options.par:
-        raise BuildError(f"--par: {path} was exported already, with the options its metadata records; pass "
-                         "--par to `par-export export`, or build with --model")
+    for flag, given in (("--par", options.par), ("--budget", options.export_budget is not None)):
+        if (exported or path.suffix == ".onnx") and given:
+            raise BuildError(f"{flag}: {path} was exported already, with the options its metadata records; pass "
+                             f"{flag} to `par-export export`, or build with --model")
     if exported:
         return path
     if path.suffix == ".onnx":
@@ -123,8 +124,9 @@ def export_source(source: str | Path, workdir: Path, options: BuildOptions, prog
     from par_export.reduce import PARConfig
 
     out = workdir / "onnx"
-    # The export's default K: the profile's opt budget, else 64 (16 for the 64-token tiny model).
-    budget = options.budget[1] if options.budget else default_budget(source)
+    # --budget; else a budget input exported with the range's (or the target preset's) middle K; else
+    # PAR's adaptive K ("auto"), which the paper's figures use and the tuned defaults aim at ~10%
+    budget = options.export_budget or (options.budget[1] if options.budget else "auto")
     export_model(source, out, budget=budget, plugin=options.plugin, clip_path=options.clip,
                  config=PARConfig().with_overrides(list(options.par)), progress=progress)
     return out
