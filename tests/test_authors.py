@@ -108,6 +108,19 @@ def test_prumerge_reproduces_its_authors_code(method, n, batch):
         torch.testing.assert_close(out.tokens[i, :alone.shape[0]], alone, rtol=1e-5, atol=1e-5)
 
 
+def test_prumerge_plus_with_many_outliers_keeps_what_its_authors_code_keeps():
+    """Over 1/6 of the patches outliers: the code's grid step is 1, so it keeps every patch (the
+    neighbours are any other patch, so 32 of them always exist for 576 patches)."""
+    gen = torch.Generator().manual_seed(7)
+    features = torch.randn(1, 576, 32, generator=gen)
+    q, k = torch.randn(1, 577, 32, generator=gen), torch.randn(1, 577, 32, generator=gen)
+    k[:, 1:121] += 4.0 * q[:, :1]  # 120 of 576 patches (21%) stand out
+    out = create_reducer("prumerge+")(features, None, None, budget="auto", tower={"next_queries": q, "next_keys": k})
+    expected = prumerge_reference(features, q, k, plus=True)
+    assert int(out.num_kept[0]) == expected.shape[1] >= 576
+    torch.testing.assert_close(out.tokens[:, :expected.shape[1]], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_authors_forms_are_listed_apart_and_need_the_tower():
     assert {"visionzip", "prumerge", "prumerge+"} <= set(authors_methods())
     assert "visionzip" not in available_methods()

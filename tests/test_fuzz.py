@@ -47,6 +47,15 @@ def valid_case(rng: random.Random) -> dict:
             "budget": rng.choice([1, 2, min(n, 4), n, "auto"])}
 
 
+# zero-size axes (issue 31: a feature width of 0 reached amax() on an empty dimension)
+ZERO_SIZE = {
+    "visual_tokens D=0": lambda c, r: c.update(visual_tokens=c["visual_tokens"][..., :0]),
+    "visual_tokens B=0": lambda c, r: c.update(visual_tokens=c["visual_tokens"][:0], attn=c["attn"][:0],
+                                               prompt_embedding=c["prompt_embedding"][:0]),
+    "prompt_embedding Dq=0": lambda c, r: c.update(prompt_embedding=c["prompt_embedding"][..., :0]),
+    "prompt_embedding P=0": lambda c, r: c.update(prompt_embedding=c["prompt_embedding"][:, :0]),
+}
+
 PERTURBATIONS = [
     lambda c, r: c.update(visual_tokens=r.choice([None, 3, "tokens", [[1.0]], np.ones((1, 4, 4), np.float32)])),
     lambda c, r: c.update(visual_tokens=c["visual_tokens"][0]),  # rank 2
@@ -65,6 +74,7 @@ PERTURBATIONS = [
     lambda c, r: c.update(prompt_mask=torch.ones(1, 7, dtype=torch.bool)),
     lambda c, r: c.update(budget=r.choice([0, -1, 10 ** 6, "all", 2.0, True, torch.tensor([3]), torch.tensor(2.0),
                                            torch.tensor(0)])),
+    *ZERO_SIZE.values(),
 ]
 
 
@@ -97,6 +107,17 @@ def fuzz_reducers(count: int, seed: int) -> dict:
         check_output(out, case["visual_tokens"])
         outcomes["ok"] += 1
     return outcomes
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_reducer_refuses_zero_size_axes_naming_the_argument(method):
+    for name, edit in ZERO_SIZE.items():
+        case = valid_case(random.Random(3))
+        case["visual_tokens"], case["budget"] = torch.randn(2, 16, 8), 4
+        case["prompt_embedding"], case["attn"] = torch.randn(2, 3, 8), torch.softmax(torch.randn(2, 16), -1)
+        edit(case, random.Random(0))
+        with pytest.raises(ValueError, match=name.split()[0]):
+            create_reducer(method)(**case)
 
 
 def test_reducer_api_fuzz_fast():

@@ -66,6 +66,10 @@ def check_float_tensor(name: str, value: object, shape: str, rank: int) -> torch
         raise ParExportError(f"{name} must have rank {rank} {shape}, got shape {tuple(value.shape)}")
     if value.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {value.dtype}")
+    if 0 in value.shape:  # an empty axis would reach amax()/softmax over nothing
+        axes = shape.strip("[]").split(", ")
+        empty = ", ".join(f"{axis}=0" for axis, size in zip(axes, value.shape) if size == 0)
+        raise ParExportError(f"{name} {shape} has an empty axis ({empty}); every axis needs at least one element")
     if not bool(torch.isfinite(value).all()):
         bad = int((~torch.isfinite(value)).sum())
         raise ParExportError(f"{name} contains {bad} NaN/Inf value(s); reducers need finite inputs")

@@ -97,8 +97,8 @@ class PruMergeReducer(TokenReducer):
         if self.spatial_grid:
             index = self._with_grid(index, ratio, n)
         kept = index.shape[1]
-        if kept + NEIGHBOURS > n:
-            raise ParExportError(f"{self.name}: {kept} kept of {n} patches leaves fewer than {NEIGHBOURS} neighbours")
+        if n - 1 < NEIGHBOURS:  # neighbours are any other patch, kept or not: the code's only bound
+            raise ParExportError(f"{self.name}: {n} patches leave fewer than {NEIGHBOURS} neighbours per patch")
         features = visual_tokens.float()
         gather = index.unsqueeze(-1).expand(-1, -1, d)
         unit_keys = F.normalize(keys[:, 1:].float(), p=2, dim=-1)
