@@ -14,3 +14,7 @@ class ParExportError(ValueError):
 
 class UsageError(ParExportError):
     """A command-line value or option combination that cannot be used; the message names the flag."""
+
+
+class ExportError(ParExportError):
+    """An export that could not be completed or did not validate; nothing was written."""

@@ -123,3 +123,15 @@ def test_same_inputs_as_edge_llms_own_exporter(qwen, exported, tmp_path):
     theirs = signature(tmp_path / "edge" / "visual" / "model.onnx")
     ours = signature(exported / "visual" / "model.onnx")
     assert {name: ours[name] for name in theirs} == theirs
+
+
+def test_options_the_layout_cannot_take_are_refused_before_loading(tmp_path, capsys):
+    """--format edge-llm is a layout of the one exporter: the onnx layout's options and an adaptive
+    budget are refused in one line each, nothing written."""
+    base = ["export", "--model", "tiny", "--format", "edge-llm", "--out", str(tmp_path / "o")]
+    for extra, message in ((["--budget", "auto"], "fixed budget K"), (["--budget", "8", "--fp16"], "--fp16: not taken"),
+                           (["--budget", "8", "--plugin"], "--plugin: not taken"),
+                           (["--budget", "8", "--method", "pool"], "per-image token count")):
+        assert main(base + extra) == 2
+        assert message in capsys.readouterr().err, extra
+    assert not (tmp_path / "o").exists()

@@ -6,7 +6,7 @@ import argparse
 
 from par_export.cli.args import OVERWRITE, PAR_GRAPH, POSITIVE, add_par, at_least, budget
 from par_export.export import export_model
-from par_export.export.edge_llm import export_edge_llm
+from par_export.export.exporter import FORMATS
 from par_export.export.inspect import describe
 from par_export.files import check_out
 from par_export.models.names import MODEL_HELP
@@ -18,17 +18,16 @@ def cmd_export(args) -> int:
     config = PARConfig().with_overrides(args.par)
     if args.k_max:
         config = config.replace(k_max=args.k_max)
+    report = export_model(
+        args.model, args.out, method=args.method, budget=args.budget, config=config, clip_path=args.clip,
+        opset=args.opset, fp16=args.fp16, batch_max=args.batch_max, overwrite=args.overwrite, plugin=args.plugin,
+        format=args.format,
+    )
     if args.format == "edge-llm":
-
-        report = export_edge_llm(args.model, args.out, args.method, args.budget, config, args.overwrite, args.opset)
         print(f"visual/model.onnx (TensorRT Edge-LLM 0.11 layout + {args.method}, K={args.budget}): "
               f"{len(report['cases'])} cases, {agreement_summary(report)}: ok")
         print(f"wrote {args.out}/ (visual/model.onnx, visual/config.json, processor/, report.json)")
         return 0
-    report = export_model(
-        args.model, args.out, method=args.method, budget=args.budget, config=config, clip_path=args.clip,
-        opset=args.opset, fp16=args.fp16, batch_max=args.batch_max, overwrite=args.overwrite, plugin=args.plugin,
-    )
     print(f"validation ({report['precision']}, ONNX Runtime CPU vs PyTorch):")
     for name, graph in report["graphs"].items():
         print(f"  {name}.onnx: {len(graph['cases'])} cases, {agreement_summary(graph)}: "
@@ -89,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.add_argument("--plugin", action="store_true", help="emit PAR's top-k clustering as one par::TopKCluster node "
                    "(TensorRT: libpar_plugins.so; ONNX Runtime: onnxruntime-extensions Python op)")
-    p.add_argument("--format", choices=["onnx", "edge-llm"], default="onnx",
+    p.add_argument("--format", choices=list(FORMATS), default="onnx",
                    help="onnx (default): vision_par.onnx + query_encoder.onnx; edge-llm: Qwen2.5-VL's "
                    "visual/model.onnx in TensorRT Edge-LLM 0.11's input layout, PAR inside (fixed --budget)")
     p.set_defaults(func=cmd_export)

@@ -25,13 +25,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
+from transformers.vision_utils import get_vision_position_ids
 
-from par_export.models.qwen2_5_vl import segment_ids
+from par_export.errors import ExportError
+from par_export.export.trace import finalize_graph, trace_onnx
+from par_export.export.validate import Case, check_graph, compare_with_torch, summarize
+from par_export.models.onnx_config import GraphSpec
+from par_export.models.qwen2_5_vl import (
+    QwenVisionParGraph,
+    image_bounds,
+    rotary_angles,
+    segment_ids,
+    window_layout,
+)
+from par_export.reduce import PARConfig, reducer_class
+from par_export.reduce.checks import dynamic_token_axis
 
 EDGE_INPUTS = ("input", "rotary_pos_emb", "cu_seqlens", "cu_window_seqlens", "window_index",
                "reverse_window_index", "max_seqlen_carrier")
@@ -78,10 +91,6 @@ def padded_outputs(rows: np.ndarray, num_kept: np.ndarray, keep_index: np.ndarra
 def edge_inputs(visual, image_grid_thw: torch.Tensor, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
     """Edge-LLM's visual inputs for the images of ``image_grid_thw [I, 3]`` (its runtime computes the
     same on the host)."""
-    from transformers.vision_utils import get_vision_position_ids
-
-    from par_export.models.qwen2_5_vl import image_bounds, rotary_angles, window_layout
-
     angles = rotary_angles(get_vision_position_ids(image_grid_thw, visual.spatial_merge_size), visual.inv_freq)
     window_index, cu_window = window_layout(visual, image_grid_thw)
     patches = int(angles.shape[0])
@@ -98,107 +107,100 @@ def edge_inputs(visual, image_grid_thw: torch.Tensor, pixel_values: np.ndarray) 
 
 def edge_geometry(qwen):
     """What :func:`edge_inputs` reads, from the model (its rotary frequencies included)."""
-    from types import SimpleNamespace
-
     visual = qwen.visual
     return SimpleNamespace(spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
                            patch_size=visual.patch_size, inv_freq=visual.rotary_pos_emb.inv_freq)
 
 
-def export_edge_llm(model: str | Path, out: str | Path, method: str = "par", budget: int = 64, config=None,
-                    overwrite: bool = False, opset: int = 17) -> dict:
-    """Write ``out/visual/model.onnx`` + ``out/visual/config.json`` (+ ``out/processor``), validated
-    against PyTorch on images of three shapes, one per call and two in one call; returns the report
-    (also ``out/report.json``)."""
-    from par_export.export.exporter import ExportError, _export
-    from par_export.export.metadata import set_metadata
-    from par_export.export.onnx_io import save_onnx
-    from par_export.export.validate import Case, check_graph, compare_with_torch, summarize, validation_failure
-    from par_export.files import atomic_folder
-    from par_export.models.families import family_for
-    from par_export.models.names import resolve_model
-    from par_export.models.onnx_config import DEFAULT_OPSET
-    from par_export.models.qwen2_5_vl import Qwen2_5_VLOnnxConfig, QwenVisionParGraph
-    from par_export.reduce import PARConfig, reducer_class
-    from par_export.reduce.checks import dynamic_token_axis
+EDGE_SPEC = GraphSpec(
+    name="model", inputs=EDGE_INPUTS + ("query_embeds", "budget"), outputs=OUTPUTS,
+    dynamic_axes={"input": {0: "4*num_groups"}, "rotary_pos_emb": {0: "4*num_groups"},
+                  "cu_seqlens": {0: "batch_p1"}, "cu_window_seqlens": {0: "num_windows_p1"},
+                  "window_index": {0: "num_groups"}, "reverse_window_index": {0: "num_groups"},
+                  "max_seqlen_carrier": {0: "max_seqlen"}, "query_embeds": {0: "images"},
+                  "output": {0: "kept"}, "num_kept": {0: "images"}, "keep_index": {0: "kept"}})
+"""``visual/model.onnx``: Edge-LLM's input names and axes, plus PAR's ``query_embeds`` and ``budget``."""
 
-    opset = opset or DEFAULT_OPSET
-    if not isinstance(budget, int) or budget < 1:
+
+def check_options(method: str, budget, clip_path, fp16: bool, plugin: bool) -> None:
+    """Refuse what this layout cannot take, before anything loads: a budget other than a fixed K
+    (the graph's ``budget`` input), a reducer that needs the same N for every image, and options
+    of the ``onnx`` layout (a CLIP folder, an fp16 graph, the plugin op)."""
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise ExportError(f"--format edge-llm takes a fixed budget K >= 1 (an input of the graph), got {budget!r}")
     if not reducer_class(method).dynamic_tokens:
         raise ExportError(f"method {method!r} cannot export with a per-image token count")
-    out = Path(out)
-    with atomic_folder(out, overwrite, ExportError, inputs=[model]) as (final, work):
-        folder, _ = resolve_model(model, work)
-        family = family_for(folder)
-        if family.name != "qwen2_5_vl":
-            raise ExportError(f"{folder}: --format edge-llm writes Qwen2.5-VL's visual graph; this is {family.name} "
-                              "(TensorRT Edge-LLM 0.11 runs no LLaVA)")
-        inputs = family.inputs(folder)
-        config = (config or PARConfig()).replace(budget=budget)
-        config = config.replace(k_max=max(config.k_max, budget))
-        qwen = family.adapter.from_pretrained(folder, method, config)
-        module = EdgeLlmVisualGraph(QwenVisionParGraph(qwen, "input")).eval()
-        geometry = edge_geometry(qwen)
-        onnx_config = Qwen2_5_VLOnnxConfig(budget_input=True)
-        hidden = qwen.model.config.text_config.hidden_size
-        grids = onnx_config.validation_grids(config.k_max)[:3]
-        rng = np.random.default_rng(0)
-        width = 3 * qwen.model.config.vision_config.temporal_patch_size * geometry.patch_size ** 2
+    given = [flag for flag, value in (("--clip", clip_path), ("--fp16", fp16), ("--plugin", plugin)) if value]
+    if given:
+        raise ExportError(f"{', '.join(given)}: not taken by --format edge-llm (LLM-space PAR, fp32 weights that "
+                          "TensorRT's --fp16 build lowers, standard ops)")
 
-        def feed_for(grids_hw, query_on=True):
-            grid = torch.tensor([[1, h, w] for h, w in grids_hw])
-            feed = edge_inputs(geometry, grid, rng.standard_normal((int(grid.prod(-1).sum()), width)))
-            query = rng.standard_normal((len(grids_hw), hidden))
-            query[-1] *= query_on  # the last image without a prompt: attention fallback
-            feed["query_embeds"] = query.astype(np.float16)
-            feed["budget"] = np.array(budget, np.int64)
-            return feed
 
-        visual_dir = final / "visual"
-        visual_dir.mkdir()
-        raw = work / "model.onnx"
-        names = EDGE_INPUTS + ("query_embeds", "budget")
-        spec_axes = {"input": {0: "4*num_groups"}, "rotary_pos_emb": {0: "4*num_groups"},
-                     "cu_seqlens": {0: "batch_p1"}, "cu_window_seqlens": {0: "num_windows_p1"},
-                     "window_index": {0: "num_groups"}, "reverse_window_index": {0: "num_groups"},
-                     "max_seqlen_carrier": {0: "max_seqlen"}, "query_embeds": {0: "images"},
-                     "output": {0: "kept"}, "num_kept": {0: "images"}, "keep_index": {0: "kept"}}
-        from types import SimpleNamespace
+def export_into(steps, work: Path, final: Path, folder: Path, family, inputs, method: str, budget: int, config,
+                opset: int) -> dict:
+    """Write ``final/visual/model.onnx`` + ``final/visual/config.json`` (+ ``final/processor``) for the
+    model in ``folder`` (loaded by :func:`~par_export.export.exporter.export_model`), validated
+    against PyTorch on images of three shapes, one per call and two in one call; returns the report
+    (also ``final/report.json``; ``passed`` False leaves the caller to refuse it)."""
+    if family.name != "qwen2_5_vl":
+        raise ExportError(f"{folder}: --format edge-llm writes Qwen2.5-VL's visual graph; this is {family.name} "
+                          "(TensorRT Edge-LLM 0.11 runs no LLaVA)")
+    config = (config or PARConfig()).replace(budget=budget)
+    config = config.replace(k_max=max(config.k_max, budget))
+    qwen = family.adapter.from_pretrained(folder, method, config)
+    module = EdgeLlmVisualGraph(QwenVisionParGraph(qwen, "input")).eval()
+    geometry = edge_geometry(qwen)
+    onnx_config = family.onnx_config(budget_input=True)
+    hidden = qwen.model.config.text_config.hidden_size
+    grids = onnx_config.validation_grids(config.k_max)[:3]
+    rng = np.random.default_rng(0)
+    width = 3 * qwen.model.config.vision_config.temporal_patch_size * geometry.patch_size ** 2
+    steps.update()
 
-        pair = onnx_config.pair_grids(config.k_max)
-        dummy = feed_for(pair)  # two images: no size of either is traced as a constant
-        with dynamic_token_axis(config.k_max), torch.no_grad():
-            _export(module, tuple(torch.from_numpy(dummy[n]) for n in names),
-                    SimpleNamespace(inputs=names, outputs=OUTPUTS, dynamic_axes=spec_axes), opset, raw)
-        graph = onnx.load(str(raw))
-        metadata = {"format": "tensorrt-edgellm-0.11-visual", "model": str(folder), "family": family.name,
-                    "method": method, "budget": budget, "width": config.k_max, "config": config.to_dict(),
-                    "min_tokens": config.k_max}
-        set_metadata(graph, metadata)
-        save_onnx(graph, visual_dir / "model.onnx")
+    def feed_for(grids_hw, query_on=True):
+        grid = torch.tensor([[1, h, w] for h, w in grids_hw])
+        feed = edge_inputs(geometry, grid, rng.standard_normal((int(grid.prod(-1).sum()), width)))
+        query = rng.standard_normal((len(grids_hw), hidden))
+        query[-1] *= query_on  # the last image without a prompt: attention fallback
+        feed["query_embeds"] = query.astype(np.float16)
+        feed["budget"] = np.array(budget, np.int64)
+        return feed
 
-        calls = [[grid] for grid in grids] + [pair]
-        cases = compare_with_torch(
-            module, visual_dir / "model.onnx",
-            [Case(" + ".join(f"grid={h}x{w}" for h, w in call) + f" budget={budget}",
-                  feed_for(call, query_on=i not in (1, 3))) for i, call in enumerate(calls)],
-            list(OUTPUTS), layout=lambda out: padded_outputs(out["output"].astype(np.float32), out["num_kept"],
-                                                             out["keep_index"]), precision="fp16")
-        report = {**check_graph(visual_dir / "model.onnx"), **summarize(cases, "fp16", True), "cases": cases,
-                  "metadata": metadata}
-        if not report["passed"]:
-            raise validation_failure({"visual": {**report, "cases": cases}}, ExportError)
-        model_config = qwen.model.config.to_dict()
-        model_config["par"] = {"method": method, "budget": budget, "min_tokens": config.k_max,
-                               "outputs": {"output": "[sum K, hidden] fp16 kept rows, raster order, image after image",
-                                           "num_kept": "[images] int64 K per image",
-                                           "keep_index": "[sum K] int64 index in its image's t x h/2 x w/2 "
-                                                         "merged grid"},
-                               "extra_inputs": {"query_embeds": "[images, hidden] fp16: mean LLM input embedding of "
-                                                                "each image's rewritten prompt (zeros: no prompt)",
-                                                "budget": "[] int64 K"}}
-        (visual_dir / "config.json").write_text(json.dumps(model_config, indent=2, default=str))
-        inputs.save(final)
-        (final / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    steps.set_postfix_str("trace visual")
+    visual_dir = final / "visual"
+    visual_dir.mkdir()
+    raw = work / EDGE_SPEC.filename
+    pair = onnx_config.pair_grids(config.k_max)
+    dummy = feed_for(pair)  # two images: no size of either is traced as a constant
+    with dynamic_token_axis(config.k_max), torch.no_grad():
+        trace_onnx(module, tuple(torch.from_numpy(dummy[n]) for n in EDGE_SPEC.inputs), EDGE_SPEC, opset, raw)
+    metadata = {"format": "tensorrt-edgellm-0.11-visual", "model": str(folder), "family": family.name,
+                "method": method, "budget": budget, "width": config.k_max, "config": config.to_dict(),
+                "min_tokens": config.k_max}
+    finalize_graph(raw, visual_dir / EDGE_SPEC.filename, metadata, fp16=False, output_names=EDGE_SPEC.outputs)
+    steps.update(2)
+
+    steps.set_postfix_str("validate")
+    calls = [[grid] for grid in grids] + [pair]
+    cases = compare_with_torch(
+        module, visual_dir / EDGE_SPEC.filename,
+        [Case(" + ".join(f"grid={h}x{w}" for h, w in call) + f" budget={budget}",
+              feed_for(call, query_on=i not in (1, 3))) for i, call in enumerate(calls)],
+        list(OUTPUTS), layout=lambda out: padded_outputs(out["output"].astype(np.float32), out["num_kept"],
+                                                         out["keep_index"]), precision="fp16")
+    report = {**check_graph(visual_dir / EDGE_SPEC.filename), **summarize(cases, "fp16", True), "cases": cases,
+              "metadata": metadata}
+    steps.update()
+    model_config = qwen.model.config.to_dict()
+    model_config["par"] = {"method": method, "budget": budget, "min_tokens": config.k_max,
+                           "outputs": {"output": "[sum K, hidden] fp16 kept rows, raster order, image after image",
+                                       "num_kept": "[images] int64 K per image",
+                                       "keep_index": "[sum K] int64 index in its image's t x h/2 x w/2 merged grid"},
+                           "extra_inputs": {"query_embeds": "[images, hidden] fp16: mean LLM input embedding of "
+                                                            "each image's rewritten prompt (zeros: no prompt)",
+                                            "budget": "[] int64 K"}}
+    (visual_dir / "config.json").write_text(json.dumps(model_config, indent=2, default=str))
+    inputs.save(final)
+    (final / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    steps.update()
     return report

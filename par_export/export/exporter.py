@@ -1,10 +1,13 @@
-"""``export_model``: model folder -> validated ``vision_par.onnx`` + ``query_encoder.onnx``."""
+"""``export_model``: model folder -> validated ONNX, in one of two layouts: ``onnx`` (``vision_par.onnx``
++ ``query_encoder.onnx``, every family) or ``edge-llm`` (Qwen2.5-VL's ``visual/model.onnx`` in
+TensorRT Edge-LLM's input layout, :mod:`par_export.export.edge_llm`). Both load the model the same
+way, trace with :func:`~par_export.export.trace.trace_onnx`, validate against PyTorch and write
+nothing unless every case passes."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import warnings
 from pathlib import Path
 
 import onnx
@@ -15,59 +18,19 @@ import par_export
 from par_export.artifact.budget import Budget
 from par_export.artifact.metadata import VERSION as METADATA_VERSION
 from par_export.artifact.metadata import ExportMetadata
-from par_export.errors import ParExportError
+from par_export.errors import ExportError, ParExportError
+from par_export.export import edge_llm
 from par_export.export.custom_op import DOMAIN, OP_TYPE, VERSION, topk_cluster_node
-from par_export.export.fp16 import to_fp16
 from par_export.export.lint import lint_file
-from par_export.export.metadata import set_metadata
-from par_export.export.onnx_io import save_onnx
+from par_export.export.trace import finalize_graph, trace_onnx
 from par_export.export.validate import check_graph, compare_with_torch, summarize, validation_failure
 from par_export.files import atomic_folder
 from par_export.models.families import family_for
 from par_export.models.graphs import QueryGraph
 from par_export.models.names import TINY_RECORD, display_name, recorded, resolve_model
-from par_export.models.onnx_config import DEFAULT_OPSET, GraphSpec, VisionParOnnxConfig
+from par_export.models.onnx_config import DEFAULT_OPSET, VisionParOnnxConfig
 from par_export.reduce import PARConfig, reducer_class
 from par_export.reduce.checks import dynamic_token_axis
-
-
-class ExportError(ParExportError):
-    """An export that could not be completed or did not validate; nothing was written."""
-
-
-def _export(module: torch.nn.Module, args: tuple, spec: GraphSpec, opset: int, path: Path) -> None:
-    with warnings.catch_warnings():
-        # Only the tracer's chatter about python scalars of static shapes (they are static here by
-        # design) and the notice that this is the TorchScript exporter (chosen, docs/export.md);
-        # every other warning is shown.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        torch.onnx.export(
-            module, args, str(path), dynamo=False, opset_version=opset, input_names=list(spec.inputs),
-            output_names=list(spec.outputs), dynamic_axes=spec.dynamic_axes, do_constant_folding=True,
-        )
-
-
-def _finalize(raw: Path, final: Path, metadata: dict, fp16: bool, static_dims: dict | None = None,
-              output_names: tuple[str, ...] = ()) -> None:
-    """Add metadata (and convert to fp16), re-save; weights go to ``<name>.onnx.data`` when large.
-
-    ``static_dims`` = ``{output: {axis: size}}`` pins output axes the tracer left symbolic.
-    ``output_names``: the declared names; an output the exporter folded into a constant (and
-    renamed) gets its name back through an Identity node.
-    """
-    model = onnx.load(str(raw))
-    for value, name in zip(model.graph.output, output_names):
-        if value.name != name:
-            model.graph.node.append(onnx.helper.make_node("Identity", [value.name], [name], name=f"/{name}/Identity"))
-            value.name = name
-    if fp16:
-        model = to_fp16(model)
-    for value in model.graph.output:
-        for axis, size in (static_dims or {}).get(value.name, {}).items():
-            value.type.tensor_type.shape.dim[axis].dim_value = size
-    set_metadata(model, metadata)
-    save_onnx(model, final)
 
 
 def _write_runtime_files(folder: Path, inputs, llava) -> None:
@@ -99,14 +62,19 @@ def export_model(
     overwrite: bool = False,
     progress: bool = True,
     plugin: bool = False,
+    format: str = "onnx",
 ) -> dict:
     """Export, validate and lint; returns the report (also written to ``out/report.json``).
 
     Raises :class:`ExportError` (nothing written) when an input is bad or a graph
     fails validation. ``out`` must not exist unless ``overwrite``. ``plugin`` emits
-    PAR's steps 5-6 as one ``par::TopKCluster`` node instead of standard ops.
+    PAR's steps 5-6 as one ``par::TopKCluster`` node instead of standard ops. ``format``: one of
+    :data:`FORMATS` (``edge-llm`` takes a fixed int ``budget`` and none of ``clip_path``, ``fp16``,
+    ``plugin``).
     """
     out = Path(out)
+    if format not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     if batch_max < 1:
         raise ExportError(f"batch_max must be >= 1, got {batch_max}")
     cls = reducer_class(method)
@@ -120,32 +88,38 @@ def export_model(
         budget_mode = Budget.for_export(cls, budget).traced
     except ParExportError as err:
         raise ExportError(str(err)) from None
+    if format == "edge-llm":
+        edge_llm.check_options(method, budget, clip_path, fp16, plugin)
     cfg = VisionParOnnxConfig(budget_input=budget_mode == "input", opset=opset, batch_max=batch_max, fp16=fp16)
     with atomic_folder(out, overwrite, ExportError, inputs=[p for p in (model, clip_path) if p]) as (final, work):
-        report = _export_into(work, final, model, method, budget, budget_mode, config, clip_path, cfg, progress,
-                              plugin)
+        # leave=False and a close on any exit: an error line is never drawn over by the bar
+        with tqdm(total=6, desc="export", disable=not progress, unit="step", leave=False) as steps:
+            steps.set_postfix_str("load")
+            folder, tiny_clip = resolve_model(model, work)
+            family = family_for(folder)
+            if family.onnx_config is None:
+                raise ExportError(f"{folder}: {family.name} runs with PAR in PyTorch ({family.adapter.__name__}), "
+                                  "but its ONNX export is not supported yet")
+            inputs = family.inputs(folder)  # refuse a folder without its processor before any work
+            if format == "edge-llm":
+                report = edge_llm.export_into(steps, work, final, folder, family, inputs, method, budget, config,
+                                              cfg.opset)
+                graphs = {"visual": report}
+            else:
+                report = _export_steps(steps, work, final, folder, tiny_clip, family, inputs, model, method, budget,
+                                       budget_mode, config, clip_path, cfg, plugin)
+                graphs = report["graphs"]
         if not report["passed"]:
-            raise validation_failure(report["graphs"], ExportError)
+            raise validation_failure(graphs, ExportError)
     return report
 
 
-def _export_into(work: Path, final: Path, model, method, budget, budget_mode, config, clip_path,
-                 options: VisionParOnnxConfig, progress: bool, plugin: bool) -> dict:
-    # leave=False and a close on any exit: an error line is never drawn over by the bar
-    with tqdm(total=6, desc="export", disable=not progress, unit="step", leave=False) as steps:
-        return _export_steps(steps, work, final, model, method, budget, budget_mode, config, clip_path, options,
-                             plugin)
+FORMATS = ("onnx", "edge-llm")
+"""The layouts :func:`export_model` writes."""
 
 
-def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_mode, config, clip_path,
-                  options: VisionParOnnxConfig, plugin: bool) -> dict:
-    steps.set_postfix_str("load")
-    llava_dir, tiny_clip = resolve_model(model, work)
-    family = family_for(llava_dir)
-    if family.onnx_config is None:
-        raise ExportError(f"{llava_dir}: {family.name} runs with PAR in PyTorch ({family.adapter.__name__}), "
-                          "but its ONNX export is not supported yet")
-    inputs = family.inputs(llava_dir)  # refuse a folder without its processor before any work
+def _export_steps(steps, work: Path, final: Path, llava_dir: Path, tiny_clip, family, inputs, model, method, budget,
+                  budget_mode, config, clip_path, options: VisionParOnnxConfig, plugin: bool) -> dict:
     cfg = family.onnx_config(**vars(options))  # the family's export config with the caller's options
     clip_path = clip_path if clip_path is not None else tiny_clip
     config = (config if config is not None else PARConfig()).replace(budget=budget)
@@ -208,9 +182,9 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
     dummy = cfg.dummy_inputs(reference, query_dim)
     spec = cfg.vision_par
     with dynamic_token_axis(n) if cfg.dynamic_tokens else contextlib.nullcontext():
-        _export(vision_module, dummy, spec, cfg.opset, raw / spec.filename)
+        trace_onnx(vision_module, dummy, spec, cfg.opset, raw / spec.filename)
     static = {"image_embeds": {1: common["width"], 2: reference.model.config.text_config.hidden_size}}
-    _finalize(raw / spec.filename, final / spec.filename, {**common, "graph": spec.name}, cfg.fp16, static,
+    finalize_graph(raw / spec.filename, final / spec.filename, {**common, "graph": spec.name}, cfg.fp16, static,
               spec.outputs)
     steps.update()
 
@@ -220,8 +194,8 @@ def _export_steps(steps, work: Path, final: Path, model, method, budget, budget_
         query_module = QueryGraph(reference.query_encoder).eval()
         qspec = cfg.query_encoder
         ids, mask = cfg.query_cases(reference, 2)[-1].feed.values()
-        _export(query_module, (torch.from_numpy(ids), torch.from_numpy(mask)), qspec, cfg.opset, raw / qspec.filename)
-        _finalize(raw / qspec.filename, final / qspec.filename, {**common, "graph": qspec.name}, cfg.fp16)
+        trace_onnx(query_module, (torch.from_numpy(ids), torch.from_numpy(mask)), qspec, cfg.opset, raw / qspec.filename)
+        finalize_graph(raw / qspec.filename, final / qspec.filename, {**common, "graph": qspec.name}, cfg.fp16)
     steps.update()
 
     steps.set_postfix_str("validate")
