@@ -7,16 +7,20 @@ template. Nothing here resizes or templates by hand, except the family's fallbac
 template for a tokenizer that has none (said in a warning).
 
 An artifact carries the same processor under :data:`PROCESSOR_DIR`, written by
-``save_pretrained``, so ``AutoProcessor.from_pretrained(artifact / "processor")``
+``save_pretrained``, so ``transformers.AutoProcessor.from_pretrained(artifact / "processor")``
 rebuilds the inputs in any application.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import warnings
 from pathlib import Path
 
 import numpy as np
+import transformers
+from PIL import Image, UnidentifiedImageError
 
 from par_export.errors import ParExportError
 
@@ -73,7 +77,6 @@ def open_image(path: str | Path):
 def decode_image(data: bytes, label: str = "image"):
     """An RGB ``PIL.Image`` from encoded bytes (PNG, JPEG, ...: what a client sends a server);
     undecodable or oversized data is an :class:`InputError` naming ``label``."""
-    import io
 
     if not data:
         raise InputError(f"{label}: empty (expected the bytes of an encoded image file)")
@@ -81,8 +84,6 @@ def decode_image(data: bytes, label: str = "image"):
 
 
 def _decode(source, label: str):
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(source) as image:
             return image.convert("RGB")
@@ -99,7 +100,7 @@ def _decode(source, label: str):
 class ComponentProcessor:
     """A checkpoint's processor put together from its image processor and tokenizer.
 
-    Used only where ``AutoProcessor`` cannot be built (transformers without torchvision cannot
+    Used only where ``transformers.AutoProcessor`` cannot be built (transformers without torchvision cannot
     construct processors that have a video processor, e.g. ``Qwen2_5_VLProcessor``). It expands
     each image placeholder with the real processor class's own ``replace_image_token`` (so the
     count is transformers'), tokenizes with the checkpoint's tokenizer, and gives
@@ -115,11 +116,6 @@ class ComponentProcessor:
 
     @classmethod
     def from_folder(cls, folder: Path) -> ComponentProcessor:
-        import json
-
-        import transformers
-        from transformers import AutoImageProcessor, AutoTokenizer
-
         name = None
         for config in PROCESSOR_FILES:
             if (folder / config).is_file():
@@ -127,7 +123,7 @@ class ComponentProcessor:
         processor_class = getattr(transformers, name or "", None)
         if processor_class is None or not hasattr(processor_class, "replace_image_token"):
             raise InputError(f"{folder}: processor class {name!r} cannot be built here and has no image-token rule")
-        return cls(processor_class, load_pretrained(AutoImageProcessor, folder), load_pretrained(AutoTokenizer, folder))
+        return cls(processor_class, load_pretrained(transformers.AutoImageProcessor, folder), load_pretrained(transformers.AutoTokenizer, folder))
 
     def apply_chat_template(self, messages, **kwargs) -> str:
         return self.tokenizer.apply_chat_template(messages, **kwargs)
@@ -135,7 +131,6 @@ class ComponentProcessor:
     def save_pretrained(self, folder: str | Path) -> None:
         """The image processor and tokenizer as the checkpoint had them, with the processor class
         named in ``preprocessor_config.json`` (as Qwen's checkpoints do)."""
-        import json
 
         self.image_processor.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
@@ -164,7 +159,7 @@ class ModelInputs:
     """A checkpoint's processor: images -> ``pixel_values``, questions -> chat prompts.
 
     Args:
-        processor: an ``AutoProcessor`` result (``image_processor`` + ``tokenizer``).
+        processor: an ``transformers.AutoProcessor`` result (``image_processor`` + ``tokenizer``).
         image_token: the placeholder string the prompt carries for each image.
         fallback_template: ``str.format`` template with ``{prompt}`` and the image token,
             used only when the tokenizer has no chat template.
@@ -182,7 +177,6 @@ class ModelInputs:
     def from_folder(cls, folder: str | Path, image_token: str = "<image>",
                     fallback_template: str = "USER: <image>\n{prompt} ASSISTANT:") -> ModelInputs:
         """Load the processor of a local model or artifact folder (checked before loading)."""
-        from transformers import AutoProcessor
 
         folder = Path(folder)
         if not folder.is_dir():
@@ -195,13 +189,13 @@ class ModelInputs:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*requires torchvision.*")  # the PIL backend is exact
             try:
-                processor = AutoProcessor.from_pretrained(folder, **hub_kwargs())
+                processor = transformers.AutoProcessor.from_pretrained(folder, **hub_kwargs())
             except (AttributeError, ImportError):
                 # transformers cannot build a processor with a video slot (Qwen2.5-VL's) when torchvision
                 # is absent: its video-processor registry is a placeholder. Same parts, loaded one by one.
                 processor = ComponentProcessor.from_folder(folder)
             except Exception as err:  # as in load_pretrained: a malformed file raises any of several types
-                raise unreadable(folder, "AutoProcessor", err) from None
+                raise unreadable(folder, "transformers.AutoProcessor", err) from None
         if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
             raise InputError(f"{folder}: {type(processor).__name__} has no image processor and tokenizer pair")
         token = getattr(processor, "image_token", None) or image_token

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from par_export.backends.onnxruntime import ort_session
+from par_export.backends.ort_custom_op import custom_op_session
 from par_export.export import export_model
 from par_export.export.custom_op import topk_cluster_node
-from par_export.export.ort_custom_op import custom_op_session
 from par_export.models.tiny import save_tiny_clip, save_tiny_llava
 from par_export.reduce.topk_cluster import topk_cluster
 

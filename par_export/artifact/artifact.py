@@ -28,6 +28,7 @@ from par_export.artifact.metadata import ExportMetadata
 from par_export.artifact.query import QueryInputs, query_settings
 from par_export.backends.base import Runner
 from par_export.backends.onnxruntime import OnnxRuntimeRunner
+from par_export.backends.tensorrt import TensorRTRunner, gpu_info, tensorrt_version
 from par_export.models.families import export_config
 from par_export.plugins import plugin_path
 from par_export.processing import PROCESSOR_DIR, ModelInputs
@@ -57,9 +58,7 @@ def open_runners(folder: Path, manifest: Manifest) -> dict[str, Runner]:
     seal, another TensorRT version or GPU, a missing or different plugin library."""
     plugin = plugin_path() if manifest.plugin else None
     if manifest.backend == "tensorrt":
-        # tensorrt is optional: imported only for a TensorRT artifact
-        from par_export.backends.tensorrt import TensorRTRunner, gpu_info, tensorrt_version
-
+        # TensorRT itself is imported by the runner, only for a TensorRT artifact
         gpu = gpu_info() or {}
         check_manifest(folder, manifest, tensorrt_version(), gpu.get("compute_capability"), plugin)
         return {name: TensorRTRunner(folder / g.file, plugin) for name, g in manifest.graphs.items()}

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoTokenizer
+import transformers
 
 from par_export.artifact.metadata import QuerySettings
 from par_export.errors import UsageError
@@ -65,7 +65,7 @@ class QueryInputs:
     def __init__(self, folder: Path, settings: QuerySettings, dim: int):
         self.settings = settings
         self.dim = dim
-        self.tokenizer = load_pretrained(AutoTokenizer, Path(folder) / TOKENIZER_DIR)
+        self.tokenizer = load_pretrained(transformers.AutoTokenizer, Path(folder) / TOKENIZER_DIR)
 
     def rewrite(self, prompt: str) -> str:
         """PAR step 1: the query text the encoder sees."""

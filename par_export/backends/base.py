@@ -8,6 +8,7 @@ import time
 import numpy as np
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
+from polygraphy.logger import G_LOGGER
 
 from par_export.errors import ParExportError
 
@@ -93,7 +94,6 @@ class PolygraphyRunner(Runner):
 @contextlib.contextmanager
 def quiet_polygraphy():
     """Polygraphy's logger at errors only: its per-input cast notices would bury our tables."""
-    from polygraphy.logger import G_LOGGER
 
     previous, G_LOGGER.module_severity = G_LOGGER.module_severity, G_LOGGER.ERROR
     try:

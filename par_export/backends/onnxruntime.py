@@ -7,6 +7,7 @@ from pathlib import Path
 import onnx
 
 from par_export.backends.base import BackendUnavailable, PolygraphyRunner
+from par_export.backends.ort_custom_op import custom_op_session, uses_custom_op
 from par_export.errors import ParExportError
 
 # Execution providers per ``--device``, most preferred first (ONNX Runtime falls back along the list).
@@ -29,9 +30,8 @@ def set_device(device: str) -> None:
 def ort_session(path: str | Path, providers: list[str] | None = None):
     """An InferenceSession for ``path`` on ``providers`` (default: those of :func:`set_device`'s
     device); graphs with ``par::TopKCluster`` get its Python CPU op."""
-    import onnxruntime as ort
-
-    from par_export.export.ort_custom_op import custom_op_session, uses_custom_op
+    # optional: onnxruntime comes with par-export[cpu] or [gpu]
+    import onnxruntime as ort  # noqa: PLC0415
 
     model = onnx.load(str(path))
     if uses_custom_op(model):
@@ -58,6 +58,7 @@ class OnnxRuntimeRunner(PolygraphyRunner):
         self.providers = providers
 
     def make_runner(self):
-        from polygraphy.backend.onnxrt import OnnxrtRunner
+        # optional: Polygraphy's ONNX Runtime runner imports onnxruntime
+        from polygraphy.backend.onnxrt import OnnxrtRunner  # noqa: PLC0415
 
         return OnnxrtRunner(ort_session(self.path, self.providers), name=f"onnxruntime:{self.path.name}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from par_export.backends.base import BackendUnavailable, PolygraphyRunner
 
 _TRT_HINT = ("TensorRT's Python package is not installed: on x86 `pip install tensorrt` (served from NVIDIA's "
@@ -15,7 +17,7 @@ _TRT_HINT = ("TensorRT's Python package is not installed: on x86 `pip install te
 
 
 def import_tensorrt():
-    try:
+    try:  # optional: TensorRT (pip install par-export[tensorrt], or JetPack on Jetson)
         import tensorrt as trt  # noqa: PLC0415
     except ImportError:
         raise BackendUnavailable(_TRT_HINT) from None
@@ -25,8 +27,6 @@ def import_tensorrt():
 def gpu_info() -> dict | None:
     """``{name, compute_capability}`` of CUDA device 0 as torch sees it, or ``None`` without one."""
     try:
-        import torch
-
         if torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability()
             return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
@@ -47,7 +47,8 @@ def build_config(precision: str, profiles: dict[str, tuple[tuple, tuple, tuple]]
     """Polygraphy's ``CreateConfig`` loader for ``par-export build``'s options. int8/fp8 enable fp16
     too, for the layers left unquantized; ``dla_core``: DLA with GPU fallback on that core."""
     trt = import_tensorrt()
-    from polygraphy.backend.trt import CreateConfig, PostprocessConfig, Profile
+    # optional: TensorRT (Polygraphy's trt loaders)
+    from polygraphy.backend.trt import CreateConfig, PostprocessConfig, Profile  # noqa: PLC0415
 
     profile = Profile()
     for name, (low, opt, high) in profiles.items():
@@ -76,7 +77,8 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, profiles: d
     (Q/DQ) ONNX graph; the caller produces it with ModelOpt.
     """
     import_tensorrt()  # one clear message where TensorRT is missing (Polygraphy would import it lazily)
-    from polygraphy.backend.trt import EngineBytesFromNetwork, LoadPlugins, NetworkFromOnnxPath, SaveEngine
+    # optional: TensorRT (Polygraphy's trt loaders)
+    from polygraphy.backend.trt import EngineBytesFromNetwork, LoadPlugins, NetworkFromOnnxPath, SaveEngine  # noqa: PLC0415
 
     network = NetworkFromOnnxPath(str(onnx_path))
     if plugin is not None:
@@ -104,8 +106,9 @@ class TensorRTRunner(PolygraphyRunner):
 
     def make_runner(self):
         import_tensorrt()
-        from polygraphy.backend.common import BytesFromPath
-        from polygraphy.backend.trt import EngineFromBytes, LoadPlugins, TrtRunner
+        # optional: TensorRT (Polygraphy's trt loaders)
+        from polygraphy.backend.common import BytesFromPath  # noqa: PLC0415
+        from polygraphy.backend.trt import EngineFromBytes, LoadPlugins, TrtRunner  # noqa: PLC0415
 
         if self.plugin is not None and not Path(self.plugin).is_file():
             raise BackendUnavailable(f"plugin library {self.plugin} not found: run `par-export plugin build`")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import transformers
 from tqdm.auto import tqdm
 
 import par_export
@@ -31,7 +32,8 @@ from par_export.export.metadata import read_metadata
 from par_export.export.onnx_io import EXTERNAL_DATA_BYTES, data_file, onnx_files, save_onnx
 from par_export.files import atomic_folder
 from par_export.plugins import plugin_path
-from par_export.processing import PROCESSOR_DIR, ModelInputs, load_pretrained
+from par_export.processing import PROCESSOR_DIR, ModelInputs, load_pretrained, open_image
+from par_export.reduce import PARConfig
 
 GRAPHS = ("vision_par", "query_encoder")
 logger = logging.getLogger(__name__)
@@ -121,7 +123,6 @@ def export_source(source: str | Path, workdir: Path, options: BuildOptions, prog
         if path.name != "vision_par.onnx":
             raise BuildError(f"{path}: expected an export's vision_par.onnx (with query_encoder.onnx beside it)")
         return path.parent
-    from par_export.reduce import PARConfig
 
     out = workdir / "onnx"
     # --budget; else a budget input exported with the range's (or the target preset's) middle K; else
@@ -137,7 +138,6 @@ def check_export_folder(src: Path, metadata: ExportMetadata) -> None:
     (every run preprocesses through it), ``report.json`` (the export's validation record: an
     export folder without it was never validated) and, when the graph takes ``query_embeds``,
     ``query_encoder.onnx`` and ``tokenizer/`` (without them every prompt would be ignored)."""
-    from transformers import AutoTokenizer
 
     ModelInputs.from_folder(src / PROCESSOR_DIR)
     try:
@@ -150,7 +150,7 @@ def check_export_folder(src: Path, metadata: ExportMetadata) -> None:
         if not (src / "query_encoder.onnx").is_file():
             raise BuildError(f"{src}: its graph takes a prompt but query_encoder.onnx is missing; export the model "
                              "again into a new folder")
-        load_pretrained(AutoTokenizer, src / TOKENIZER_DIR)
+        load_pretrained(transformers.AutoTokenizer, src / TOKENIZER_DIR)
 
 
 def _profiles(metadata: dict, options: BuildOptions, graph: onnx.ModelProto) -> dict:
@@ -185,7 +185,8 @@ def _profiles(metadata: dict, options: BuildOptions, graph: onnx.ModelProto) -> 
 
 
 def _quantize_int8_ort(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    # optional: onnxruntime (par-export[cpu] or [gpu])
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
 
     model = onnx.load(str(src))
     excluded = [n.name for n in model.graph.node if n.name.startswith("/reducer/")]
@@ -197,7 +198,6 @@ def calibration_data(metadata: dict, images: str | list | None, processor_dir: P
     """ModelOpt calibration feeds for ``vision_par``: ``images`` is a folder of image files, a list of
     ``PIL.Image`` (what the caller picked, e.g. the demo's scenes), or ``None`` (random pixels, with a
     warning); images go through the export's own processor."""
-    from par_export.processing import ModelInputs, open_image
 
     size = metadata["image_size"]
     if isinstance(images, (str, Path)):
@@ -221,7 +221,8 @@ def _quantize_for_tensorrt(src: Path, dst: Path, precision: str, metadata: dict,
                            processor_dir: Path) -> None:
     """Explicit Q/DQ quantization with NVIDIA ModelOpt; the reducer subgraph stays unquantized."""
     try:
-        from modelopt.onnx.quantization import quantize
+        # optional: NVIDIA ModelOpt, for TensorRT int8/fp8 only
+        from modelopt.onnx.quantization import quantize  # noqa: PLC0415
     except ImportError:
         raise BuildError(f"{precision} engines need NVIDIA ModelOpt for Q/DQ quantization: "
                          "pip install 'nvidia-modelopt[onnx]'") from None
@@ -232,7 +233,8 @@ def _quantize_for_tensorrt(src: Path, dst: Path, precision: str, metadata: dict,
 def _build_onnxruntime(src: Path, dst: Path, precision: str, work: Path) -> None:
     """Precision conversion, then ONNX Runtime's graph optimizations saved to ``dst`` (weights of a
     large graph in ``dst``'s external-data file, as the source had them)."""
-    import onnxruntime as ort
+    # optional: onnxruntime (par-export[cpu] or [gpu])
+    import onnxruntime as ort  # noqa: PLC0415
 
     model = onnx.load(str(src))  # with its external data, if any
     stage = work / f"{src.stem}.{precision}.onnx"
@@ -381,7 +383,8 @@ def _build_record(options: BuildOptions) -> dict:
 def _backend_version(backend: str) -> str:
     if backend == "tensorrt":
         return import_tensorrt().__version__
-    import onnxruntime
+    # optional: onnxruntime (par-export[cpu] or [gpu])
+    import onnxruntime  # noqa: PLC0415
 
     return onnxruntime.__version__
 

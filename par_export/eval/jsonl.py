@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from par_export.errors import ParExportError
+from par_export.processing import InputError, open_image
 
 REQUIRED = ("question_id", "image", "text", "answer")
 
@@ -48,7 +49,6 @@ def read_jsonl(path: str | Path) -> list[Record]:
 def load_images(records: list[Record], folder: str | Path):
     """``(kept records, their RGB PIL images, skipped {reason: count})``; the model's processor
     turns the images into pixels."""
-    from par_export.processing import InputError, open_image
 
     kept, images, skipped = [], [], Counter()
     for record in records:

@@ -15,21 +15,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from par_export.artifact import read_manifest
 from par_export.data.vqa import render, sample, split_seeds
+from par_export.engine.build import export_and_build
 from par_export.errors import ParExportError
+from par_export.eval.jsonl import is_correct, load_images, read_jsonl
 from par_export.files import atomic_folder
 from par_export.flops import llm_prefill_flops
-from par_export.models.dart import dart_first_token_logits
+from par_export.models.dart import DartSettings, dart_first_token_logits
 from par_export.models.families import family_for
 from par_export.models.llava import ReducedLlava
-from par_export.plots import save_figure
+from par_export.plots import kept_token_map, save_figure
 from par_export.processing import ModelInputs
 from par_export.reduce import PARConfig, reducer_class
+from par_export.runtime.pipeline import VisionLanguagePipeline
 
 
 @dataclass
@@ -89,7 +94,6 @@ DART = "dart"  # prunes inside the LLM (models/dart.py): an evaluation method, n
 
 def dart_settings(spec: str):
     """``dart[:layer=L][:image_pivots=P][:text_pivots=T]`` -> its :class:`DartSettings`."""
-    from par_export.models.dart import DartSettings
 
     values = {}
     for item in spec.split(":")[1:]:
@@ -133,7 +137,6 @@ def build_eval_artifacts(llava_dir: Path, clip_dir: Path | None, methods: list[s
     method and budget through ONNX graphs: ``{(method, budget): folder}``. One graph with a
     budget input serves all fixed budgets of a method; ``auto`` and ``pool`` (its grid is traced)
     get their own."""
-    from par_export.engine.build import export_and_build
 
     artifacts: dict = {}
     serial = itertools.count()
@@ -210,7 +213,6 @@ def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config
 def _pipelines(base, artifacts: dict | None, allow_unverified: bool) -> Iterator[dict]:
     """``{(method, budget): VisionLanguagePipeline}``, one pipeline per artifact folder; their sessions
     are released on exit."""
-    from par_export.runtime.pipeline import VisionLanguagePipeline
 
     loaded: dict = {}
     try:
@@ -327,17 +329,13 @@ def write_outputs(rows: list[dict], results: dict, out: Path, overwrite: bool = 
 
 
 def plot_accuracy(rows: list[dict], path: Path, full_tokens: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
     full = next(r for r in rows if r["method"] == "full")
     ax.axhline(full["accuracy"], color="black", linestyle="--", linewidth=1, label=f"full ({full_tokens} tokens)")
     ax.axhspan(full["accuracy_low"], full["accuracy_high"], color="black", alpha=0.08)
     # tab20's strong colours first, then its light ones, and a marker per ten: no two methods alike
-    palette = [plt.cm.tab20(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
+    palette = [matplotlib.colormaps["tab20"](i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows if r["method"] != "full")):
         points = sorted((r["mean_kept"], r["accuracy"], r["accuracy_low"], r["accuracy_high"])
                         for r in rows if r["method"] == method)
@@ -354,16 +352,10 @@ def plot_accuracy(rows: list[dict], path: Path, full_tokens: int) -> None:
 
 
 def plot_examples(examples: list, path: Path, full_tokens: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from par_export.plots import kept_token_map
-
     side = int(round(full_tokens ** 0.5))
     count = max(len(examples), 1)
-    fig, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.8), squeeze=False)
+    fig = Figure(figsize=(3.2 * count, 3.8))
+    axes = fig.subplots(1, count, squeeze=False)
     for ax, (s, reduction, b, correct) in zip(axes[0], examples):
         image = np.asarray(render(s))
         state = kept_token_map(reduction, b, side)
@@ -400,7 +392,6 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
     as :func:`evaluate` (that method and budget reduce through the built graph; families the LLM
     pipeline serves).
     """
-    from par_export.eval.jsonl import is_correct, load_images, read_jsonl
 
     check_methods_and_budgets(methods, budgets)
     if any(is_dart(m) for m in methods):

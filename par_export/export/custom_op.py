@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from par_export.reduce.topk_cluster import topk_cluster
+from par_export.reduce.topk_cluster import DOMAIN, OP_TYPE, VERSION, topk_cluster
 
-DOMAIN = "par"
-OP_TYPE = "TopKCluster"
-VERSION = "1"
+__all__ = ["DOMAIN", "OP_TYPE", "VERSION", "TopKClusterOp", "topk_cluster_node"]
 
 
 class TopKClusterOp(torch.autograd.Function):

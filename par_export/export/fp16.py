@@ -35,8 +35,9 @@ FP32_OPS = ["LayerNormalization", "Softmax", "TopK", "ArgMax", "CumSum", "Range"
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """fp16 weights and activations, except :data:`FP32_OPS` and the reducer subgraph
     (its scores and merge stay fp32, as in the PyTorch reducer)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-    from onnxruntime.transformers.onnx_model import OnnxModel
+    # optional: onnxruntime's fp16 converter (par-export[cpu] or [gpu])
+    from onnxruntime.transformers.float16 import convert_float_to_float16  # noqa: PLC0415
+    from onnxruntime.transformers.onnx_model import OnnxModel  # noqa: PLC0415
 
     reducer_nodes = [n.name for n in model.graph.node if n.name.startswith("/reducer/")]
     converted = OnnxModel(convert_float_to_float16(model, keep_io_types=False, op_block_list=FP32_OPS,

@@ -106,7 +106,8 @@ def tensorrt_parser_warnings(path: str | Path) -> list[LintWarning] | None:
     """What TensorRT's own ONNX parser cannot take (``OnnxParser.supports_model_v2``), or ``None``
     where TensorRT does not import (the rule-based lint then stands alone)."""
     try:
-        import tensorrt as trt
+        # optional: TensorRT
+        import tensorrt as trt  # noqa: PLC0415
     except ImportError:
         return None
     logger = trt.Logger(trt.Logger.ERROR)

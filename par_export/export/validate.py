@@ -12,7 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from polygraphy.comparator import Comparator
 
+from par_export.backends.base import quiet_polygraphy
+from par_export.backends.onnxruntime import OnnxRuntimeRunner
+from par_export.backends.torch import TorchRunner, feed_metadata
 from par_export.models.graphs import reference_scores
 from par_export.models.onnx_config import Case
 
@@ -161,11 +165,6 @@ def compare_with_torch(module: torch.nn.Module, path, cases: list[Case], output_
     ``precision``'s tolerance are told from errors (:func:`kept_token_agreement`).
     ``layout``: maps both sides' outputs to the ``vision_par`` names first (the Edge-LLM graph's).
     """
-    from polygraphy.comparator import Comparator
-
-    from par_export.backends.base import quiet_polygraphy
-    from par_export.backends.onnxruntime import OnnxRuntimeRunner
-    from par_export.backends.torch import TorchRunner, feed_metadata
 
     with reference_scores(module, output_names) as reference_outputs, quiet_polygraphy():
         runners = [OnnxRuntimeRunner(path, name="onnxruntime"),

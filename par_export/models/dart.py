@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import transformers
 
 from par_export.errors import ParExportError
 
@@ -67,7 +68,6 @@ def dart_pruning(language_model, image_runs: list[tuple[int, int]], budget: int,
     ``layers``, ``norm``, rotary ``position_embeddings``) prunes each sample's image run
     ``(start, length)`` before layer ``settings.layer``. Yields a dict that receives ``"kept"``:
     the kept image positions per sample. Run it without a KV cache (``use_cache=False``)."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     layers = language_model.layers
     if not 1 <= settings.layer < len(layers):
@@ -84,7 +84,7 @@ def dart_pruning(language_model, image_runs: list[tuple[int, int]], budget: int,
             b, t, _ = hidden.shape
             cos, sin = kwargs["position_embeddings"]
             k = state.pop("k").view(b, t, -1, before.head_dim).transpose(1, 2)
-            k = apply_rotary_pos_emb(k, k, cos, sin)[1]
+            k = transformers.models.llama.modeling_llama.apply_rotary_pos_emb(k, k, cos, sin)[1]
             k = k.repeat_interleave(before.num_key_value_groups, dim=1).transpose(1, 2).reshape(b, t, -1)
             normed = language_model.norm(hidden)
             index, kept = [], []

@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from par_export.models.loading import load_pretrained_model
+from par_export.processing import ModelInputs
+
 
 @dataclass(frozen=True)
 class ModelFamily:
@@ -53,12 +56,10 @@ class ModelFamily:
 
     def load_model(self, folder: str | Path, dtype=None):
         """The checkpoint's transformers model (local, safetensors, no remote code), in eval mode."""
-        from par_export.models.loading import load_pretrained_model
 
         return load_pretrained_model(folder, self.model_types, self.model_class, dtype)
 
     def inputs(self, folder: str | Path):
         """The folder's own processor and chat template (:class:`~par_export.processing.ModelInputs`)."""
-        from par_export.processing import ModelInputs
 
         return ModelInputs.from_folder(folder, self.image_token, self.fallback_template)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from par_export.errors import ParExportError
@@ -172,10 +173,9 @@ class ReducedLlava:
     def from_pretrained(cls, path: str | Path, method: str = "par", config: PARConfig | None = None,
                         clip_path: str | Path | None = None, dtype: torch.dtype | None = None) -> ReducedLlava:
         """Load a local checkpoint folder of this family (and optionally a CLIP folder for ``space=clip``)."""
-        from transformers import AutoTokenizer
 
         model = load_pretrained_model(path, cls.model_types, cls.model_class, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
         config = config if config is not None else PARConfig()
         clip = None
         if clip_path is not None:

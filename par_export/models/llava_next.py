@@ -21,9 +21,11 @@ and must not exceed any image's N (the error names the image), or one int per im
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
+import transformers
 from torch import nn
 
 from par_export.errors import ParExportError
@@ -62,9 +64,8 @@ class ImageLayout:
 
 def crops_per_image(config, image_sizes) -> list[int]:
     """Crops (base + tiles) of each image of size ``(height, width)``, as transformers counts them."""
-    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-    return [image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
+    return [transformers.models.llava_next.modeling_llava_next.image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
             for size in image_sizes]
 
 
@@ -72,13 +73,10 @@ def image_layouts(config, image_sizes, crops: list[int]) -> list[ImageLayout]:
     """The packed order of every image: transformers' own ``pack_image_features`` applied to token
     indices, so the layout is the model's by construction. It reads only ``self.config``, so it is
     called with the config alone (an artifact's runtime has no weights)."""
-    from types import SimpleNamespace
-
-    from transformers.models.llava_next.modeling_llava_next import LlavaNextModel
 
     length = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
     indices = [torch.arange(p * length, dtype=torch.float64).view(p, length, 1) for p in crops]
-    packed, _ = LlavaNextModel.pack_image_features(
+    packed, _ = transformers.models.llava_next.modeling_llava_next.LlavaNextModel.pack_image_features(
         SimpleNamespace(config=config), indices, torch.as_tensor(image_sizes), "default",
         image_newline=torch.full((1,), float(NEWLINE), dtype=torch.float64))
     return [ImageLayout(p[:, 0].round().long()) for p in packed]
@@ -271,7 +269,6 @@ class LlavaNextOnnxConfig(LlavaOnnxConfig):
     @staticmethod
     def geometry_config(geometry: dict):
         """A config carrying what the layout reads, from the export metadata."""
-        from types import SimpleNamespace
 
         vision = SimpleNamespace(image_size=geometry["image_size"], patch_size=geometry["patch_size"])
         return SimpleNamespace(vision_config=vision, image_grid_pinpoints=geometry["image_grid_pinpoints"])

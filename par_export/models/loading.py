@@ -6,6 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+import transformers
+
 from par_export.errors import ParExportError
 
 
@@ -53,7 +55,6 @@ def load_pretrained_model(path: str | Path, model_types: tuple[str, ...], model_
     """The checkpoint's transformers model (``model_class`` by name), in eval mode, after
     :func:`check_model_folder`: local, safetensors, no remote code, every weight matched
     (:func:`load_matching`)."""
-    import transformers
 
     check_model_folder(path, model_types)
     return load_matching(getattr(transformers, model_class), path, dtype=dtype).eval()

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import transformers
 from torch import nn
 
 from par_export.models.loading import check_model_folder, load_matching, pretrained_kwargs
@@ -91,12 +92,11 @@ class ClipQueryEncoder(QueryEncoder):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, rewrite: str = "template", template: str = "a photo of {rest}", dtype=None):
-        """Load a local CLIP checkpoint folder (``CLIPModel`` + its tokenizer)."""
-        from transformers import AutoTokenizer, CLIPModel
+        """Load a local CLIP checkpoint folder (``transformers.CLIPModel`` + its tokenizer)."""
 
         check_model_folder(path, ("clip",))
-        clip = load_matching(CLIPModel, path, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
+        clip = load_matching(transformers.CLIPModel, path, dtype=dtype)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
         return cls(clip.eval(), tokenizer, rewrite, template)
 
 

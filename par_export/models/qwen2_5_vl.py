@@ -27,11 +27,14 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
+import transformers
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
 from par_export.errors import ParExportError
 from par_export.models.family import ModelFamily
@@ -122,12 +125,10 @@ class ReducedQwen2_5_VL:
     @classmethod
     def from_pretrained(cls, path: str | Path, method: str = "par", config: PARConfig | None = None,
                         clip_path: str | Path | None = None, dtype: torch.dtype | None = None):
-        from transformers import AutoTokenizer
-
         if clip_path is not None:
             raise ParExportError(f"--clip {clip_path}: Qwen2.5-VL retrieves in the LLM's space; it takes no CLIP folder")
         model = load_pretrained_model(path, cls.model_types, cls.model_class, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
         config = (config if config is not None else PARConfig()).replace(space="llm")
         return cls(model, method, config, tokenizer)
 
@@ -162,13 +163,12 @@ class ReducedQwen2_5_VL:
 
     def _received_attention(self, attn, captured: dict, image_grid_thw: torch.Tensor) -> torch.Tensor:
         """``[sum N]`` attention received per merged token (raster order), from one full-attention block."""
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
         hidden = captured["hidden"]
         length = hidden.shape[0]
         q, k, _ = attn.qkv(hidden).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
         cos, sin = captured["rope"]
-        q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+        q, k = transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.apply_rotary_pos_emb_vision(q, k, cos, sin)
         bounds = captured["cu_seqlens"].tolist()
         received = torch.zeros(length, dtype=torch.float32)
         for start, end in zip(bounds[:-1], bounds[1:]):
@@ -281,7 +281,6 @@ def window_layout(visual, image_grid_thw: torch.Tensor) -> tuple[torch.Tensor, t
     """``window_index [S / 4]`` (merged-token order of windowed attention) and the window
     boundaries ``cu_window_seqlens`` (patches, in that order), by transformers' own helper.
     ``visual``: anything with ``spatial_merge_size``, ``window_size`` and ``patch_size``."""
-    from transformers.vision_utils import get_vision_window_index
 
     return get_vision_window_index(image_grid_thw, spatial_merge_size=visual.spatial_merge_size,
                                    window_size=visual.window_size, patch_size=visual.patch_size, kwargs={})
@@ -304,7 +303,6 @@ def vision_inputs(visual, image_grid_thw: torch.Tensor) -> dict[str, torch.Tenso
     - ``cu_seqlens [I + 1]``: the images' patch boundaries (full-attention blocks attend within one
       image; image i's merged tokens are ``cu_seqlens[i] / 4 .. cu_seqlens[i + 1] / 4``).
     """
-    from transformers.vision_utils import get_vision_position_ids
 
     positions = get_vision_position_ids(image_grid_thw, visual.spatial_merge_size)
     window_index, cu_window = window_layout(visual, image_grid_thw)
@@ -347,11 +345,10 @@ def _masked_attention(attn, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.
 
     Written out (not the stock per-window loop over ``cu_seqlens``) so the exported graph takes any
     grid: the windows come in as ``window_ids`` and become a mask."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
     length = hidden.shape[0]
     q, k, v = attn.qkv(hidden).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    q, k = transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.apply_rotary_pos_emb_vision(q, k, cos, sin)
     q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # [H, S, d]
     scores = (q @ k.transpose(-1, -2)) * attn.scaling
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
@@ -473,8 +470,6 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
 
     @staticmethod
     def _visual_like(geometry: dict):
-        from types import SimpleNamespace
-
         return SimpleNamespace(spatial_merge_size=geometry["spatial_merge_size"], window_size=geometry["window_size"],
                                patch_size=geometry["patch_size"])
 

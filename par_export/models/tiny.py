@@ -10,6 +10,11 @@ import json
 from pathlib import Path
 
 import torch
+import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+from par_export.models import llava, qwen2_5_vl
+from par_export.models.loading import pretrained_kwargs
 
 WORDS = (
     "a an the of in on at to is are what which where how many there color colour shape side left right "
@@ -21,11 +26,9 @@ SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
 
 def word_tokenizer(append_eos: bool, words: list[str] | None = None, specials: list[str] | None = None):
-    """A word-level ``PreTrainedTokenizerFast`` over ``words`` (default :data:`WORDS`), special
+    """A word-level ``transformers.PreTrainedTokenizerFast`` over ``words`` (default :data:`WORDS`), special
     tokens first (in the order of ``specials``, default :data:`SPECIAL`), ``<s>`` prepended,
     ``</s>`` appended if asked (CLIP pools at the EOS)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate((specials or SPECIAL) + list(dict.fromkeys(words or WORDS)))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -34,7 +37,7 @@ def word_tokenizer(append_eos: bool, words: list[str] | None = None, specials: l
     tok.post_processor = processors.TemplateProcessing(
         single=template, special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])]
     )
-    return PreTrainedTokenizerFast(
+    return transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
         extra_special_tokens={"image_token": "<image>"},
     )
@@ -42,19 +45,17 @@ def word_tokenizer(append_eos: bool, words: list[str] | None = None, specials: l
 
 def tiny_llava_config(image_size: int = 32, patch_size: int = 4, vision_hidden: int = 32, text_hidden: int = 32,
                       vision_layers: int = 2, text_layers: int = 2):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
     vocab_size = len(SPECIAL) + len(dict.fromkeys(WORDS))
-    vision = CLIPVisionConfig(
+    vision = transformers.CLIPVisionConfig(
         hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=vision_layers,
         num_attention_heads=4, image_size=image_size, patch_size=patch_size, projection_dim=16,
     )
-    text = LlamaConfig(
+    text = transformers.LlamaConfig(
         hidden_size=text_hidden, intermediate_size=2 * text_hidden, num_hidden_layers=text_layers,
         num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=1024,
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
-    return LlavaConfig(
+    return transformers.LlavaConfig(
         vision_config=vision, text_config=text, image_token_index=SPECIAL.index("<image>"),
         image_seq_length=(image_size // patch_size) ** 2, vision_feature_layer=-2,
         vision_feature_select_strategy="default",
@@ -62,27 +63,24 @@ def tiny_llava_config(image_size: int = 32, patch_size: int = 4, vision_hidden: 
 
 
 def llava_processor(tokenizer, image_size: int, patch_size: int):
-    """A ``LlavaProcessor`` as LLaVA-1.5 checkpoints ship it: CLIP image processor (resize the
+    """A ``transformers.LlavaProcessor`` as LLaVA-1.5 checkpoints ship it: CLIP image processor (resize the
     shortest edge to ``image_size``, bicubic, center crop), ``<image>`` expanded to the patch
     count, LLaVA-1.5's chat template."""
-    from transformers import CLIPImageProcessor, LlavaProcessor
 
-    from par_export.models.llava import CHAT_TEMPLATE
-
-    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+    # the PIL processors are named: the plain names warn without torchvision, then give these
+    image_processor = transformers.CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                          crop_size={"height": image_size, "width": image_size})
-    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+    return transformers.LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=CHAT_TEMPLATE)
+                          chat_template=llava.CHAT_TEMPLATE)
 
 
 def save_tiny_llava(folder: str | Path, seed: int = 0, **geometry) -> Path:
     """Write a random-weight tiny LLaVA (safetensors, tokenizer, processor, chat template) to ``folder``."""
-    from transformers import LlavaForConditionalGeneration
 
     torch.manual_seed(seed)
     config = tiny_llava_config(**geometry)
-    model = LlavaForConditionalGeneration(config).eval()
+    model = transformers.LlavaForConditionalGeneration(config).eval()
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     vision = config.vision_config
@@ -92,18 +90,15 @@ def save_tiny_llava(folder: str | Path, seed: int = 0, **geometry) -> Path:
 
 def save_tiny_clip(folder: str | Path, llava_folder: str | Path, seed: int = 1) -> Path:
     """Write a tiny CLIP whose vision tower is the LLaVA folder's (as CLIP-L/336 is LLaVA-1.5's)."""
-    from transformers import CLIPConfig, CLIPModel, LlavaForConditionalGeneration
 
-    from par_export.models.loading import pretrained_kwargs
-
-    llava = LlavaForConditionalGeneration.from_pretrained(llava_folder, **pretrained_kwargs())
+    llava = transformers.LlavaForConditionalGeneration.from_pretrained(llava_folder, **pretrained_kwargs())
     vision = llava.config.vision_config
     text = dict(
         vocab_size=llava.config.text_config.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
     torch.manual_seed(seed)
-    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision.to_dict(), projection_dim=16)).eval()
+    clip = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision.to_dict(), projection_dim=16)).eval()
     clip.vision_model.load_state_dict(llava.model.vision_tower.state_dict())
     folder = Path(folder)
     clip.save_pretrained(folder, safe_serialization=True)
@@ -113,39 +108,29 @@ def save_tiny_clip(folder: str | Path, llava_folder: str | Path, seed: int = 1) 
 
 def save_tiny_llava_next(folder: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 8) -> Path:
     """Write a random-weight tiny LLaVA-NeXT (anyres grids up to 2x2 tiles of ``image_size``) with its
-    ``LlavaNextProcessor`` (CLIP-style resize + crop per tile, LLaVA-1.5's chat template)."""
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-        LlavaNextImageProcessor,
-        LlavaNextProcessor,
-    )
-
-    from par_export.models.llava import CHAT_TEMPLATE
+    ``transformers.LlavaNextProcessor`` (CLIP-style resize + crop per tile, LLaVA-1.5's chat template)."""
 
     s = image_size
     pinpoints = [[s, 2 * s], [2 * s, s], [2 * s, 2 * s], [s, 3 * s], [3 * s, s]]
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                               image_size=s, patch_size=patch_size, projection_dim=16)
-    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    text = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, vocab_size=len(SPECIAL) + len(dict.fromkeys(WORDS)),
                        max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=SPECIAL.index("<image>"),
+    config = transformers.LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=SPECIAL.index("<image>"),
                              image_grid_pinpoints=pinpoints, vision_feature_layer=-2,
                              vision_feature_select_strategy="default")
     torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(config).eval()
+    model = transformers.LlavaNextForConditionalGeneration(config).eval()
     with torch.no_grad():  # a visible newline row (its init is zeros)
         model.model.image_newline.normal_()
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
-    image_processor = LlavaNextImageProcessor(size={"shortest_edge": s}, crop_size={"height": s, "width": s},
+    image_processor = transformers.LlavaNextImageProcessorPil(size={"shortest_edge": s}, crop_size={"height": s, "width": s},
                                               image_grid_pinpoints=pinpoints)
-    LlavaNextProcessor(image_processor=image_processor, tokenizer=word_tokenizer(append_eos=False),
+    transformers.LlavaNextProcessor(image_processor=image_processor, tokenizer=word_tokenizer(append_eos=False),
                        patch_size=patch_size, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                       chat_template=CHAT_TEMPLATE).save_pretrained(folder)
+                       chat_template=llava.CHAT_TEMPLATE).save_pretrained(folder)
     return folder
 
 
@@ -155,27 +140,22 @@ QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>
 
 def qwen_word_tokenizer():
     """A word-level tokenizer with Qwen2.5-VL's special tokens and chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from par_export.models.qwen2_5_vl import CHAT_TEMPLATE
 
     vocab = {t: i for i, t in enumerate(QWEN_SPECIAL + list(dict.fromkeys(WORDS + ["user", "assistant", "system"])))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>",
         additional_special_tokens=QWEN_SPECIAL[1:],
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = qwen2_5_vl.CHAT_TEMPLATE
     return tokenizer
 
 
 def save_qwen_image_processor(folder: Path, **settings) -> None:
     """A Qwen2-VL image processor (PIL backend) saved with the processor class Qwen's checkpoints name."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    Qwen2VLImageProcessorPil(**settings).save_pretrained(folder)
+    transformers.Qwen2VLImageProcessorPil(**settings).save_pretrained(folder)
     config = Path(folder) / "preprocessor_config.json"
     values = json.loads(config.read_text())
     values["processor_class"] = "Qwen2_5_VLProcessor"
@@ -186,11 +166,10 @@ def save_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0, patch_size: int = 4)
     """Write a random-weight tiny Qwen2.5-VL (window attention, full-attention blocks 1 and 3, 2x2
     patch merger, M-RoPE) with a Qwen2-VL image processor (dynamic resolution, multiples of
     ``2 * patch_size``), a word tokenizer with Qwen's special tokens and a Qwen-style chat template."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tokenizer = qwen_word_tokenizer()
     vocab = tokenizer.get_vocab()
-    config = Qwen2_5_VLConfig(
+    config = transformers.Qwen2_5_VLConfig(
         vision_config=dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
                            patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2,
                            window_size=4 * patch_size, fullatt_block_indexes=[1, 3]),
@@ -201,7 +180,7 @@ def save_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0, patch_size: int = 4)
         image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
         vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model = transformers.Qwen2_5_VLForConditionalGeneration(config).eval()
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     unit = 2 * patch_size

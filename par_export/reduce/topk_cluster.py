@@ -14,6 +14,13 @@ from par_export.reduce.router import center_slots, merge_tokens, route_to_center
 
 ROUTERS = ("merge", "keep")
 
+# The ONNX node of this function (``export --plugin``) and its TensorRT plugin: ``par::TopKCluster``
+# version 1 (par_export/export/custom_op.py traces it; backends/ort_custom_op.py runs it on CPU).
+DOMAIN = "par"
+OP_TYPE = "TopKCluster"
+VERSION = "1"
+
+
 
 def topk_cluster(
     tokens: torch.Tensor,

@@ -28,6 +28,8 @@ from par_export.models.families import family_for
 from par_export.models.names import resolve_model
 from par_export.processing import open_image
 from par_export.reduce import PARConfig
+from par_export.runtime.llm_genai import GenaiLLM, export_genai
+from par_export.runtime.llm_onnx import OnnxRuntimeLLM, export_llm
 from par_export.runtime.pipeline import VisionLanguagePipeline
 
 
@@ -152,13 +154,9 @@ def chat(model_name: str, image: str | Path, prompt: str, options: ChatOptions |
         tokenizer = inputs.tokenizer
         ort_llm = None
         if llm == "onnxruntime":
-            from par_export.runtime.llm_onnx import OnnxRuntimeLLM, export_llm
-
             export_llm(model, Path(tmp) / "llm")
             ort_llm = OnnxRuntimeLLM(Path(tmp) / "llm", tokenizer.eos_token_id)
         elif llm == "onnxruntime-genai":
-            from par_export.runtime.llm_genai import GenaiLLM, export_genai
-
             export_genai(model, tokenizer, Path(tmp) / "genai")
             ort_llm = GenaiLLM(Path(tmp) / "genai")
         with VisionLanguagePipeline(artifact, model, tokenizer, ort_llm, options.allow_unverified, par) as pipe:

@@ -12,11 +12,15 @@ machines, so these are checked for shape, dtype and id layout only).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from par_export.errors import ParExportError
+from par_export.files import atomic_folder
 
 
 @dataclass
@@ -101,12 +105,7 @@ def emit(pipe, pixel_values: np.ndarray, prompt: str, runtime: str, budget: int 
 def write_emitted(folder, arrays: dict, meta: dict, overwrite: bool = False, inputs=(), artifact=None) -> list:
     """``inputs.safetensors`` + ``inputs.json`` in ``folder``, written whole or not at all; ``inputs``:
     the paths read (the output may not hold them); ``artifact``: the sealed folder it may not be in."""
-    import json
-    from pathlib import Path
 
-    from safetensors.numpy import save_file
-
-    from par_export.files import atomic_folder
 
     with atomic_folder(folder, overwrite, ParExportError, inputs=inputs, sealed=[artifact] if artifact else []) as (final, _):
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(final / "inputs.safetensors"))

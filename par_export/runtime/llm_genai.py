@@ -25,7 +25,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
 from par_export.files import atomic_output
 from par_export.runtime.llm_onnx import PAST, PRESENT, export_llm
@@ -48,9 +50,6 @@ class _SpliceEmbeddings(torch.nn.Module):
 
 
 def _passthrough_vision(hidden: int):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     shape = numpy_helper.from_array(np.array([-1, hidden], np.int64), "rows_by_hidden")
     graph = helper.make_graph(
         [helper.make_node("Reshape", ["pixel_values", "rows_by_hidden"], ["image_features"])], "reduced_rows",
@@ -97,7 +96,6 @@ def genai_config(model, context_length: int | None = None) -> dict:
 def export_genai(model, tokenizer, folder: str | Path, opset: int = 17) -> Path:
     """Write an onnxruntime-genai folder (``genai_config.json``, the three graphs, tokenizer)
     for a ``LlavaForConditionalGeneration``."""
-    import onnx
 
     folder = Path(folder)
     export_llm(model, folder, opset)
@@ -126,7 +124,8 @@ class GenaiLLM:
 
     def __init__(self, folder: str | Path):
         try:
-            import onnxruntime_genai as og
+            # optional: onnxruntime-genai (par-export[cpu] or [gpu])
+            import onnxruntime_genai as og  # noqa: PLC0415
         except ImportError as err:
             raise RuntimeError(f"onnxruntime-genai is not installed ({err}); pip install onnxruntime-genai, "
                                "or use the ONNX Runtime loop (--llm onnxruntime)") from None

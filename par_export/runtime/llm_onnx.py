@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 
+from par_export.backends.onnxruntime import ort_session
 from par_export.files import atomic_output
 
 
@@ -29,9 +31,7 @@ class _DecoderStep(torch.nn.Module):
         self.layers = model.config.text_config.num_hidden_layers
 
     def forward(self, inputs_embeds, attention_mask, position_ids, *past):
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config.text_config)
+        cache = transformers.DynamicCache(config=self.model.config.text_config)
         for layer in range(self.layers):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
         out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
@@ -82,8 +82,6 @@ class OnnxRuntimeLLM:
     """Greedy generation from ``inputs_embeds`` over ONNX Runtime with the exported KV cache."""
 
     def __init__(self, folder: str | Path, eos_token_id: int | None = None):
-        from par_export.backends.onnxruntime import ort_session
-
         folder = Path(folder)
         self.session = ort_session(folder / "llm.onnx")
         self.embed_tokens = np.load(folder / "embed_tokens.npy", allow_pickle=False)

@@ -19,6 +19,7 @@ crash on string inputs): ``serve`` refuses to start under NumPy 2 and says so.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import logging
 import os
@@ -34,7 +35,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from par_export.errors import ParExportError
+from par_export.serving.service import ReductionService
 
 MODEL = "par_reduce"
 log = logging.getLogger("par_export.serve")
@@ -90,8 +94,6 @@ def find_triton(binary: str | None = None) -> TritonInstall:
 
 
 def check_numpy() -> None:
-    import numpy as np
-
     if int(np.__version__.split(".")[0]) >= 2:
         raise ServeError(f"serve needs numpy<2 (found {np.__version__}): Triton's Python backend stub is built "
                          "against NumPy 1.x and misreads tensors under NumPy 2; install par-export[serve] in its "
@@ -158,7 +160,6 @@ def server_env(install: TritonInstall) -> dict:
 
 def _die_with_parent() -> None:
     """In the child: SIGTERM when the parent dies, even by SIGKILL (no orphan tritonserver)."""
-    import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -184,7 +185,6 @@ def tail(path: Path, lines: int = 15) -> str:
 def serve(artifact: str | Path, options: ServeOptions, on_ready=None) -> int:
     """Run Triton until SIGTERM/SIGINT (or until it exits); returns the exit status.
     ``on_ready()`` is called once the model answers ``/v2/models/par_reduce/ready``."""
-    from par_export.serving.service import ReductionService
 
     ports = {"--http-port": options.http_port, "--grpc-port": options.grpc_port, "--metrics-port": options.metrics_port}
     for flag, port in ports.items():

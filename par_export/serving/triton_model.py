@@ -84,7 +84,8 @@ class TritonPythonModel:
                                         allow_unverified=params.get("allow_unverified") == "1").open()
 
     def execute(self, requests: list) -> list:
-        import triton_python_backend_utils as pb_utils
+        # exists only inside Triton's Python backend stub, which runs this file
+        import triton_python_backend_utils as pb_utils  # noqa: PLC0415
 
         def error(message: str, code=None):
             code = pb_utils.TritonError.INVALID_ARG if code is None else code

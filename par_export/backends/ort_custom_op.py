@@ -14,8 +14,7 @@ import numpy as np
 import onnx
 import torch
 
-from par_export.export.custom_op import DOMAIN, OP_TYPE
-from par_export.reduce.topk_cluster import topk_cluster
+from par_export.reduce.topk_cluster import DOMAIN, OP_TYPE, topk_cluster
 
 _registered = False
 
@@ -26,7 +25,8 @@ def register_topk_cluster() -> None:
     if _registered:
         return
     try:
-        from onnxruntime_extensions import PyCustomOpDef, onnx_op
+        # optional: onnxruntime-extensions loads onnxruntime (par-export[cpu] or [gpu])
+        from onnxruntime_extensions import PyCustomOpDef, onnx_op  # noqa: PLC0415
     except ImportError as err:
         raise RuntimeError(
             "running a graph with par::TopKCluster on ONNX Runtime needs onnxruntime-extensions "
@@ -57,9 +57,10 @@ def uses_custom_op(model: onnx.ModelProto) -> bool:
 
 def custom_op_session(path: str | Path, model: onnx.ModelProto | None = None):
     """An ONNX Runtime CPU session for a graph holding ``par::TopKCluster`` nodes."""
-    import onnxruntime as ort
-    from onnxruntime_extensions import get_library_path
-    from onnxruntime_extensions._ocos import default_opset_domain
+    # optional: onnxruntime (par-export[cpu] or [gpu])
+    import onnxruntime as ort  # noqa: PLC0415
+    from onnxruntime_extensions import get_library_path  # noqa: PLC0415
+    from onnxruntime_extensions._ocos import default_opset_domain  # noqa: PLC0415
 
     register_topk_cluster()
     model = model if model is not None else onnx.load(str(path))
