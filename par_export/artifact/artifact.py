@@ -29,7 +29,7 @@ from par_export.artifact.query import QueryInputs, query_settings
 from par_export.backends.base import Runner
 from par_export.backends.onnxruntime import OnnxRuntimeRunner
 from par_export.backends.tensorrt import TensorRTRunner, gpu_info, tensorrt_version
-from par_export.models.families import export_config
+from par_export.models.layouts import layout_for
 from par_export.plugins import plugin_path
 from par_export.processing import PROCESSOR_DIR, ModelInputs
 
@@ -90,8 +90,8 @@ class Artifact:
         self.runners = open_runners(self.folder, self.manifest)
         self.metadata: ExportMetadata = self.manifest.metadata
         self.budget: Budget = self.metadata.budget_rule
-        self.contract = export_config(self.metadata)  # the family's graph inputs and outputs
-        self.geometry = self.metadata.to_json()  # what the family's contract reads
+        self.contract = layout_for(self.metadata.family)  # the family's graph inputs and outputs (numpy)
+        self.geometry = self.metadata.to_json()  # what the family's layout reads
         self.inputs = ModelInputs.from_folder(self.folder / PROCESSOR_DIR)
         self.query = self._query_inputs(par)
 

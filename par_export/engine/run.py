@@ -80,5 +80,5 @@ def run_image(folder: str | Path, image: str | Path, prompt: str, budget: int | 
         base = [i for i in result["keep_index"] if i < side * side]
         save_kept_overlay(heatmap, art.inputs.display_image(image_feed["pixel_values"][0]), base, side,
                           f"{prompt!r}: kept {kept}/{reduced.num_tokens}" +
-                          (f" ({len(base)} in the base image)" if layout else ""))
+                          (f" ({len(base)} in the base image)" if layout is not None else ""))
     return result

@@ -360,22 +360,6 @@ class LlavaOnnxConfig(VisionParOnnxConfig):
     def extra_metadata(self, llava: ReducedLlava) -> dict:
         return {}
 
-    def image_feed(self, geometry: dict, image_features: dict) -> tuple[dict, object]:
-        """The vision graph's image inputs from the processor's output for one image, and the
-        layout :meth:`rows` needs (none for LLaVA-1.5)."""
-        return {"pixel_values": image_features["pixel_values"].astype(np.float32)}, None
-
-    def num_tokens(self, geometry: dict, layout) -> int:
-        """N of the image :meth:`image_feed` prepared."""
-        return geometry["tokens_per_image"]
-
-    heatmap = True  # `run` draws the kept tokens over the first crop's square grid
-
-    def rows(self, outputs: dict, layout) -> np.ndarray:
-        """The rows the LLM receives for the first image of ``outputs``: ``[K, D]``."""
-        return outputs["image_embeds"][0, :int(outputs["num_kept"][0])]
-
-
     def dummy_inputs(self, llava: ReducedLlava, query_dim: int) -> tuple[torch.Tensor, ...]:
         """Trace inputs of ``vision_par``: batch 2 (so the batch axis stays symbolic)."""
         size = llava.model.config.vision_config.image_size

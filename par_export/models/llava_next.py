@@ -31,6 +31,7 @@ from torch import nn
 from par_export.errors import ParExportError
 from par_export.models.family import ModelFamily
 from par_export.models.graphs import VisionParGraph
+from par_export.models.layouts import LAYOUTS
 from par_export.models.llava import (
     CHAT_TEMPLATE,
     FALLBACK_TEMPLATE,
@@ -228,6 +229,9 @@ class LlavaNextVisionParGraph(VisionParGraph):
         return embeds, num_kept, keep_index, self.image_newline * 1.0, *scores  # scores: reference only
 
 
+LAYOUT = LAYOUTS["llava_next"]  # the runtime's numpy layout: the export's cases are fed as an artifact is
+
+
 @dataclass(frozen=True)
 class LlavaNextOnnxConfig(LlavaOnnxConfig):
     """LLaVA-NeXT's export: one image per call (its N depends on its size), the token axis dynamic.
@@ -266,39 +270,9 @@ class LlavaNextOnnxConfig(LlavaOnnxConfig):
         return {"tokens_per_crop": llava.tokens_per_crop, "image_grid_pinpoints": cfg.image_grid_pinpoints,
                 "patch_size": cfg.vision_config.patch_size}
 
-    @staticmethod
-    def geometry_config(geometry: dict):
-        """A config carrying what the layout reads, from the export metadata."""
-
-        vision = SimpleNamespace(image_size=geometry["image_size"], patch_size=geometry["patch_size"])
-        return SimpleNamespace(vision_config=vision, image_grid_pinpoints=geometry["image_grid_pinpoints"])
-
-    def image_feed(self, geometry: dict, image_features: dict) -> tuple[dict, ImageLayout]:
-        """``pixel_values [C, 3, S, S]`` / ``content_index [N]`` of one image from the processor's
-        ``pixel_values [1, P, 3, S, S]`` and ``image_sizes [1, 2]``, and its layout."""
-        return self.crops_feed(geometry, image_features["pixel_values"][0].astype(np.float32),
-                               tuple(int(v) for v in image_features["image_sizes"][0]))
-
-    def crops_feed(self, geometry: dict, pixel_values: np.ndarray, image_size) -> tuple[dict, ImageLayout]:
-        config = self.geometry_config(geometry)
-        crops = crops_per_image(config, [image_size])[0]
-        layout = image_layouts(config, [image_size], [crops])[0]
-        return {"pixel_values": pixel_values[:crops], "content_index": layout.content.numpy()}, layout
-
-    def num_tokens(self, geometry: dict, layout: ImageLayout) -> int:
-        return len(layout.content)
-
-    def rows(self, outputs: dict, layout: ImageLayout) -> np.ndarray:
-        """Kept rows with the newline after each grid row that kept a token: what the LLM receives."""
-        k = int(outputs["num_kept"][0])
-        rows = with_newlines(torch.from_numpy(outputs["image_embeds"][0, :k].astype(np.float32)),
-                             torch.from_numpy(outputs["keep_index"][0, :k]), layout,
-                             torch.from_numpy(outputs["image_newline"].astype(np.float32)))
-        return rows.numpy()
-
     def dummy_inputs(self, llava, query_dim: int) -> tuple[torch.Tensor, ...]:
         size = llava.model.config.vision_config.image_size
-        feed, _ = self.crops_feed(self.extra_metadata(llava) | {"image_size": size},
+        feed, _ = LAYOUT.crops_feed(self.extra_metadata(llava) | {"image_size": size},
                                   np.zeros((5, 3, size, size), np.float32), (2 * size, 2 * size))
         dummy = (torch.randn(feed["pixel_values"].shape), torch.from_numpy(feed["content_index"]),
                  torch.randn(1, query_dim))
@@ -317,9 +291,9 @@ class LlavaNextOnnxConfig(LlavaOnnxConfig):
         for i in range(max(len(sizes), len(budgets))):
             (h, w), budget = sizes[i % len(sizes)], budgets[i % len(budgets)]
             pixels = rng.standard_normal((5, 3, s, s)).astype(dtype)
-            feed, layout = self.crops_feed(geometry, pixels, (h, w))
+            feed, _ = LAYOUT.crops_feed(geometry, pixels, (h, w))
             feed["query_embeds"] = rng.standard_normal((1, query_dim)).astype(dtype) * (i != 3)
-            cases.append(self.case(f"image={w}x{h} N={len(layout.content)}", feed, budget))
+            cases.append(self.case(f"image={w}x{h} N={len(feed['content_index'])}", feed, budget))
         return cases
 
 

@@ -473,30 +473,6 @@ class Qwen2_5_VLOnnxConfig(VisionParOnnxConfig):
         return SimpleNamespace(spatial_merge_size=geometry["spatial_merge_size"], window_size=geometry["window_size"],
                                patch_size=geometry["patch_size"])
 
-    def image_feed(self, geometry: dict, image_features: dict) -> tuple[dict, list[int]]:
-        """Graph inputs of the processor's images (``pixel_values [S, ...]``, ``image_grid_thw [I, 3]``)
-        in one call; the layout is each image's N."""
-        grid = torch.as_tensor(image_features["image_grid_thw"])
-        sizes = (grid.prod(-1) // geometry["spatial_merge_size"] ** 2).tolist()
-        for i, n in enumerate(sizes):
-            if n < geometry["tokens_per_image"]:
-                which = f"image {i} gives" if len(sizes) > 1 else "the image gives"
-                raise ParExportError(f"{which} {n} merged tokens, fewer than the {geometry['tokens_per_image']} this "
-                                 "graph was exported for; export with a smaller --k-max or use a larger image")
-        feed = {k: v.numpy() for k, v in vision_inputs(self._visual_like(geometry), grid).items()}
-        feed["pixel_values"] = image_features["pixel_values"][:4 * sum(sizes)].astype(np.float32)
-        return feed, sizes
-
-    heatmap = False  # the patches are not an image until unflattened; `run` writes none yet
-
-    def num_tokens(self, geometry: dict, layout: list[int]) -> int:
-        """N of the first image (``run`` feeds one)."""
-        return layout[0]
-
-    def rows(self, outputs: dict, layout, image: int = 0) -> np.ndarray:
-        """Image ``image``'s kept rows ``[K_i, D]``."""
-        return outputs["image_embeds"][image, :int(outputs["num_kept"][image])]
-
     def _case_feed(self, geometry: dict, grids_hw: list[tuple[int, int]], rng, dtype) -> dict:
         """Random patches for images of the patch grids ``grids_hw`` in one call."""
         patch = geometry["patch_size"]
