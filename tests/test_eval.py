@@ -123,21 +123,34 @@ def test_bootstrap_intervals_are_paired_and_shrink_with_n():
     rng = np.random.default_rng(0)
     right = rng.random(400) < 0.7
     a, b = Tally(), Tally()
-    a.add(right)
-    b.add(right)
+    a.add(right, right.tolist())
+    b.add(right, right.tolist())
     indices = bootstrap_indices(400)
     assert accuracy_interval(a, indices) == accuracy_interval(b, indices)  # same questions resampled alike
     low, high = accuracy_interval(a, indices)
     assert low < a.accuracy < high and 0.06 < high - low < 0.12  # ~ 2 x 1.96 x sqrt(0.21 / 400) = 0.09
     small = Tally()
-    small.add(right[:100])
+    small.add(right[:100], right[:100].tolist())
     s_low, s_high = accuracy_interval(small, bootstrap_indices(100))
     assert s_high - s_low > high - low
     perfect = Tally()
-    perfect.add([True] * 400)
+    perfect.add([True] * 400, [1] * 400)
     assert accuracy_interval(perfect, indices) == (1.0, 1.0)
     with pytest.raises(ValueError, match="100 outcomes for resamples of 400"):
         accuracy_interval(small, indices)
+
+
+def test_agreement_with_full_and_accuracy_per_question_type():
+    """'agree' counts the answers equal to the full model's, right or wrong; per-type accuracy splits
+    the same outcomes by question type."""
+    from par_export.eval.vqa import Tally
+
+    full, reduced = Tally(), Tally()
+    full.add([True, True, False, False], ["red", "2", "left", "star"], ["color", "count", "side", "shape"])
+    reduced.add([True, False, False, False], ["red", "3", "left", "circle"], ["color", "count", "side", "shape"])
+    assert reduced.agreement(full) == 0.5 and full.agreement(full) == 1.0  # "left": wrong both, yet agreeing
+    assert full.accuracy_by_kind() == {"color": 1.0, "count": 1.0, "shape": 0.0, "side": 0.0}
+    assert reduced.accuracy_by_kind()["count"] == 0.0
 
 
 def test_ablations_run_beside_the_methods_on_the_same_questions(tiny_folders, tmp_path, capsys):

@@ -41,14 +41,28 @@ from par_export.runtime.pipeline import VisionLanguagePipeline
 class Tally:
     """One method and budget's answers: ``outcomes[i]`` is whether sample ``i`` was answered right
     (samples in the same order for every method: intervals are paired), ``kept`` its K,
-    ``predictions`` the generated answers (JSONL evaluation)."""
+    ``predictions`` the answers given (first-token ids on the procedural split, generated text on
+    JSONL), ``kinds`` each sample's question type (procedural split)."""
 
     outcomes: list[bool] = field(default_factory=list)
     kept: list[int] = field(default_factory=list)
-    predictions: list[str] = field(default_factory=list)
+    predictions: list = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
 
-    def add(self, right) -> None:
+    def add(self, right, predictions, kinds=()) -> None:
         self.outcomes += [bool(r) for r in right]
+        self.predictions += list(predictions)
+        self.kinds += list(kinds)
+
+    def agreement(self, full: Tally) -> float:
+        """Share of samples answered as the full model answered them."""
+        same = [a == b for a, b in zip(self.predictions, full.predictions)]
+        return sum(same) / max(len(same), 1)
+
+    def accuracy_by_kind(self) -> dict[str, float]:
+        """Accuracy per question type (empty without types)."""
+        kinds = sorted(set(self.kinds))
+        return {kind: float(np.mean([o for o, k in zip(self.outcomes, self.kinds) if k == kind])) for kind in kinds}
 
     @property
     def correct(self) -> int:
@@ -249,7 +263,8 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
         for start in tqdm(range(0, len(seeds), batch), desc=f"eval {split}", disable=not progress):
             samples, ids, mask, pixels, answers = vqa_batch(base, inputs, seeds[start:start + batch])
             full = base.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[:, -1].argmax(-1)
-            tallies["full"].add(full == answers)
+            kinds = [smp.kind for smp in samples]
+            tallies["full"].add(full == answers, full.tolist(), kinds)
             # one tower pass for every method (the authors' forms also read the tower's keys and CLS token)
             features = base.vision_features(pixels, tower_outputs=any(a.reducer.tower_inputs for a in adapters.values()))
             for method, adapter in adapters.items():
@@ -265,7 +280,7 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
                         reduced = adapter.prepare_inputs(ids, mask, pixels, budget=k, features=features)
                         logits, kept = base.model(**reduced.model_inputs).logits[:, -1], reduced.reduction.num_kept.tolist()
                     predicted = logits.argmax(-1)
-                    tally.add(predicted == answers)
+                    tally.add(predicted == answers, predicted.tolist(), kinds)
                     tally.kept += kept
                     if reduced is not None and method == "par" and budget == budgets[0] and len(examples) < keep_examples:
                         for b in range(min(keep_examples - len(examples), len(samples))):
@@ -274,7 +289,8 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
                 for budget in [b for b in budgets if b != "auto"]:  # DART keeps a fixed share
                     logits, kept = dart_first_token_logits(base.model, ids, mask, pixels, budget, dart_settings(method))
                     tally = tallies.setdefault((method, budget), Tally())
-                    tally.add(logits.argmax(-1) == answers)
+                    predicted = logits.argmax(-1)
+                    tally.add(predicted == answers, predicted.tolist(), kinds)
                     tally.kept += kept
     text_tokens = int(mask.sum(dim=1).float().mean()) - base.tokens_per_image
     full_layers = {m: dart_settings(m).layer for m in methods if is_dart(m)}
@@ -291,8 +307,8 @@ def result_rows(results: dict) -> list[dict]:
     indices = bootstrap_indices(full.total)
     low, high = accuracy_interval(full, indices)
     rows = [{"method": "full", "budget": n, "accuracy": full.accuracy, "accuracy_low": low, "accuracy_high": high,
-             "relative": 1.0, "mean_kept": n, "kept_fraction": 1.0, "llm_prefill_flops": full_flops,
-             "flops_relative": 1.0, "n": full.total}]
+             "relative": 1.0, "agreement": 1.0, "mean_kept": n, "kept_fraction": 1.0, "llm_prefill_flops": full_flops,
+             "flops_relative": 1.0, "n": full.total, **by_kind(full)}]
     for key, tally in results["tallies"].items():
         if key == "full":
             continue
@@ -303,10 +319,16 @@ def result_rows(results: dict) -> list[dict]:
                                   results.get("full_layers", {}).get(method, 0))
         low, high = accuracy_interval(tally, indices)
         rows.append({"method": method, "budget": budget, "accuracy": tally.accuracy, "accuracy_low": low,
-                     "accuracy_high": high, "relative": tally.accuracy / max(full.accuracy, 1e-9), "mean_kept": mean_kept,
+                     "accuracy_high": high, "relative": tally.accuracy / max(full.accuracy, 1e-9),
+                     "agreement": tally.agreement(full), "mean_kept": mean_kept,
                      "kept_fraction": mean_kept / n, "llm_prefill_flops": flops, "flops_relative": flops / full_flops,
-                     "n": tally.total})
+                     "n": tally.total, **by_kind(tally)})
     return rows
+
+
+def by_kind(tally: Tally) -> dict[str, float]:
+    """``{"accuracy_<type>": ...}`` per question type (the procedural split's), for a results row."""
+    return {f"accuracy_{kind}": value for kind, value in tally.accuracy_by_kind().items()}
 
 
 def write_outputs(rows: list[dict], results: dict, out: Path, overwrite: bool = False, inputs=(),
@@ -371,14 +393,19 @@ def plot_examples(examples: list, path: Path, full_tokens: int) -> None:
 
 
 def format_rows(rows: list[dict]) -> str:
+    """The eval table: accuracy with its interval, relative to full, agreement with full's answers,
+    FLOPs, and accuracy per question type where the questions have types."""
+    kinds = [k for k in rows[0] if k.startswith("accuracy_") and k not in ("accuracy_low", "accuracy_high")]
     lines = [f"{'method':<10} {'budget':>6} {'mean K':>7} {'acc':>6} {'95% interval':>13} {'rel. to full':>12} "
-             f"{'LLM FLOPs rel.':>14}"]
+             f"{'agree':>6} {'LLM FLOPs rel.':>14}" + "".join(f" {k[len('accuracy_'):]:>7}" for k in kinds)]
     for r in rows:
         interval = f"{r['accuracy_low']:.3f}-{r['accuracy_high']:.3f}"
         lines.append(f"{r['method']:<10} {str(r['budget']):>6} {r['mean_kept']:>7.1f} {r['accuracy']:>6.3f} "
-                     f"{interval:>13} {r['relative']:>12.1%} {r['flops_relative']:>14.1%}")
+                     f"{interval:>13} {r['relative']:>12.1%} {r['agreement']:>6.1%} {r['flops_relative']:>14.1%}"
+                     + "".join(f" {r[k]:>7.3f}" for k in kinds))
     lines.append(f"intervals: percentile bootstrap, {BOOTSTRAP_RESAMPLES} resamples of the same questions for every "
-                 f"method (n = {rows[0]['n']})")
+                 f"method (n = {rows[0]['n']}); agree: share of questions answered as the full model answered them"
+                 + ("; the last columns: accuracy per question type" if kinds else ""))
     return "\n".join(lines)
 
 
@@ -467,5 +494,4 @@ def kept_counts(reduction) -> list[int]:
 
 
 def _score(tally: Tally, predictions: list[str], records, is_correct) -> None:
-    tally.add(is_correct(p, r.answer) for p, r in zip(predictions, records))
-    tally.predictions += predictions
+    tally.add([is_correct(p, r.answer) for p, r in zip(predictions, records)], predictions)
