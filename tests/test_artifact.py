@@ -115,3 +115,28 @@ def test_build_writes_engines_by_default(tmp_path, monkeypatch, capsys):
     assert main(["build", "--model", "tiny", "--precision", "fp32", "--backend", "onnxruntime"]) == 0
     assert "in engines/tiny-fp32/" in capsys.readouterr().out
     assert read_manifest(Path("engines/tiny-fp32")).precision == "fp32"
+
+
+def test_a_repeated_question_is_encoded_once(built):
+    """The query embedding is cached by the rewritten prompt (bounded, least recently used out):
+    the same question about many images runs the query encoder once, with the same result."""
+    art, _ = built
+    artifact = Artifact.open(art)
+    runner = artifact.runners["query_encoder"]
+    calls = []
+
+    class Counting:  # the real runner, counted
+        def infer(self, feed):
+            calls.append(1)
+            return runner.infer(feed)
+
+    with artifact:
+        first, query = artifact.query.embed("what colour is the square ?", Counting())
+        again, _ = artifact.query.embed("what colour is the square ?", Counting())
+        assert len(calls) == 1 and np.array_equal(first, again) and query
+        artifact.query.CACHE_SIZE = 2
+        for prompt in ("where is the circle ?", "how many stars ?"):
+            artifact.query.embed(prompt, Counting())
+        assert len(calls) == 3
+        fresh, _ = artifact.query.embed("what colour is the square ?", Counting())  # dropped: least recent
+        assert len(calls) == 4 and np.allclose(fresh, first)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,9 +63,14 @@ class QueryInputs:
         dim: width of ``query_embeds`` (zeros are returned when the rewrite leaves nothing).
     """
 
+    CACHE_SIZE = 1024
+    """Query embeddings kept, keyed by the rewritten prompt (least recently used dropped first): a
+    server asked the same question about many images encodes it once."""
+
     def __init__(self, folder: Path, settings: QuerySettings, dim: int):
         self.settings = settings
         self.dim = dim
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.tokenizer = load_pretrained(transformers.AutoTokenizer, Path(folder) / TOKENIZER_DIR)
 
     def rewrite(self, prompt: str) -> str:
@@ -76,9 +82,16 @@ class QueryInputs:
         query = self.rewrite(prompt)
         if not query:
             return np.zeros((1, self.dim), np.float32), query
+        if query in self._cache:
+            self._cache.move_to_end(query)
+            return self._cache[query].copy(), query
         batch = self.tokenizer([query], add_special_tokens=self.settings.add_special_tokens, truncation=True,
                                max_length=self.settings.max_length, return_tensors="np")
-        return self.embed_ids(batch["input_ids"][0], runner), query
+        embedding = self.embed_ids(batch["input_ids"][0], runner)
+        self._cache[query] = embedding.copy()
+        if len(self._cache) > self.CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return embedding, query
 
     def embed_ids(self, ids: np.ndarray, runner) -> np.ndarray:
         """``query_embeds [1, Dq]`` float32 of one tokenized query ``ids [P]``."""
