@@ -14,9 +14,8 @@ Sub-benchmarks (pick any; each prints a table and writes ``OUT/<name>.json``; re
   and ``space=clip`` (reduce, then project the K kept).
 - ``prefill``: an LLM at LLaVA-1.5-7B's geometry (Vicuna-7B: width 4096, 32 heads, MLP 11008,
   random weights) prefilling K visual + T text tokens against 576 + T, with ``logits_to_keep=1``
-  (only the last position's logits, as generation needs). Run at 1 and 2 layers: the per-layer
-  cost is the difference, the rest (embedding, final norm, LM head) is fixed, and the ratio at
-  full depth (32 layers) is extrapolated as ``fixed + 32 x per-layer`` on each side.
+  (only the last position's logits, as generation needs), measured directly at ``--prefill-layers``
+  layers (default 8, where the fixed part, the LM head, is small), with the spread over rounds.
 - ``graph``: built artifacts' vision+PAR graph (e.g. ONNX Runtime fp32 and fp16 builds of a
   CLIP-L/336 export) against the PyTorch module they were exported from, same feeds.
 - ``kv``: KV-cache bytes (fp16) at that geometry for each K against 576 (computed, not timed).
@@ -215,49 +214,44 @@ def bench_space(args) -> dict:
 
 # ----------------------------------------------------------------------------- LLM prefill
 def bench_prefill(args) -> dict:
+    """Prefill of K visual + T text tokens against 576 + T, measured directly at ``--prefill-layers``
+    layers of the Vicuna-7B geometry (8 fit in this machine's memory: the fixed part, LM head over
+    the 32000-word vocabulary on one position, is then small), reduced and full calls interleaved
+    round by round. No extrapolation: the ratio is of two measured calls, with its spread."""
     from transformers import LlamaForCausalLM
 
     from par_export.models.geometries import LLAVA_GEOMETRIES
 
     config = LLAVA_GEOMETRIES["llava-1.5-7b"]()
-    full_depth = config.num_hidden_layers
+    depth = args.prefill_layers
+    config.num_hidden_layers = depth
     text, full_visual = args.text_tokens, 576
     contexts = {k: k + text for k in args.kept} | {"full": full_visual + text}
-    # 1- and 2-layer models side by side in the same rounds: the per-layer cost is the difference
-    # of two calls made back to back, not of two separate runs (whose noise can exceed one layer)
-    models, embeds = {}, {}
-    for layers in (1, 2):
-        config.num_hidden_layers = layers
-        torch.manual_seed(0)
-        models[layers] = LlamaForCausalLM._from_config(config, attn_implementation="sdpa").eval()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa").eval()
     embeds = {name: torch.randn(1, length, config.hidden_size) * 0.02 for name, length in contexts.items()}
-    sides = {(layers, name): (lambda e=e, m=m: m(inputs_embeds=e, logits_to_keep=1, use_cache=True))
-             for layers, m in models.items() for name, e in embeds.items()}
+    sides = {name: (lambda e=e, m=model: m(inputs_embeds=e, logits_to_keep=1, use_cache=True))
+             for name, e in embeds.items()}
     with torch.no_grad():
-        measured = side_by_side(sides, args.rounds, "prefill")
-    times = {layers: {name: measured[(layers, name)] for name in contexts} for layers in models}
-    del models, sides
+        times = side_by_side(sides, args.rounds, "prefill")
+    del model, sides
     rows = []
     for name in args.kept:
-        measured = ratio_stats(times[2][name], times[2]["full"])
-        per_layer = {side: statistics.median(b - a for a, b in zip(times[1][side], times[2][side]))
-                     for side in (name, "full")}
-        fixed = {side: statistics.median(times[1][side]) - per_layer[side] for side in (name, "full")}
-        at_depth = {side: fixed[side] + full_depth * per_layer[side] for side in (name, "full")}
-        rows.append({"kept": name, "context": contexts[name], "full_context": contexts["full"],
-                     "ratio_2_layers": measured["ratio_median"], "ratio_2_layers_min": measured["ratio_min"],
-                     "per_layer_ms": per_layer[name] * 1e3, "full_per_layer_ms": per_layer["full"] * 1e3,
-                     "per_layer_ratio": per_layer[name] / per_layer["full"],
-                     "ratio_32_layers": at_depth[name] / at_depth["full"],
-                     "flops_ratio": flops_ratio(config, contexts[name], contexts["full"], full_depth)})
-    print(f"{'K':>4} {'tokens':>6} {'full':>5} {'2-layer ratio':>13} {'(min)':>6} {'per-layer ms':>12} "
-          f"{'full per-layer':>14} {'per-layer ratio':>15} {'32-layer ratio':>14} {'FLOPs ratio':>11}")
+        ratios = sorted(a / b for a, b in zip(times[name], times["full"]))
+        stats = ratio_stats(times[name], times["full"])
+        rows.append({"kept": name, "context": contexts[name], "full_context": contexts["full"], "layers": depth,
+                     "ratio_median": stats["ratio_median"], "ratio_min": stats["ratio_min"], "ratio_max": ratios[-1],
+                     "reduced_ms": stats["a_ms"], "full_ms": stats["b_ms"],
+                     "flops_ratio": flops_ratio(config, contexts[name], contexts["full"], depth)})
+    print(f"{'K':>4} {'tokens':>6} {'full':>5} {f'ratio, {depth} layers':>17} {'(min-max)':>13} {'reduced ms':>10} "
+          f"{'full ms':>8} {'FLOPs ratio':>11}")
     for r in rows:
-        print(f"{r['kept']:>4} {r['context']:>6} {r['full_context']:>5} {r['ratio_2_layers']:>13.3f} "
-              f"{r['ratio_2_layers_min']:>6.3f} {r['per_layer_ms']:>12.1f} {r['full_per_layer_ms']:>14.1f} "
-              f"{r['per_layer_ratio']:>15.3f} {r['ratio_32_layers']:>14.3f} {r['flops_ratio']:>11.3f}")
+        spread = f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f}"
+        print(f"{r['kept']:>4} {r['context']:>6} {r['full_context']:>5} {r['ratio_median']:>17.3f} {spread:>13} "
+              f"{r['reduced_ms']:>10.0f} {r['full_ms']:>8.0f} {r['flops_ratio']:>11.3f}")
     plot_prefill(rows, args)
-    return {"rows": rows, "text_tokens": text, "geometry": "llava-1.5-7b (Vicuna-7B), fp32, random weights"}
+    return {"rows": rows, "text_tokens": text, "layers": depth,
+            "geometry": f"llava-1.5-7b (Vicuna-7B) at {depth} layers, fp32, random weights"}
 
 
 def flops_ratio(config, tokens: int, full_tokens: int, layers: int) -> float:
@@ -275,12 +269,14 @@ def plot_prefill(rows: list[dict], args) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     kept = [r["kept"] for r in rows]
-    for key, label in (("ratio_2_layers", "measured, 2 layers"), ("ratio_32_layers", "extrapolated to 32 layers"),
-                       ("per_layer_ratio", "per layer"), ("flops_ratio", "FLOPs (32 layers)")):
-        ax.plot(kept, [r[key] for r in rows], marker="o", label=label)
+    median = [r["ratio_median"] for r in rows]
+    ax.errorbar(kept, median, yerr=[[m - r["ratio_min"] for m, r in zip(median, rows)],
+                                    [r["ratio_max"] - m for m, r in zip(median, rows)]],
+                marker="o", capsize=3, label=f"measured, {args.prefill_layers} layers (median, min-max)")
+    ax.plot(kept, [r["flops_ratio"] for r in rows], marker="s", label=f"FLOPs ({args.prefill_layers} layers)")
     ax.axhline(0.2, color="grey", linestyle=":", label="goal 0.2 at K=64")
     ax.set(xlabel="kept visual tokens K (of 576)", ylabel="prefill time, reduced / full",
-           title=f"Vicuna-7B geometry prefill, median of {args.rounds} rounds (n={args.rounds})")
+           title=f"Vicuna-7B geometry prefill, {args.rounds} rounds (n={args.rounds})")
     ax.legend(fontsize=8)
     fig.suptitle(device_label(), fontsize=8)
     fig.tight_layout()
@@ -392,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=64, help="reducer: K for methods without an adaptive budget")
     parser.add_argument("--kept", type=int, nargs="+", default=[16, 32, 64, 128, 192], help="prefill/kv: K values")
     parser.add_argument("--text-tokens", type=int, default=40, help="prefill/kv: text tokens beside the image")
+    parser.add_argument("--prefill-layers", type=int, default=8, help="prefill: decoder layers of the 7B geometry "
+                        "measured (default 8: about 7.5 GB in fp32)")
     parser.add_argument("--llm", nargs="+", default=["transformers", "onnxruntime"],
                         choices=["transformers", "onnxruntime", "onnxruntime-genai"], help="ttft: LLM runtimes")
     parser.add_argument("--artifacts", nargs="+", type=Path, help="graph: `par-export build` folders of one export "
