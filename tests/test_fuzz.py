@@ -483,7 +483,8 @@ def test_reads_never_block_and_messages_name_what_was_wrong(world, tmp_path, cap
     for image in (fifo, Path("/dev/zero"), tmp_path):
         rc, err = call(["run", str(art), "--image", str(image), "--prompt", "red"], capsys)
         assert rc == 2 and "not a regular file" in err, (image, err)
-    for argv, flag in ((["--bogus"], "--bogus"), (["-x", "--debug"], "-x"), (["run", str(art), "--bogus"], "--bogus")):
+    for argv, flag in ((["--bogus"], "--bogus"), (["-x", "--debug"], "-x"), (["run", str(art), "--bogus"], "--bogus"),
+                       (["--bogus", "run", str(art)], "--bogus")):
         rc, err = call(argv, capsys)
         assert rc == 2 and f"unrecognized arguments: {flag}" in err, (argv, err)
     rc, err = call(["serve", str(art), "--http-port", "18000", "--grpc-port", "18000"], capsys)
