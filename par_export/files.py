@@ -42,16 +42,13 @@ def check_out(path: str | Path, inputs: Iterable[str | Path] = (), sealed: Itera
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise ParExportError(f"--out {path}: is the current folder or holds it; name a new folder for the output")
-    for item in inputs:
+    inputs = list(inputs)
+    for item in [*inputs, *data]:
         source = Path(item).expanduser().resolve()
         if source == resolved or resolved in source.parents:
             raise ParExportError(f"--out {path}: holds the input {item}; name a folder outside it")
-        if source in resolved.parents:  # inputs are read, never written into
+        if item in inputs and source in resolved.parents:  # inputs are read, never written into
             raise ParExportError(f"--out {path}: is inside the input {item}; name a folder outside it")
-    for item in data:
-        source = Path(item).expanduser().resolve()
-        if source == resolved or resolved in source.parents:
-            raise ParExportError(f"--out {path}: holds the input {item}; name a folder outside it")
     artifact = inside_any(resolved, sealed)
     if artifact is not None:
         raise ParExportError(f"--out {path}: is inside the artifact {artifact}, whose files are sealed; name a folder "

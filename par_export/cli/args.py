@@ -133,9 +133,9 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)  # for error(): the flags it was given
-        if self._subparsers is not None and self.unknown_flags():
-            # before the command: argparse would hand them on and complain about the command's arguments
-            self.error(f"unrecognized arguments: {' '.join(self.unknown_flags())}")
+        unknown = self.unknown_flags() if self._subparsers is not None else []
+        if unknown:  # before the command: argparse would hand them on and complain about the command's arguments
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
         return super().parse_known_args(args, namespace)
 
     def unknown_flags(self) -> list[str]:

@@ -68,23 +68,32 @@ class LlavaNextLayout(LlavaLayout):
         """Kept rows ``[K, D]`` in packed order with the newline row after each grid row that kept a
         token: ``[K + rows, D]``."""
         k = int(outputs["num_kept"][0])
-        rows, kept_index = outputs["image_embeds"][0, :k], outputs["keep_index"][0, :k]
-        newline = outputs["image_newline"].astype(rows.dtype)
-        kept = np.zeros(int((layout != NEWLINE).sum()), bool)
-        kept[kept_index] = True
-        pieces, cursor, row_has_token, content = [], 0, False, 0
-        for entry in layout.tolist():
-            if entry == NEWLINE:
-                if row_has_token:
-                    pieces.append(newline[None])
-                row_has_token = False
-                continue
-            if kept[content]:
-                pieces.append(rows[cursor:cursor + 1])
-                cursor += 1
-                row_has_token = True
-            content += 1
-        return np.concatenate(pieces)
+        rows = outputs["image_embeds"][0, :k]
+        table = np.concatenate([rows, outputs["image_newline"].astype(rows.dtype)[None]])  # row K: the newline
+        return table[rows_with_newlines(layout, outputs["keep_index"][0, :k])]
+
+
+def rows_with_newlines(order: np.ndarray, keep_index: np.ndarray) -> np.ndarray:
+    """``[R]`` int64: what the LLM receives of one LLaVA-NeXT image, as indices into its K kept rows,
+    with K standing for the ``image_newline`` row that follows each grid row (and the base crop)
+    that kept a token. ``order [T]``: :func:`packed_order`; ``keep_index [K]``: ascending indices of
+    the kept content tokens. One rule for the eager adapter (torch rows) and the artifact (numpy)."""
+    keep_index = np.asarray(keep_index)
+    kept = np.zeros(int((order != NEWLINE).sum()), bool)
+    kept[keep_index] = True
+    plan, cursor, row_has_token, content = [], 0, False, 0
+    for entry in np.asarray(order).tolist():
+        if entry == NEWLINE:
+            if row_has_token:
+                plan.append(len(keep_index))
+            row_has_token = False
+            continue
+        if kept[content]:
+            plan.append(cursor)
+            cursor += 1
+            row_has_token = True
+        content += 1
+    return np.array(plan, np.int64)
 
 
 def _best_resolution(geometry: dict, image_size: tuple[int, int]) -> tuple[int, int]:

@@ -31,7 +31,7 @@ from torch import nn
 from par_export.errors import ParExportError
 from par_export.models.family import ModelFamily
 from par_export.models.graphs import VisionParGraph
-from par_export.models.layouts import LAYOUTS
+from par_export.models.layouts import LAYOUTS, rows_with_newlines
 from par_export.models.llava import (
     CHAT_TEMPLATE,
     FALLBACK_TEMPLATE,
@@ -85,22 +85,11 @@ def image_layouts(config, image_sizes, crops: list[int]) -> list[ImageLayout]:
 
 def with_newlines(rows: torch.Tensor, keep_index: torch.Tensor, layout: ImageLayout,
                   newline: torch.Tensor) -> torch.Tensor:
-    """Kept rows ``[K, D]`` in packed order with a newline row after each grid row that kept a token."""
-    kept = torch.zeros(len(layout.content), dtype=torch.bool)
-    kept[keep_index] = True
-    pieces, cursor, row_has_token, content_pos = [], 0, False, 0
-    for entry in layout.order.tolist():
-        if entry == NEWLINE:
-            if row_has_token:
-                pieces.append(newline[None].to(rows.dtype))
-            row_has_token = False
-            continue
-        if kept[content_pos]:
-            pieces.append(rows[cursor:cursor + 1])
-            cursor += 1
-            row_has_token = True
-        content_pos += 1
-    return torch.cat(pieces)
+    """Kept rows ``[K, D]`` in packed order with a newline row after each grid row that kept a token
+    (the rule of :func:`~par_export.models.layouts.rows_with_newlines`, shared with the artifact)."""
+    table = torch.cat([rows, newline[None].to(rows.dtype)])  # row K: the newline
+    plan = rows_with_newlines(layout.order.numpy(), keep_index.cpu().numpy())
+    return table[torch.from_numpy(plan).to(rows.device)]
 
 
 class ReducedLlavaNext(ReducedLlava):
