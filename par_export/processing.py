@@ -139,8 +139,9 @@ class ComponentProcessor:
         settings["processor_class"] = self.processor_class.__name__
         config.write_text(json.dumps(settings, indent=2) + "\n")
 
-    def __call__(self, images=None, text=None, return_tensors="pt", **tokenizer_kwargs) -> dict:
-        image_inputs = dict(self.image_processor(images=list(images), return_tensors=return_tensors)) if images else {}
+    def __call__(self, images=None, text=None, return_tensors="pt", images_kwargs=None, **tokenizer_kwargs) -> dict:
+        image_inputs = dict(self.image_processor(images=list(images), return_tensors=return_tensors,
+                                                 **(images_kwargs or {}))) if images else {}
         texts, index = [], 0
         for item in text:
             pieces = item.split(self.image_token)

@@ -268,3 +268,98 @@ def test_chat_compare_full_answers_alike_when_k_is_n(folder, tmp_path, capsys):
     answer = next(x for x in lines if x.startswith("answer: "))[len("answer: "):]
     full = next(x for x in lines if x.startswith("full-context answer: "))[len("full-context answer: "):]
     assert answer == full and any(x.startswith("reduced (par, K=16)") for x in lines)
+
+
+def test_sequential_positions_ablation_gives_kept_tokens_consecutive_positions(folder, batch):
+    """``par:positions=sequential``: the kept tokens sit at consecutive positions after the text
+    before them (what a reducer that ignores M-RoPE gives); stock keeps their (t, h, w)."""
+    stock = ReducedQwen2_5_VL.from_pretrained(folder, "par", PARConfig(budget=4))
+    ablated = ReducedQwen2_5_VL.from_pretrained(folder, "par", PARConfig(budget=4, positions="sequential"))
+    args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
+    ours, theirs = stock.prepare_inputs(*args), ablated.prepare_inputs(*args)
+    image_id = stock.model.config.image_token_id
+    ids = ours.model_inputs["input_ids"]
+    assert torch.equal(ids, theirs.model_inputs["input_ids"])
+    for b in range(ids.shape[0]):
+        image = (ids[b] == image_id).nonzero().squeeze(1)
+        first = theirs.model_inputs["position_ids"][1:, b, image[0] - 1]  # <|vision_start|>
+        expected = first[:, None] + torch.arange(1, len(image) + 1)
+        assert torch.equal(theirs.model_inputs["position_ids"][1:, b, image], expected)
+        assert not torch.equal(ours.model_inputs["position_ids"][1:, b, image], expected)
+    with pytest.raises(ValueError, match="positions must be one of"):
+        PARConfig(positions="shuffled")
+
+
+def test_procedural_eval_for_a_qwen_folder_with_downsample_and_the_ablation(folder, tmp_path, capsys):
+    """`par-export eval` on the procedural VQA for a dynamic-resolution family: scenes in several
+    sizes through the folder's processor; ``downsample`` (the processor makes the image smaller)
+    keeps at most K tokens per image; the ablation runs beside PAR on the same questions."""
+    import csv
+
+    assert main(["eval", "--model", str(folder), "--methods", "par,par:positions=sequential,downsample,random",
+                 "--budgets", "8,32", "--n", "6", "--batch", "3", "--out", str(tmp_path / "out")]) == 0
+    rows = {(r["method"], r["budget"]): r for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))}
+    assert {m for m, _ in rows} == {"full", "par", "par:positions=sequential", "downsample", "random"}
+    for budget in (8, 32):
+        assert float(rows[("par", str(budget))]["mean_kept"]) == budget
+        assert 1 <= float(rows[("downsample", str(budget))]["mean_kept"]) <= budget
+    full = next(r for (m, _), r in rows.items() if m == "full")
+    assert float(full["mean_kept"]) > 32 and full["n"] == "6"
+    assert any(k.startswith("accuracy_") and k not in ("accuracy_low", "accuracy_high") for k in full)
+    out = capsys.readouterr().out
+    assert "par:positions=sequential" in out and "downsample" in out
+
+
+def test_downsample_is_refused_where_a_smaller_image_gives_no_fewer_tokens(tmp_path, capsys):
+    assert main(["eval", "--model", "tiny", "--methods", "downsample", "--budgets", "8", "--n", "2",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "downsample" in err and "no fewer tokens" in err and len([x for x in err.splitlines() if "error" in x]) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_tiny_qwen_tokenizer_keeps_each_special_token_whole():
+    from par_export.models.tiny import QWEN_SPECIAL, qwen_word_tokenizer
+
+    tokenizer = qwen_word_tokenizer()
+    ids = tokenizer("".join(QWEN_SPECIAL) + "user", add_special_tokens=False)["input_ids"]
+    assert ids == [tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL + ["user"]]
+
+
+def test_onnx_llm_with_mrope_positions_answers_as_transformers(folder, batch, tmp_path):
+    """The reduced context (K = 6 per image, different N per image, left padded) through the
+    exported LLM (``position_ids [3, B, T]``, KV cache) over ONNX Runtime: the same greedy tokens
+    as transformers' ``generate`` on the same inputs."""
+    from par_export.runtime.llm_onnx import OnnxRuntimeLLM, export_llm
+
+    model = ReducedQwen2_5_VL.from_pretrained(folder, "par", PARConfig(k_max=4096))
+    reduced = model.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                   batch["image_grid_thw"], budget=6).model_inputs
+    model.model.model.rope_deltas = None
+    expected = model.model.generate(**reduced, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                                    pad_token_id=0)[:, reduced["input_ids"].shape[1]:]
+    export_llm(model.model, tmp_path / "llm")
+    llm = OnnxRuntimeLLM(tmp_path / "llm")
+    ids, image = reduced["input_ids"], reduced["input_ids"] == model.model.config.image_token_id
+    with torch.no_grad():
+        embeds = model.model.get_input_embeddings()(ids)
+        embeds[image] = torch.cat(reduced["mm_encoder_outputs"]["image"].pooler_output).to(embeds.dtype)
+    got = llm.generate(embeds.numpy(), reduced["attention_mask"].numpy(), 6,
+                       position_ids=reduced["position_ids"][1:].numpy())
+    assert np.array_equal(got, expected.numpy())
+    # the prefill's logits match transformers' to float error; text-only positions would not
+    mask = reduced["attention_mask"].numpy()
+    past = {n: np.zeros((2, llm.kv_heads, 0, llm.head_dim), np.float32) for n in llm.past_names}
+
+    def prefill(positions):
+        return llm.session.run(["logits"], {"inputs_embeds": embeds.numpy(), "attention_mask": mask,
+                                            "position_ids": positions, **past})[0][mask == 1]
+
+    with torch.no_grad():
+        reference = model.model(**reduced).logits[reduced["attention_mask"] == 1].numpy()
+    stock = prefill(reduced["position_ids"][1:].numpy())
+    np.testing.assert_allclose(stock, reference, atol=1e-4)
+    text_only = prefill(np.ascontiguousarray(np.broadcast_to(reduced["position_ids"][:1].numpy(), (3, *mask.shape))))
+    assert np.abs(text_only - reference).max() > max(5e-4, 100 * np.abs(stock - reference).max())
+    with pytest.raises(ValueError, match=r"M-RoPE position_ids \[3, B, T\]"):
+        llm.generate(embeds.numpy(), reduced["attention_mask"].numpy(), 2)

@@ -59,20 +59,22 @@ def pixels(samples) -> torch.Tensor:
     return torch.from_numpy(np.stack([normalize(np.asarray(render(s))) for s in samples]))
 
 
-def patch_targets(objects) -> dict[str, np.ndarray]:
-    """Per patch ``[SIDE * SIDE]``: colour and shape class of the object covering its centre (0 =
-    background), 1 at each object's centre patch, and ``owner`` (object index, -1 for none) of
-    the patches within 1.2 radii of an object (its "foreground")."""
-    centers = (np.arange(SIDE) + 0.5) * PATCH
-    color, shape, center = (np.zeros((SIDE, SIDE), np.int64) for _ in range(3))
-    owner = np.full((SIDE, SIDE), -1, np.int64)
+def patch_targets(objects, cell: int = PATCH, width: int = IMAGE_SIZE, height: int = IMAGE_SIZE) -> dict[str, np.ndarray]:
+    """Per ``cell``-pixel patch of a ``width x height`` scene, raster order ``[rows * cols]``:
+    colour and shape class of the object covering its centre (0 = background), 1 at each
+    object's centre patch, and ``owner`` (object index, -1 for none) of the patches within 1.2
+    radii of an object (its "foreground")."""
+    rows, cols = height // cell, width // cell
+    cx, cy = (np.arange(cols) + 0.5) * cell, (np.arange(rows) + 0.5) * cell
+    color, shape, center = (np.zeros((rows, cols), np.int64) for _ in range(3))
+    owner = np.full((rows, cols), -1, np.int64)
     colors = list(COLORS)
     for i, o in enumerate(objects):
-        dx, dy = np.abs(centers[None, :] - o.x), np.abs(centers[:, None] - o.y)
+        dx, dy = np.abs(cx[None, :] - o.x), np.abs(cy[:, None] - o.y)
         dist = np.hypot(dx, dy)
         inside = np.maximum(dx, dy) <= o.radius * 0.9 if o.shape == "square" else dist <= o.radius * 0.8
         color[inside], shape[inside] = 1 + colors.index(o.color), 1 + SHAPES.index(o.shape)
-        center[min(int(o.y // PATCH), SIDE - 1), min(int(o.x // PATCH), SIDE - 1)] = 1
+        center[min(int(o.y // cell), rows - 1), min(int(o.x // cell), cols - 1)] = 1
         owner[(dist <= o.radius * 1.2) & (owner < 0)] = i
     return {k: v.reshape(-1) for k, v in dict(color=color, shape=shape, center=center, owner=owner).items()}
 

@@ -92,12 +92,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="accuracy vs kept tokens per method on the demo VQA (CSV, JSON, PNG)")
     p.add_argument("--model", default="demo", help=MODEL_HELP + "; the procedural VQA needs a model trained on it "
-                   "(demo)")
+                   "(demo, demo-qwen)")
     p.add_argument("--clip", help="local CLIP folder for space=clip (demo: shipped)")
     p.add_argument("--methods", default=None,
                    help="comma-separated reducers, of: " + ", ".join(methods) + " and the authors' forms " +
-                   ", ".join(sorted(authors_methods())) + ", and dart (DART inside the LLM; dart:layer=L); "
-                   "NAME:OPT=VALUE[:...] overrides PAR options for one entry (ablations: par:router=keep,par:beta=1.0) "
+                   ", ".join(sorted(authors_methods())) + ", dart (DART inside the LLM; dart:layer=L) and downsample (the processor gives a smaller image, "
+                   "N <= K; dynamic-resolution families); "
+                   "NAME:OPT=VALUE[:...] overrides PAR options for one entry (ablations: par:router=keep,par:beta=1.0,"
+                   "par:positions=sequential) "
                    f"(default: {','.join(DEFAULT_METHODS)}, less those the model's family cannot take: pool and "
                    "prumerge_mean need the same N for every image)")
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)),

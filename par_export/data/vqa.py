@@ -25,6 +25,10 @@ NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight
 SPLITS = {"train": (0, 1_000_000), "val": (1_000_000, 1_100_000), "test": (2_000_000, 2_100_000)}
 QUESTION_TYPES = ("color", "exists", "count", "side", "shape")
 IMAGE_SIZE = 128
+# (width, height) in pixels of the scenes a dynamic-resolution model (demo-qwen) sees: about
+# 128 x 128 pixels each, multiples of 8 (its 2x2 merge of 4-pixel patches), so its processor
+# keeps them as drawn and gives grids of 16x16, 20x13, 13x20, 24x11, 11x24, 18x14 and 14x18 tokens
+SCENE_SIZES = ((128, 128), (160, 104), (104, 160), (192, 88), (88, 192), (144, 112), (112, 144))
 
 
 @dataclass(frozen=True)
@@ -34,16 +38,18 @@ class Shape:
     x: float  # center, pixels
     y: float
     radius: float
+    width: int = IMAGE_SIZE  # of its scene, pixels: regions are thirds of it, sides halves
+    height: int = IMAGE_SIZE
 
     @property
     def region(self) -> str:
-        col = min(int(self.x / IMAGE_SIZE * 3), 2)
-        row = min(int(self.y / IMAGE_SIZE * 3), 2)
+        col = min(int(self.x / self.width * 3), 2)
+        row = min(int(self.y / self.height * 3), 2)
         return REGIONS[row * 3 + col]
 
     @property
     def side(self) -> str:
-        return "left" if self.x < IMAGE_SIZE / 2 else "right"
+        return "left" if self.x < self.width / 2 else "right"
 
 
 @dataclass(frozen=True)
@@ -57,17 +63,30 @@ class Sample:
     caption: str
     target: tuple[int, ...]  # indices of the objects the answer depends on
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` of the scene in pixels."""
+        return (self.objects[0].width, self.objects[0].height) if self.objects else (IMAGE_SIZE, IMAGE_SIZE)
 
-def make_scene(rng: random.Random) -> tuple[tuple[Shape, ...], tuple[int, int, int, int]]:
+
+def scene_size(seed: int, sizes: bool) -> tuple[int, int]:
+    """``(width, height)`` of the scene of ``seed``: 128 x 128, or with ``sizes`` one of
+    :data:`SCENE_SIZES`, drawn from the seed apart from the scene itself (so the square scenes
+    stay as they were)."""
+    return random.Random(f"size-{seed}").choice(SCENE_SIZES) if sizes else (IMAGE_SIZE, IMAGE_SIZE)
+
+
+def make_scene(rng: random.Random, width: int = IMAGE_SIZE,
+               height: int = IMAGE_SIZE) -> tuple[tuple[Shape, ...], tuple[int, int, int, int]]:
     count = rng.randint(6, 16)
     objects: list[Shape] = []
     for _ in range(400):
         if len(objects) == count:
             break
         r = rng.uniform(6.0, 11.0)
-        x, y = rng.uniform(r + 1, IMAGE_SIZE - r - 1), rng.uniform(r + 1, IMAGE_SIZE - r - 1)
+        x, y = rng.uniform(r + 1, width - r - 1), rng.uniform(r + 1, height - r - 1)
         if all(math.hypot(x - o.x, y - o.y) > r + o.radius + 2 for o in objects):
-            objects.append(Shape(rng.choice(SHAPES), rng.choice(list(COLORS)), x, y, r))
+            objects.append(Shape(rng.choice(SHAPES), rng.choice(list(COLORS)), x, y, r, width, height))
     background = (rng.randint(90, 170), rng.randint(6, 16), rng.randint(0, 3), rng.randint(0, 2**31 - 1))
     return tuple(objects), background
 
@@ -125,10 +144,11 @@ def caption(rng: random.Random, objects: tuple[Shape, ...]) -> str:
     return " , ".join(f"{o.color} {o.shape} at the {o.region}" for o in chosen)
 
 
-def sample(seed: int, kind: str | None = None) -> Sample:
-    """The sample of ``seed`` (a question type drawn from the seed unless ``kind`` is given)."""
+def sample(seed: int, kind: str | None = None, sizes: bool = False) -> Sample:
+    """The sample of ``seed`` (a question type drawn from the seed unless ``kind`` is given);
+    ``sizes``: the scene in one of :data:`SCENE_SIZES` (:func:`scene_size`), else 128 x 128."""
     rng = random.Random(seed)
-    objects, background = make_scene(rng)
+    objects, background = make_scene(rng, *scene_size(seed, sizes))
     kinds = [kind] if kind else rng.sample(QUESTION_TYPES, k=len(QUESTION_TYPES))
     for k in kinds:
         posed = make_question(rng, objects, k)
@@ -153,13 +173,15 @@ def _star(x: float, y: float, r: float) -> list[tuple[float, float]]:
              y - (r if k % 2 == 0 else r * 0.45) * math.cos(k * math.pi / 5)) for k in range(10)]
 
 
-def render(s: Sample, size: int = IMAGE_SIZE) -> Image.Image:
-    """The scene as an RGB image: striped, noisy grey background, then the shapes."""
+def render(s: Sample, size: int | None = None) -> Image.Image:
+    """The scene as an RGB image of its own size (``size``: resized to ``size x size``):
+    striped, noisy grey background, then the shapes."""
     grey, period, angle, noise_seed = s.background
-    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
+    width, height = s.size
+    yy, xx = np.mgrid[0:height, 0:width]
     direction = (xx, yy, xx + yy, xx - yy)[angle]
     stripes = ((direction // period) % 2) * 18.0
-    noise = np.random.default_rng(noise_seed).normal(0, 10, (IMAGE_SIZE, IMAGE_SIZE, 1))
+    noise = np.random.default_rng(noise_seed).normal(0, 10, (height, width, 1))
     base = np.clip(grey + stripes[..., None] + noise, 0, 255).astype(np.uint8).repeat(3, axis=2)
     image = Image.fromarray(base)
     draw = ImageDraw.Draw(image)
@@ -174,7 +196,7 @@ def render(s: Sample, size: int = IMAGE_SIZE) -> Image.Image:
                          fill=fill)
         else:
             draw.polygon(_star(o.x, o.y, o.radius * 1.2), fill=fill)
-    return image if size == IMAGE_SIZE else image.resize((size, size), Image.BICUBIC)
+    return image if size is None or (size, size) == s.size else image.resize((size, size), Image.BICUBIC)
 
 
 def vocabulary() -> list[str]:

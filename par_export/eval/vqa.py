@@ -30,7 +30,6 @@ from par_export.files import atomic_folder
 from par_export.flops import llm_prefill_flops
 from par_export.models.dart import DartSettings, dart_first_token_logits
 from par_export.models.families import family_for
-from par_export.models.llava import ReducedLlava
 from par_export.plots import kept_token_map, save_figure
 from par_export.processing import ModelInputs
 from par_export.reduce import PARConfig, reducer_class
@@ -127,6 +126,8 @@ def check_methods_and_budgets(methods: list[str], budgets: list) -> None:
         if is_dart(method):
             dart_settings(method)
             continue
+        if is_downsample(method):
+            continue
         name, _ = method_spec(method, PARConfig())  # bad options: PARConfig's message
         reducer_class(name)  # raises with the list of methods
     for budget in budgets:
@@ -134,15 +135,22 @@ def check_methods_and_budgets(methods: list[str], budgets: list) -> None:
             raise ParExportError(f"budget must be a positive int or 'auto', got {budget!r}")
 
 
-def vqa_batch(llava: ReducedLlava, inputs: ModelInputs, seeds: list[int]):
-    """Samples, the processor's left-padded chat prompts ``[B, T]`` (one image each) and
-    ``pixel_values``, and the answer token ids ``[B]``."""
+def scene_side(base) -> int | None:
+    """The square side the procedural scenes are drawn at for ``base``'s model: its tower's fixed
+    input size (LLaVA), or ``None`` for a dynamic-resolution tower (Qwen2.5-VL), which sees the
+    scenes in their several sizes (``data.vqa.SCENE_SIZES``), as it was trained."""
+    return getattr(base.model.config.vision_config, "image_size", None)
+
+
+def vqa_batch(base, inputs: ModelInputs, seeds: list[int]):
+    """Samples, what the processor gives for their chat prompts (one image each, left padded:
+    ``input_ids [B, T]``, ``attention_mask``, the image inputs) and the answer token ids ``[B]``."""
     tok = inputs.tokenizer
-    samples = [sample(s) for s in seeds]
-    size = llava.model.config.vision_config.image_size
-    batch = inputs.encode([s.question for s in samples], [render(s, size) for s in samples])
+    side = scene_side(base)
+    samples = [sample(s, sizes=side is None) for s in seeds]
+    encoded = inputs.encode([s.question for s in samples], [render(s, side) for s in samples])
     answers = torch.tensor([tok(s.answer, add_special_tokens=False)["input_ids"][0] for s in samples])
-    return samples, batch["input_ids"], batch["attention_mask"], batch["pixel_values"], answers
+    return samples, encoded, answers
 
 
 def build_eval_artifacts(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets: list, work: Path,
@@ -164,6 +172,9 @@ def build_eval_artifacts(llava_dir: Path, clip_dir: Path | None, methods: list[s
     if any(is_dart(m) for m in methods):
         raise ParExportError("dart prunes inside the LLM, which runs in PyTorch: it has no graph to build; evaluate it "
                          "with --backend torch")
+    if any(is_downsample(m) for m in methods):
+        raise ParExportError("downsample feeds the model a smaller image: it has no reducer graph to build; evaluate "
+                             "it with --backend torch")
     for method in tqdm(methods, desc="export + build"):
         cls = reducer_class(method_spec(method, PARConfig())[0])
         if fixed and cls.name == "pool":
@@ -198,7 +209,7 @@ def _artifact_context(pipe, questions: list[str], pixels: torch.Tensor, budget):
     return embeds, mask, num_kept.tolist()
 
 
-def _reduce_with_artifact(pipe, base: ReducedLlava, samples, pixels: torch.Tensor, budget):
+def _reduce_with_artifact(pipe, base, samples, pixels: torch.Tensor, budget):
     """First-token logits with the reduction of a built artifact."""
     embeds, mask, kept = _artifact_context(pipe, [s.question for s in samples], pixels, budget)
     return base.model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1], kept
@@ -216,8 +227,8 @@ def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config
     clip = base.query_encoder if base.config.space == "clip" else None
     adapters = {}
     for method in methods:
-        if is_dart(method):
-            continue  # runs in the LLM itself (evaluate)
+        if is_dart(method) or is_downsample(method):
+            continue  # runs in the LLM itself / through the processor (evaluate)
         name, method_config = method_spec(method, base.config)
         adapters[method] = family.adapter(base.model, name, method_config, base.tokenizer, clip)
     return base, adapters, family.inputs(llava_dir)
@@ -251,22 +262,33 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
     """
     check_methods_and_budgets(methods, budgets)
     config = config or PARConfig()
-    base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config)
-    too_large = [b for b in budgets if b != "auto" and b > base.tokens_per_image]
-    if too_large:
-        raise ParExportError(f"--budgets {too_large}: above the {base.tokens_per_image} tokens per image; a larger "
-                         "budget would score the full context under another name")
+    base, adapters, inputs = _adapters(llava_dir, clip_dir, methods, config, pipeline_only=bool(artifacts))
+    image_id = base.model.config.image_token_id
+    if any(is_downsample(m) for m in methods) and scene_side(base) is not None:
+        raise ParExportError(f"downsample: {llava_dir}'s processor resizes every image to "
+                             f"{scene_side(base)} x {scene_side(base)}, so a smaller image gives no fewer tokens; "
+                             "it is a baseline for dynamic-resolution families (Qwen2.5-VL)")
     with _pipelines(base, artifacts, allow_unverified) as pipes:
         tallies: dict = {"full": Tally()}
-        examples = []
+        examples, full_tokens, text_tokens = [], [], []
         seeds = list(split_seeds(split, n))
         for start in tqdm(range(0, len(seeds), batch), desc=f"eval {split}", disable=not progress):
-            samples, ids, mask, pixels, answers = vqa_batch(base, inputs, seeds[start:start + batch])
-            full = base.model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[:, -1].argmax(-1)
+            samples, encoded, answers = vqa_batch(base, inputs, seeds[start:start + batch])
+            ids, mask = encoded["input_ids"], encoded["attention_mask"]
+            image_inputs = {k: v for k, v in encoded.items() if k in IMAGE_INPUTS}
+            tokens = (ids == image_id).sum(dim=1)
+            too_large = [b for b in budgets if b != "auto" and b > int(tokens.min())]
+            if too_large:
+                raise ParExportError(f"--budgets {too_large}: above the {int(tokens.min())} tokens of an image; a "
+                                     "larger budget would score the full context under another name")
+            full_tokens += tokens.tolist()
+            text_tokens += (mask.sum(dim=1) - tokens).tolist()
+            full = base.model(**encoded).logits[:, -1].argmax(-1)
             kinds = [smp.kind for smp in samples]
             tallies["full"].add(full == answers, full.tolist(), kinds)
             # one tower pass for every method (the authors' forms also read the tower's keys and CLS token)
-            features = base.vision_features(pixels, tower_outputs=any(a.reducer.tower_inputs for a in adapters.values()))
+            tower = {"tower_outputs": True} if any(a.reducer.tower_inputs for a in adapters.values()) else {}
+            features = base.vision_features(**image_inputs, **tower)
             for method, adapter in adapters.items():
                 for budget in budgets:
                     if budget == "auto" and not adapter.reducer.supports_auto:
@@ -275,27 +297,56 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
                     tally = tallies.setdefault((method, budget), Tally())
                     pipe, reduced = pipes.get((method, budget)), None
                     if pipe is not None:
-                        logits, kept = _reduce_with_artifact(pipe, base, samples, pixels, k)
+                        logits, kept = _reduce_with_artifact(pipe, base, samples, image_inputs["pixel_values"], k)
                     else:
-                        reduced = adapter.prepare_inputs(ids, mask, pixels, budget=k, features=features)
-                        logits, kept = base.model(**reduced.model_inputs).logits[:, -1], reduced.reduction.num_kept.tolist()
+                        reduced = adapter.prepare_inputs(ids, mask, **image_inputs, budget=k, features=features)
+                        logits, kept = base.model(**reduced.model_inputs).logits[:, -1], kept_counts(reduced.reduction)
                     predicted = logits.argmax(-1)
                     tally.add(predicted == answers, predicted.tolist(), kinds)
                     tally.kept += kept
-                    if reduced is not None and method == "par" and budget == budgets[0] and len(examples) < keep_examples:
+                    if (reduced is not None and method == "par" and budget == budgets[0]
+                            and not isinstance(reduced.reduction, list) and len(examples) < keep_examples):
                         for b in range(min(keep_examples - len(examples), len(samples))):
                             examples.append((samples[b], reduced.reduction, b, bool(predicted[b] == answers[b])))
             for method in [m for m in methods if is_dart(m)]:
                 for budget in [b for b in budgets if b != "auto"]:  # DART keeps a fixed share
-                    logits, kept = dart_first_token_logits(base.model, ids, mask, pixels, budget, dart_settings(method))
+                    logits, kept = dart_first_token_logits(base.model, ids, mask, image_inputs["pixel_values"], budget,
+                                                           dart_settings(method))
                     tally = tallies.setdefault((method, budget), Tally())
                     predicted = logits.argmax(-1)
                     tally.add(predicted == answers, predicted.tolist(), kinds)
                     tally.kept += kept
-    text_tokens = int(mask.sum(dim=1).float().mean()) - base.tokens_per_image
+            for method in [m for m in methods if is_downsample(m)]:
+                for budget in [b for b in budgets if b != "auto"]:
+                    smaller = downsampled(inputs, base, samples, budget)
+                    predicted = base.model(**smaller).logits[:, -1].argmax(-1)
+                    tally = tallies.setdefault((method, budget), Tally())
+                    tally.add(predicted == answers, predicted.tolist(), kinds)
+                    tally.kept += (smaller["input_ids"] == image_id).sum(dim=1).tolist()
     full_layers = {m: dart_settings(m).layer for m in methods if is_dart(m)}
-    return {"tallies": tallies, "examples": examples, "model": base, "text_tokens": text_tokens,
-            "full_layers": full_layers}
+    return {"tallies": tallies, "examples": examples, "model": base, "text_tokens": round(float(np.mean(text_tokens))),
+            "full_tokens": round(float(np.mean(full_tokens))), "full_layers": full_layers}
+
+
+DOWNSAMPLE = "downsample"  # fewer pixels through the model's own processor: an evaluation method, not a reducer
+
+
+def is_downsample(method: str) -> bool:
+    return method == DOWNSAMPLE
+
+
+def downsampled(inputs: ModelInputs, base, samples, budget: int) -> dict:
+    """The processor's inputs for the samples' scenes with at most ``budget`` visual tokens each:
+    the model's own image processor resizes them (``max_pixels`` = ``budget`` merged tokens, the
+    aspect ratio kept as its resize rule keeps it), as a user with a smaller image would feed it."""
+    processor = inputs.image_processor
+    unit = processor.patch_size * processor.merge_size
+    limit = budget * unit * unit  # pixels; the processor's resize floors to whole merged tokens, so N <= budget
+    size = {"shortest_edge": min(processor.size.shortest_edge, limit), "longest_edge": limit}  # min, max pixels
+    images = [render(s) for s in samples]
+    prompts = [inputs.chat_prompt(s.question) for s in samples]
+    return dict(inputs.processor(images=images, text=prompts, padding=True, padding_side="left", return_tensors="pt",
+                                 images_kwargs={"size": size}))
 
 
 def result_rows(results: dict) -> list[dict]:
@@ -396,11 +447,12 @@ def format_rows(rows: list[dict]) -> str:
     """The eval table: accuracy with its interval, relative to full, agreement with full's answers,
     FLOPs, and accuracy per question type where the questions have types."""
     kinds = [k for k in rows[0] if k.startswith("accuracy_") and k not in ("accuracy_low", "accuracy_high")]
-    lines = [f"{'method':<10} {'budget':>6} {'mean K':>7} {'acc':>6} {'95% interval':>13} {'rel. to full':>12} "
+    width = max(10, *(len(r["method"]) for r in rows))
+    lines = [f"{'method':<{width}} {'budget':>6} {'mean K':>7} {'acc':>6} {'95% interval':>13} {'rel. to full':>12} "
              f"{'agree':>6} {'LLM FLOPs rel.':>14}" + "".join(f" {k[len('accuracy_'):]:>7}" for k in kinds)]
     for r in rows:
         interval = f"{r['accuracy_low']:.3f}-{r['accuracy_high']:.3f}"
-        lines.append(f"{r['method']:<10} {str(r['budget']):>6} {r['mean_kept']:>7.1f} {r['accuracy']:>6.3f} "
+        lines.append(f"{r['method']:<{width}} {str(r['budget']):>6} {r['mean_kept']:>7.1f} {r['accuracy']:>6.3f} "
                      f"{interval:>13} {r['relative']:>12.1%} {r['agreement']:>6.1%} {r['flops_relative']:>14.1%}"
                      + "".join(f" {r[k]:>7.3f}" for k in kinds))
     lines.append(f"intervals: percentile bootstrap, {BOOTSTRAP_RESAMPLES} resamples of the same questions for every "

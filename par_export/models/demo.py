@@ -1,5 +1,6 @@
-"""The embedded demo VLM (``--model demo``): a tiny CLIP and a tiny LLaVA trained on the
-procedural VQA of :mod:`par_export.data.vqa` by ``tools/train_demo.py``."""
+"""The embedded demo VLMs: ``--model demo`` (a tiny CLIP and a tiny LLaVA, trained by
+``tools/train_demo.py``) and ``--model demo-qwen`` (a tiny Qwen2.5-VL, trained by
+``tools/train_demo_qwen.py``), both on the procedural VQA of :mod:`par_export.data.vqa`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,36 @@ def demo_paths() -> tuple[Path, Path]:
     if not (llava / "config.json").is_file() or not (clip / "config.json").is_file():
         raise ModelFolderError(f"demo weights not found under {DEMO_DIR}; train them with tools/train_demo.py")
     return llava, clip
+
+
+def demo_qwen_path() -> Path:
+    """The shipped demo-qwen folder."""
+    folder = DEMO_DIR / "qwen"
+    if not (folder / "config.json").is_file():
+        raise ModelFolderError(f"demo-qwen weights not found under {DEMO_DIR}; train them with tools/train_demo_qwen.py")
+    return folder
+
+
+QWEN_PATCH, QWEN_MERGE = 4, 2  # a merged token covers 8 x 8 pixels: 256 tokens for a 128 x 128 scene
+QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 32 * 32, 136 * 136  # the processor keeps every scene size of the VQA as drawn
+
+
+def demo_qwen_config(vocab: dict[str, int]):
+    """Qwen2.5-VL at demo size: tower 4 x 128 (window attention over 4 x 4 merged tokens, full
+    attention in blocks 1 and 3, no absolute position embedding: position reaches the LLM only
+    through M-RoPE), 2x2 merger, Qwen2 LLM 4 x 192 with M-RoPE sections (t, h, w) = (4, 10, 10)
+    of its 24 rotary pairs per head."""
+    vision = dict(depth=4, hidden_size=128, intermediate_size=384, num_heads=4, out_hidden_size=192,
+                  patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2,
+                  window_size=4 * QWEN_MERGE * QWEN_PATCH, fullatt_block_indexes=[1, 3])
+    text = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=4, vocab_size=len(vocab), max_position_embeddings=1024,
+                rope_scaling={"type": "mrope", "mrope_section": [4, 10, 10]}, pad_token_id=0,
+                bos_token_id=vocab["<|endoftext|>"], eos_token_id=vocab["<|im_end|>"], tie_word_embeddings=False)
+    return transformers.Qwen2_5_VLConfig(
+        vision_config=vision, text_config=text, image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"], vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"], tie_word_embeddings=False)
 
 
 def demo_clip_config(vocab_size: int):

@@ -1,7 +1,7 @@
 """``--model``: a local Hugging Face folder, or one of the names par-export ships. Resolved here only.
 
 ``demo`` is the embedded demo VLM (LLaVA layout + CLIP, trained on the procedural VQA, in the
-package); ``tiny`` writes a random-weight tiny LLaVA + CLIP through ``save_pretrained`` (quick
+package), ``demo-qwen`` its Qwen2.5-VL-architecture sibling (dynamic resolution, M-RoPE); ``tiny`` writes a random-weight tiny LLaVA + CLIP through ``save_pretrained`` (quick
 checks). Every command that takes ``--model`` takes any of the families in
 :mod:`par_export.models.families`.
 """
@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from par_export.models.demo import demo_paths
+from par_export.models.demo import demo_paths, demo_qwen_path
 from par_export.models.tiny import save_tiny_clip, save_tiny_llava
 
 NAMES = {"demo": "the shipped demo VLM (LLaVA-1.5 layout + CLIP, trained on the procedural VQA)",
+         "demo-qwen": "the shipped demo VLM in the Qwen2.5-VL architecture (trained on the procedural VQA)",
          "tiny": "a random-weight tiny LLaVA-1.5 + CLIP, for quick checks"}
 
-MODEL_HELP = ("a local Hugging Face folder (LLaVA-1.5, LLaVA-NeXT or Qwen2.5-VL), 'demo' (the shipped demo VLM) or "
-              "'tiny' (random weights)")
+MODEL_HELP = ("a local Hugging Face folder (LLaVA-1.5, LLaVA-NeXT or Qwen2.5-VL), 'demo' (the shipped demo VLM, "
+              "LLaVA-1.5 layout), 'demo-qwen' (the shipped Qwen2.5-VL demo) or 'tiny' (random weights)")
 """The help text of every ``--model`` flag."""
 
 TINY_RECORD = "tiny (random weights)"
@@ -30,7 +31,7 @@ def is_named(model: str | Path) -> bool:
 
 
 def resolve_model(model: str | Path, workdir: Path) -> tuple[Path, Path | None]:
-    """``(model folder, CLIP folder or None)`` for ``--model``: a local folder, ``demo``, or ``tiny``
+    """``(model folder, CLIP folder or None)`` for ``--model``: a local folder, ``demo``, ``demo-qwen`` or ``tiny``
     (written to ``workdir``); a metadata's :data:`TINY_RECORD` resolves as ``tiny``."""
     name = str(model)
     if name == "tiny" or name == TINY_RECORD:
@@ -38,6 +39,8 @@ def resolve_model(model: str | Path, workdir: Path) -> tuple[Path, Path | None]:
         return llava, save_tiny_clip(Path(workdir) / "tiny-clip", llava)
     if name == "demo":
         return demo_paths()
+    if name == "demo-qwen":
+        return demo_qwen_path(), None
     return Path(model), None
 
 

@@ -197,7 +197,8 @@ class ReducedQwen2_5_VL:
     def position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor,
                      keep_index: list[torch.Tensor]) -> torch.Tensor:
         """``[4, B, T]``: text positions (row 0) and M-RoPE (rows 1-3) of a sequence whose image runs
-        hold only the kept tokens ``keep_index[i]`` (ascending indices into image i's full grid)."""
+        hold only the kept tokens ``keep_index[i]`` (ascending indices into image i's full grid);
+        ``config.positions == "sequential"``: the kept tokens at consecutive positions instead."""
         image_id = self.model.config.image_token_id
         positions = torch.zeros(4, *input_ids.shape, dtype=torch.long)
         image = 0
@@ -210,12 +211,16 @@ class ReducedQwen2_5_VL:
                 pieces.append(torch.arange(text).expand(3, -1) + current)
                 current += text
                 grid = image_grid_thw[image]
-                full = self.model.model.get_vision_position_ids(current, grid, 1, self.merge)  # [3, N]
                 kept = keep_index[image]
                 if len(kept) != length:
                     raise ParExportError(f"image {image}: {length} image tokens in input_ids for {len(kept)} kept tokens")
-                pieces.append(full[:, kept])
-                current += int(max(grid[1], grid[2])) // self.merge
+                if self.config.positions == "sequential":  # the ablation: as if the kept tokens were text
+                    pieces.append(torch.arange(length).expand(3, -1) + current)
+                    current += length
+                else:
+                    full = self.model.model.get_vision_position_ids(current, grid, 1, self.merge)  # [3, N]
+                    pieces.append(full[:, kept])
+                    current += int(max(grid[1], grid[2])) // self.merge
                 cursor, image = start + length, image + 1
             pieces.append(torch.arange(len(ids) - cursor).expand(3, -1) + current)
             positions[1:, b, valid] = torch.cat(pieces, dim=1)

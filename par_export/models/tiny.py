@@ -138,12 +138,17 @@ QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>
                 "<|video_pad|>"]
 
 
-def qwen_word_tokenizer():
-    """A word-level tokenizer with Qwen2.5-VL's special tokens and chat template."""
+def qwen_word_tokenizer(words: list[str] | None = None):
+    """A word-level tokenizer over ``words`` (default :data:`WORDS`) with Qwen2.5-VL's special
+    tokens and chat template."""
 
-    vocab = {t: i for i, t in enumerate(QWEN_SPECIAL + list(dict.fromkeys(WORDS + ["user", "assistant", "system"])))}
+    words = list(words or WORDS) + ["user", "assistant", "system"]
+    vocab = {t: i for i, t in enumerate(QWEN_SPECIAL + list(dict.fromkeys(words)))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
+    # added tokens are matched before the pre-tokenizer splits on punctuation ("<|", "im_start", "|>"):
+    # transformers 5 no longer adds ``additional_special_tokens`` to a ``tokenizer_object`` itself
+    core.add_special_tokens(QWEN_SPECIAL)
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>",
         additional_special_tokens=QWEN_SPECIAL[1:],

@@ -39,6 +39,10 @@ class PARConfig:
             token and its copies all become centers).
         router: ``"merge"`` merges every routed token into its center; ``"keep"``
             keeps the centers unmerged.
+        positions: M-RoPE families (Qwen2.5-VL): ``"stock"`` gives each kept token the
+            (t, h, w) position of its token in the full grid; ``"sequential"`` gives the kept
+            tokens consecutive positions, as a reducer that ignores M-RoPE would (an ablation:
+            ``par:positions=sequential``). Other families ignore it.
         eps: numerical floor for divisions (std, min-max ranges).
     """
 
@@ -55,12 +59,14 @@ class PARConfig:
     gamma: float = 1.0
     duplicate_distance: float = 1e-4
     router: Literal["merge", "keep"] = "merge"
+    positions: Literal["stock", "sequential"] = "stock"
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
         _check_choice("rewrite", self.rewrite, ("template", "none"))
         _check_choice("space", self.space, ("clip", "llm"))
         _check_choice("router", self.router, ("merge", "keep"))
+        _check_choice("positions", self.positions, ("stock", "sequential"))
         if "{rest}" not in self.template:
             raise ParExportError(f"PARConfig.template must contain '{{rest}}', got {self.template!r}")
         check_budget(self.budget, name="PARConfig.budget")
