@@ -255,19 +255,28 @@ def test_video_input_is_not_supported_yet(folder, batch, tmp_path, capsys):
     assert "video input is not supported yet" in capsys.readouterr().err
 
 
-def test_chat_compare_full_answers_alike_when_k_is_n(folder, tmp_path, capsys):
+@pytest.mark.parametrize("llm", ["transformers", "onnxruntime"])
+def test_chat_compare_full_answers_alike_when_k_is_n(folder, tmp_path, capsys, llm):
     """chat on a Qwen artifact: rows from the graph, M-RoPE positions from their indices; with
-    K = N (a 32x32 image: 16 merged tokens, the graph's width) the reduced answer is the full one."""
+    K = N (a 32x32 image: 16 merged tokens, the graph's width) the reduced answer is the full one,
+    both rows through the same LLM runtime; the ONNX Runtime LLM answers as transformers does."""
     onnx, art = cli_export_and_build(folder, tmp_path, "--budget", "16", "--k-max", "16")
     image = tmp_path / "square.png"
     Image.fromarray(np.random.default_rng(7).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image)
-    capsys.readouterr()
-    assert main(["chat", "--model", str(folder), "--artifact", str(art), "--image", str(image), "--prompt",
-                 QUESTIONS[0], "--budget", "16", "--compare-full", "--max-new-tokens", "6"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    answer = next(x for x in lines if x.startswith("answer: "))[len("answer: "):]
-    full = next(x for x in lines if x.startswith("full-context answer: "))[len("full-context answer: "):]
-    assert answer == full and any(x.startswith("reduced (par, K=16)") for x in lines)
+    answers = {}
+    for runtime in dict.fromkeys(["transformers", llm]):
+        capsys.readouterr()
+        assert main(["chat", "--model", str(folder), "--artifact", str(art), "--image", str(image), "--prompt",
+                     QUESTIONS[0], "--budget", "16", "--compare-full", "--max-new-tokens", "6", "--llm", runtime,
+                     "--repeat", "1"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        answer = next(x for x in lines if x.startswith("answer: "))[len("answer: "):]
+        full = next(x for x in lines if x.startswith("full-context answer: "))[len("full-context answer: "):]
+        assert answer == full and any(x.startswith("reduced (par, K=16)") for x in lines)
+        assert any(x.startswith("LLM, both rows: " + ("ONNX Runtime" if runtime == "onnxruntime" else "transformers"))
+                   for x in lines)
+        answers[runtime] = answer
+    assert answers[llm] == answers["transformers"]
 
 
 def test_sequential_positions_ablation_gives_kept_tokens_consecutive_positions(folder, batch):
@@ -340,26 +349,21 @@ def test_onnx_llm_with_mrope_positions_answers_as_transformers(folder, batch, tm
                                     pad_token_id=0)[:, reduced["input_ids"].shape[1]:]
     export_llm(model.model, tmp_path / "llm")
     llm = OnnxRuntimeLLM(tmp_path / "llm")
-    ids, image = reduced["input_ids"], reduced["input_ids"] == model.model.config.image_token_id
-    with torch.no_grad():
-        embeds = model.model.get_input_embeddings()(ids)
-        embeds[image] = torch.cat(reduced["mm_encoder_outputs"]["image"].pooler_output).to(embeds.dtype)
-    got = llm.generate(embeds.numpy(), reduced["attention_mask"].numpy(), 6,
-                       position_ids=reduced["position_ids"][1:].numpy())
+    embeds, mask, positions = model.prompt_embeds(reduced)
+    got = llm.generate(embeds, mask, 6, position_ids=positions)
     assert np.array_equal(got, expected.numpy())
     # the prefill's logits match transformers' to float error; text-only positions would not
-    mask = reduced["attention_mask"].numpy()
     past = {n: np.zeros((2, llm.kv_heads, 0, llm.head_dim), np.float32) for n in llm.past_names}
 
     def prefill(positions):
-        return llm.session.run(["logits"], {"inputs_embeds": embeds.numpy(), "attention_mask": mask,
+        return llm.session.run(["logits"], {"inputs_embeds": embeds, "attention_mask": mask,
                                             "position_ids": positions, **past})[0][mask == 1]
 
     with torch.no_grad():
         reference = model.model(**reduced).logits[reduced["attention_mask"] == 1].numpy()
-    stock = prefill(reduced["position_ids"][1:].numpy())
+    stock = prefill(positions)
     np.testing.assert_allclose(stock, reference, atol=1e-4)
     text_only = prefill(np.ascontiguousarray(np.broadcast_to(reduced["position_ids"][:1].numpy(), (3, *mask.shape))))
     assert np.abs(text_only - reference).max() > max(5e-4, 100 * np.abs(stock - reference).max())
     with pytest.raises(ValueError, match=r"M-RoPE position_ids \[3, B, T\]"):
-        llm.generate(embeds.numpy(), reduced["attention_mask"].numpy(), 2)
+        llm.generate(embeds, mask, 2)

@@ -34,6 +34,9 @@ class ModelFamily:
         fallback_template: ``{prompt}`` template used only when the tokenizer has no chat template.
         pipeline: ``chat``, ``eval``, ``emit`` and the LLM pipeline run this family (they splice
             a fixed-size image run; families with per-image layouts or M-RoPE do not yet).
+        onnx_llm: ``chat --llm onnxruntime`` answers for this family outside the pipeline: its
+            adapter gives ``full_inputs`` and ``prompt_embeds`` (embeddings and M-RoPE positions)
+            for the exported LLM (:mod:`par_export.runtime.llm_onnx`).
     """
 
     name: str
@@ -43,6 +46,7 @@ class ModelFamily:
     image_token: str
     fallback_template: str
     pipeline: bool = False
+    onnx_llm: bool = False
 
     @property
     def model_types(self) -> tuple[str, ...]:

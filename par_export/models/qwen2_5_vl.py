@@ -273,6 +273,28 @@ class ReducedQwen2_5_VL:
         }
 
     @torch.no_grad()
+    def full_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+                    image_grid_thw: torch.Tensor) -> dict:
+        """The stock (unreduced) context in the form :meth:`inputs_from_rows` gives: every merged
+        token of every image at its stock position (equal to ``get_rope_index``'s, tested), for an
+        LLM runtime that takes embeddings and positions."""
+        rows = self.model.model.get_image_features(pixel_values, image_grid_thw).pooler_output
+        keep = [torch.arange(n) for n in self.tokens_per_image(image_grid_thw)]
+        return self.inputs_from_rows(input_ids, attention_mask, image_grid_thw, list(rows), keep)
+
+    @torch.no_grad()
+    def prompt_embeds(self, model_inputs: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``inputs_embeds [B, T, D]`` float32, ``attention_mask [B, T]`` and M-RoPE ``position_ids
+        [3, B, T]`` of :meth:`inputs_from_rows`'s inputs: what an exported LLM
+        (:mod:`par_export.runtime.llm_onnx`) takes."""
+        ids = model_inputs["input_ids"]
+        embeds = self.model.get_input_embeddings()(ids)
+        rows = model_inputs["mm_encoder_outputs"]["image"].pooler_output
+        embeds[ids == self.model.config.image_token_id] = torch.cat(list(rows)).to(embeds.dtype)
+        return (embeds.float().numpy(), model_inputs["attention_mask"].numpy(),
+                model_inputs["position_ids"][1:].numpy())
+
+    @torch.no_grad()
     def generate(self, input_ids, attention_mask, pixel_values, image_grid_thw, prompts=None, budget=None,
                  **generate_kwargs) -> torch.Tensor:
         """``model.generate`` on the reduced context; the new tokens only ``[B, new]``."""
@@ -538,4 +560,5 @@ FAMILY = ModelFamily(
     onnx_config=Qwen2_5_VLOnnxConfig,
     image_token="<|image_pad|>",
     fallback_template=FALLBACK_TEMPLATE,
+    onnx_llm=True,
 )

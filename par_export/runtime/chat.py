@@ -138,8 +138,9 @@ def chat(model_name: str, image: str | Path, prompt: str, options: ChatOptions |
     with tempfile.TemporaryDirectory() as tmp:
         llava_dir, clip_dir = resolve_model(model_name, Path(tmp))
         family = family_for(llava_dir)
-        if not family.pipeline and llm != "transformers":
-            raise ParExportError(f"--llm {llm}: {family.name} answers with transformers only so far")
+        if not family.pipeline and llm not in ("transformers", "onnxruntime" if family.onnx_llm else "transformers"):
+            runtimes = "transformers or onnxruntime" if family.onnx_llm else "transformers"
+            raise ParExportError(f"--llm {llm}: {family.name} answers with {runtimes} only so far")
         inputs = family.inputs(llava_dir)  # the checkpoint's processor and chat template
         picture = open_image(image)
         text = inputs.chat_prompt(prompt)
@@ -150,7 +151,11 @@ def chat(model_name: str, image: str | Path, prompt: str, options: ChatOptions |
         model = family.load_model(llava_dir)
         options = replace(options, artifact=artifact, par=par)  # the artifact chat runs, and its prompt options
         if not family.pipeline:  # one image per graph call (LLaVA-NeXT, Qwen2.5-VL)
-            return _chat_per_image(family, model, inputs, image, picture, prompt, text, options)
+            ort_llm = None
+            if llm == "onnxruntime":
+                export_llm(model, Path(tmp) / "llm")
+                ort_llm = OnnxRuntimeLLM(Path(tmp) / "llm", inputs.tokenizer.eos_token_id)
+            return _chat_per_image(family, model, inputs, image, picture, prompt, text, options, ort_llm)
         tokenizer = inputs.tokenizer
         ort_llm = None
         if llm == "onnxruntime":
@@ -219,11 +224,14 @@ def _chat_pipeline(pipe: VisionLanguagePipeline, model, text: str, picture, opti
             "repeat": repeat}
 
 
-def _chat_per_image(family, model, inputs, image, picture, prompt: str, text: str, options: ChatOptions) -> dict:
+def _chat_per_image(family, model, inputs, image, picture, prompt: str, text: str, options: ChatOptions,
+                    ort_llm: OnnxRuntimeLLM | None = None) -> dict:
     """Families whose graph takes one image: reduce through the artifact (``run_image``), place the
     rows (and, for Qwen2.5-VL, their M-RoPE positions) with the family's adapter, answer with
-    transformers; ``compare_full`` answers from the stock inputs too (its vision runs in PyTorch
-    inside the prefill: these graphs return at most their width of rows)."""
+    transformers or, given ``ort_llm``, with the exported LLM over ONNX Runtime (embeddings and
+    M-RoPE positions from the adapter); ``compare_full`` answers from the stock inputs too,
+    through the same LLM runtime (its vision runs in PyTorch: these graphs return at most their
+    width of rows)."""
     method, budget, repeat = options.method, options.budget, options.repeat
     compare_full, max_new_tokens = options.compare_full, options.max_new_tokens
     encoded = inputs.encode([text], [picture])
@@ -240,13 +248,23 @@ def _chat_per_image(family, model, inputs, image, picture, prompt: str, text: st
                                                 [torch.tensor(result["keep_index"])])
 
     def generate(model_inputs, steps, min_new_tokens):
+        if ort_llm is not None:  # prompt + new ids, as transformers' generate returns them
+            embeds, mask, positions = adapter.prompt_embeds(model_inputs)
+            new = ort_llm.generate(embeds, mask, max_new_tokens, min_new_tokens, steps, position_ids=positions)
+            return torch.cat([model_inputs["input_ids"], torch.from_numpy(new)], dim=1)
+        model.model.rope_deltas = None  # positions of this call, not of the previous one
         return transformers_generate(model, max_new_tokens, **model_inputs, pad_token_id=pad)(steps, min_new_tokens)
 
     def generate_reduced(vision_out, steps, min_new_tokens):
         return generate(vision_out[1], steps, min_new_tokens)
 
     contexts = {"reduced": (reduced_vision, generate_reduced)}
-    if compare_full:  # the stock path: generate() runs the tower inside its prefill
+    full_vision = "PyTorch, inside the prefill (stock generate() runs the tower itself)"
+    if compare_full and ort_llm is not None:  # the stock tower's rows at their stock positions, same LLM runtime
+        contexts["full"] = (lambda: adapter.full_inputs(**{k: v for k, v in encoded.items() if k != "mm_token_type_ids"}),
+                            generate)
+        full_vision = "PyTorch (the stock tower and merger; the artifact's graph returns at most its width of rows)"
+    elif compare_full:  # the stock path: generate() runs the tower inside its prefill
         contexts["full"] = (lambda: encoded, generate)
     timings = measure(contexts, repeat, max_new_tokens)
     result, reduced = timings["reduced"]["inputs"]
@@ -261,10 +279,9 @@ def _chat_per_image(family, model, inputs, image, picture, prompt: str, text: st
     if compare_full:
         full, length = timings["full"]["ids"], encoded["input_ids"].shape[1]
         full_answer = inputs.tokenizer.decode(full[0, length:], skip_special_tokens=True)
-        rows.append(summary_row("full", length, max_new_tokens, timings["full"], config,
-                                "PyTorch, inside the prefill (stock generate() runs the tower itself)"))
-    return {"answer": answer, "full_answer": full_answer, "rows": rows, "llm": "transformers (PyTorch)",
-            "repeat": repeat}
+        rows.append(summary_row("full", length, max_new_tokens, timings["full"], config, full_vision))
+    runtime = "ONNX Runtime (greedy loop over the exported LLM)" if ort_llm is not None else "transformers (PyTorch)"
+    return {"answer": answer, "full_answer": full_answer, "rows": rows, "llm": runtime, "repeat": repeat}
 
 
 def format_chat(result: dict) -> str:
