@@ -367,3 +367,41 @@ def test_onnx_llm_with_mrope_positions_answers_as_transformers(folder, batch, tm
     assert np.abs(text_only - reference).max() > max(5e-4, 100 * np.abs(stock - reference).max())
     with pytest.raises(ValueError, match=r"M-RoPE position_ids \[3, B, T\]"):
         llm.generate(embeds, mask, 2)
+
+
+def test_emit_edge_llm_for_qwen_carries_keep_list_and_mrope_positions(folder, tmp_path, capsys):
+    """`par-export emit --runtime edge-llm` on a Qwen artifact: K image tokens in the ids, K fp16
+    rows, the keep-list and the prompt's M-RoPE positions; with K = N (a 32x32 image, 16 merged
+    tokens) the positions are transformers' own ``get_rope_index``; TensorRT-LLM is refused."""
+    from safetensors.numpy import load_file
+
+    onnx, art = cli_export_and_build(folder, tmp_path, "--budget", "16", "--k-max", "16")
+    image = tmp_path / "square.png"
+    picture = Image.fromarray(np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    picture.save(image)
+    for budget in ("16", "5"):
+        out = tmp_path / f"emit{budget}"
+        assert main(["emit", str(art), "--model", str(folder), "--image", str(image), "--prompt", QUESTIONS[0],
+                     "--runtime", "edge-llm", "--budget", budget, "--out", str(out)]) == 0
+        arrays = load_file(str(out / "inputs.safetensors"))
+        k = int(budget)
+        model = ReducedQwen2_5_VL.from_pretrained(folder)
+        image_id = model.model.config.image_token_id
+        assert int((arrays["input_ids"] == image_id).sum()) == k == len(arrays["keep_index"])
+        assert arrays["visual_output"].shape == (k, model.model.config.text_config.hidden_size)
+        assert arrays["visual_output"].dtype == np.float16 and arrays["position_ids"].shape == (3, len(arrays["input_ids"]))
+        assert arrays["image_grid_thw"].tolist() == [[1, 8, 8]]
+        if k == 16:
+            encoded = family_for(folder).inputs(folder).encode([QUESTIONS[0]], [picture])
+            assert arrays["input_ids"].tolist() == encoded["input_ids"][0].tolist()
+            assert np.array_equal(arrays["position_ids"], stock_positions(model, encoded)[:, 0].numpy())
+        else:  # the kept tokens' stock (t, h, w): h and w from the keep-list, within the 4 x 4 merged grid
+            where = arrays["input_ids"] == image_id
+            start = arrays["position_ids"][0, where][0]
+            assert np.array_equal(arrays["position_ids"][1, where] - start, arrays["keep_index"] // 4)
+            assert np.array_equal(arrays["position_ids"][2, where] - start, arrays["keep_index"] % 4)
+    capsys.readouterr()
+    assert main(["emit", str(art), "--model", str(folder), "--image", str(image), "--prompt", QUESTIONS[0],
+                 "--runtime", "tensorrt-llm", "--out", str(tmp_path / "trtllm")]) == 2
+    err = capsys.readouterr().err
+    assert "use --runtime edge-llm" in err and not (tmp_path / "trtllm").exists()

@@ -21,6 +21,7 @@ from par_export.cli.args import (
     budget,
     budgets,
 )
+from par_export.engine.run import run_image
 from par_export.errors import UsageError
 from par_export.eval.run import DEFAULT_BUDGETS, DEFAULT_METHODS, EvalOptions, run_eval
 from par_export.eval.vqa import format_rows, result_rows, write_outputs
@@ -28,9 +29,9 @@ from par_export.files import check_out, check_replaceable
 from par_export.models.families import family_for
 from par_export.models.names import MODEL_HELP, resolve_model
 from par_export.processing import open_image
-from par_export.reduce import authors_methods, available_methods
+from par_export.reduce import PARConfig, authors_methods, available_methods
 from par_export.runtime.chat import ChatOptions, chat, format_chat
-from par_export.runtime.emit import emit, write_emitted
+from par_export.runtime.emit import emit, emit_mrope, write_emitted
 from par_export.runtime.pipeline import VisionLanguagePipeline
 
 
@@ -76,9 +77,15 @@ def cmd_emit(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         llava_dir, _ = resolve_model(args.model, Path(tmp))
         family = family_for(llava_dir)
-        model, tokenizer = family.load_model(llava_dir), family.inputs(llava_dir).tokenizer
-    with VisionLanguagePipeline(args.artifact, model, tokenizer, allow_unverified=args.allow_unverified) as pipe:
-        arrays, meta = emit(pipe, pipe.inputs.pixel_values([picture]), args.prompt, args.runtime, args.budget)
+        model, inputs = family.load_model(llava_dir), family.inputs(llava_dir)
+    if family.onnx_llm and not family.pipeline:  # M-RoPE: one image through the artifact, positions placed
+        result = run_image(args.artifact, args.image, args.prompt, args.budget, allow_unverified=args.allow_unverified)
+        adapter = family.adapter(model, "par", PARConfig(space="llm"), inputs.tokenizer)  # places rows only
+        arrays, meta = emit_mrope(adapter, inputs, result, picture, args.prompt, args.runtime)
+    else:
+        with VisionLanguagePipeline(args.artifact, model, inputs.tokenizer,
+                                    allow_unverified=args.allow_unverified) as pipe:
+            arrays, meta = emit(pipe, pipe.inputs.pixel_values([picture]), args.prompt, args.runtime, args.budget)
     print(f"{args.runtime}: K = {meta['num_kept']} visual rows of {meta['hidden_size']}, "
           f"{len(arrays['input_ids'])} prompt ids")
     for path in write_emitted(args.out, arrays, meta, args.overwrite, inputs=[args.artifact, args.image],

@@ -7,7 +7,11 @@ machines, so these are checked for shape, dtype and id layout only).
   is the fake id ``vocab_size + r``; rows of all images are concatenated, K per image.
 - TensorRT Edge-LLM 0.11: ``inputs_embeds`` assembled by its C++ runtime, which replaces each
   position holding the LLM's ``image_token_id`` with the next row of the visual output
-  ``[sum_i K_i, hidden]`` fp16; so the prompt carries K_i image tokens per image.
+  ``[sum_i K_i, hidden]`` fp16; so the prompt carries K_i image tokens per image. For an M-RoPE
+  family (Qwen2.5-VL) kept tokens keep their original positions, as Edge-LLM's own pruner keeps
+  them: the emitted file adds the keep-list (``keep_index [K]``, raster indices into the image's
+  merged grid, the form its visual pruners return), ``image_grid_thw [1, 3]`` and the prompt's
+  ``position_ids [3, T]`` (t, h, w), which equal transformers' ``get_rope_index`` when K = N.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors.numpy import save_file
 
 from par_export.errors import ParExportError
@@ -99,6 +104,35 @@ def emit(pipe, pixel_values: np.ndarray, prompt: str, runtime: str, budget: int 
         out = edge_llm_inputs(ids_before, ids_after, image_embeds, num_kept, config.image_token_id)
         arrays = {"input_ids": out.input_ids[0], "visual_output": out.visual_output}
         meta["image_token_id"] = int(config.image_token_id)
+    return arrays, meta
+
+
+def emit_mrope(adapter, inputs, result: dict, picture, prompt: str, runtime: str) -> tuple[dict, dict]:
+    """One image's reduction by an artifact (``engine.run.run_image``'s ``result``) for an M-RoPE
+    family: Edge-LLM's prompt ids and visual rows, plus the keep-list, the grid and the M-RoPE
+    positions (module docstring). ``adapter`` places the rows (its ``inputs_from_rows``);
+    ``inputs``: the checkpoint's processor and chat template."""
+    if runtime != "edge-llm":
+        raise ParExportError(f"--runtime {runtime}: an M-RoPE model's kept tokens need their (t, h, w) positions, "
+                             "which only the edge-llm layout carries here (TensorRT-LLM's multimodal runner derives "
+                             "them from the full grid); use --runtime edge-llm")
+    encoded = inputs.encode([prompt], [picture])
+    rows = torch.from_numpy(np.asarray(result["image_embeds"], np.float32))
+    keep = torch.tensor(result["keep_index"])
+    placed = adapter.inputs_from_rows(encoded["input_ids"], encoded["attention_mask"], encoded["image_grid_thw"],
+                                      [rows], [keep])
+    arrays = {"input_ids": placed["input_ids"][0].numpy().astype(np.int32),
+              "visual_output": rows.numpy().astype(np.float16),
+              "keep_index": keep.numpy().astype(np.int32),
+              "image_grid_thw": encoded["image_grid_thw"].numpy().astype(np.int32),
+              "position_ids": placed["position_ids"][1:, 0].numpy().astype(np.int32)}
+    config = adapter.model.config
+    meta = {"runtime": runtime, "targets": RUNTIMES[runtime], "prompt": prompt, "num_kept": int(result["num_kept"]),
+            "tokens_per_image": int(result["tokens_per_image"]), "hidden_size": int(rows.shape[-1]),
+            "image_token_id": int(config.image_token_id), "eos_token_id": inputs.tokenizer.eos_token_id,
+            "pad_token_id": inputs.tokenizer.pad_token_id,
+            "positions": "M-RoPE (t, h, w) per prompt position; kept tokens at their stock positions, text after "
+                         "the image from the full grid's extent (transformers' get_rope_index when K = N)"}
     return arrays, meta
 
 
