@@ -405,3 +405,37 @@ def test_emit_edge_llm_for_qwen_carries_keep_list_and_mrope_positions(folder, tm
                  "--runtime", "tensorrt-llm", "--out", str(tmp_path / "trtllm")]) == 2
     err = capsys.readouterr().err
     assert "use --runtime edge-llm" in err and not (tmp_path / "trtllm").exists()
+
+
+def test_pipeline_and_eval_through_a_qwen_artifact_equal_pytorch(folder, tmp_path, capsys):
+    """The LLM pipeline for Qwen2.5-VL: each image (two sizes) reduced by the artifact, its rows
+    placed at their M-RoPE positions; answers equal the PyTorch adapter's at the same K, with
+    transformers and with the exported LLM over ONNX Runtime. `eval --backend ART` gives the same
+    first-token answers as `--backend torch` on the procedural scenes."""
+    from par_export.eval.vqa import evaluate
+    from par_export.runtime.llm_onnx import OnnxRuntimeLLM, export_llm
+    from par_export.runtime.pipeline import VisionLanguagePipeline
+
+    onnx, art = cli_export_and_build(folder, tmp_path, "--budget", "16", "--k-max", "16")
+    reference = ReducedQwen2_5_VL.from_pretrained(folder, "par", PARConfig(k_max=16))
+    inputs = family_for(folder).inputs(folder)
+    rng = np.random.default_rng(11)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in [(64, 40), (40, 72)]]
+    enc = inputs.encode(QUESTIONS, images)
+    expected = reference.generate(enc["input_ids"], enc["attention_mask"], enc["pixel_values"], enc["image_grid_thw"],
+                                  prompts=QUESTIONS, budget=12, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    expected = inputs.tokenizer.batch_decode(expected, skip_special_tokens=True)
+    export_llm(reference.model, tmp_path / "llm")
+    for llm in (None, OnnxRuntimeLLM(tmp_path / "llm")):
+        with VisionLanguagePipeline(art, reference.model, inputs.tokenizer, llm=llm) as pipe:
+            texts, info = pipe.answer(images, QUESTIONS, budget=12, max_new_tokens=5)
+        assert texts == expected and info["num_kept"] == [12, 12]
+
+    seeds = dict(split="val", n=6, batch=3, progress=False)
+    torch_run = evaluate(folder, None, ["par"], [8], **seeds)
+    artifact_run = evaluate(folder, None, ["par"], [8], artifacts={("par", 8): art}, **seeds)
+    assert torch_run["tallies"][("par", 8)].predictions == artifact_run["tallies"][("par", 8)].predictions
+    assert artifact_run["tallies"][("par", 8)].kept == [8] * 6
+    assert main(["eval", "--model", str(folder), "--backend", str(art), "--budgets", "8", "--n", "3",
+                 "--out", str(tmp_path / "eval")]) == 0
+    assert "par" in capsys.readouterr().out

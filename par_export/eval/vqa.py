@@ -77,6 +77,7 @@ class Tally:
 
 
 BOOTSTRAP_RESAMPLES = 1000
+IMAGE_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw")  # what each family's adapter reads besides the ids
 
 
 def bootstrap_indices(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -210,19 +211,26 @@ def _artifact_context(pipe, questions: list[str], pixels: torch.Tensor, budget):
 
 
 def _reduce_with_artifact(pipe, base, samples, pixels: torch.Tensor, budget):
-    """First-token logits with the reduction of a built artifact."""
-    embeds, mask, kept = _artifact_context(pipe, [s.question for s in samples], pixels, budget)
+    """First-token logits with the reduction of a built artifact: LLaVA-1.5 splices the rows into
+    ``inputs_embeds``; an M-RoPE family reduces each scene (at its own size) and places the rows
+    at their positions (``pipe.reduced_inputs``)."""
+    questions = [s.question for s in samples]
+    if pipe.adapter is not None:
+        model_inputs, kept = pipe.reduced_inputs([render(s) for s in samples], questions,
+                                                 None if budget == "auto" else budget)
+        return base.model(**model_inputs).logits[:, -1], kept
+    embeds, mask, kept = _artifact_context(pipe, questions, pixels, budget)
     return base.model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1], kept
 
 
 def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config: PARConfig,
               pipeline_only: bool = True):
     """The model with PAR, one adapter per method sharing its weights, and the folder's processor.
-    ``pipeline_only``: refuse families the procedural eval's fixed-run splicing does not serve."""
+    ``pipeline_only``: refuse families the LLM pipeline (reduction by a built artifact) does not serve."""
     family = family_for(llava_dir)
-    if pipeline_only and not family.pipeline:
-        raise ParExportError(f"{llava_dir}: eval does not support {family.name} yet (its adapter "
-                         f"{family.adapter.__name__} runs in PyTorch; `par-export export/build/run` where it exports)")
+    if pipeline_only and not (family.pipeline or family.onnx_llm):
+        raise ParExportError(f"{llava_dir}: eval through a built artifact does not support {family.name} yet (its "
+                             f"adapter {family.adapter.__name__} runs in PyTorch: --backend torch)")
     base = family.adapter.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)
     clip = base.query_encoder if base.config.space == "clip" else None
     adapters = {}
@@ -527,8 +535,6 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
             "text_tokens": round(float(np.mean(text_tokens))) if text_tokens else 0, "skipped": skipped,
             "records": len(records)}
 
-
-IMAGE_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw")
 
 
 def _tokens_per_image(features, base) -> tuple[int, list[int] | None]:

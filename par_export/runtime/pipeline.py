@@ -12,6 +12,7 @@ import torch
 from par_export.artifact import Artifact
 from par_export.errors import ParExportError
 from par_export.models.families import family_named
+from par_export.reduce import PARConfig
 
 IMAGE = "<image>"
 
@@ -21,11 +22,18 @@ class PromptError(ParExportError):
 
 
 class VisionLanguagePipeline:
-    """``pipe.generate(pixel_values [B, 3, H, W], prompts, budget=None)`` -> texts and timings.
+    """``pipe.generate(pixel_values [B, 3, H, W], prompts, budget=None)`` -> texts and timings
+    (LLaVA-1.5), ``pipe.answer(images, questions, budget=None)`` (every family it serves).
 
-    Each prompt holds exactly one ``<image>``; it is replaced by that image's K reduced
+    LLaVA-1.5: each prompt holds exactly one ``<image>``; it is replaced by that image's K reduced
     embeddings (K differs per image with an adaptive budget), the batch is left padded,
     and the LLM generates from ``inputs_embeds``.
+
+    M-RoPE families (Qwen2.5-VL, ``ModelFamily.onnx_llm``): each image (any size) is reduced by
+    its own graph call, the family's adapter shrinks its run of image tokens in the processor's
+    prompt to K and gives the kept rows their stock (t, h, w) positions
+    (:meth:`reduced_inputs`); the LLM (transformers, or the exported one over ONNX Runtime)
+    generates from those ids, rows and positions.
 
     Args:
         artifact: a ``par-export build`` folder (ONNX Runtime or TensorRT).
@@ -42,9 +50,11 @@ class VisionLanguagePipeline:
         self.artifact = Artifact.open(self.folder, allow_unverified, par)  # par: prompt-rewrite overrides
         self.manifest = self.artifact.manifest
         family = family_named(self.manifest.metadata.family)
-        if not family.pipeline:
-            raise PromptError(f"{self.folder}: a {family.name} artifact; the LLM pipeline (chat, emit, eval) splices "
-                              "LLaVA-1.5's fixed image runs only so far (`par-export run` serves it)")
+        if not (family.pipeline or family.onnx_llm):
+            raise PromptError(f"{self.folder}: a {family.name} artifact; the LLM pipeline (chat, emit, eval) serves "
+                              "LLaVA-1.5 and M-RoPE families only so far (`par-export run` serves it)")
+        self.family = family
+        self.image_token = IMAGE if family.pipeline else family.image_token
         self._check_model(model, tokenizer)
         self.artifact.activate()
         self.inputs = self.artifact.inputs  # the checkpoint's processor
@@ -53,6 +63,8 @@ class VisionLanguagePipeline:
         self.embed = model.get_input_embeddings()
         self.context = model.config.text_config.max_position_embeddings
         self.llm = llm
+        # M-RoPE families: the adapter places rows and positions (its reducer is not used)
+        self.adapter = None if family.pipeline else family.adapter(model, "par", PARConfig(space="llm"), tokenizer)
 
     def close(self) -> None:
         """Release the artifact's sessions (Polygraphy runners are activated for the pipeline's life)."""
@@ -74,10 +86,52 @@ class VisionLanguagePipeline:
             raise PromptError(f"{self.folder}: the artifact's rows are {width} wide, the model's LLM takes {hidden}: "
                               f"pass the model it was exported from ({meta.model})")
         ids = {"artifact": meta.image_token_id, "model config": getattr(model.config, "image_token_id", None),
-               "tokenizer": tokenizer.convert_tokens_to_ids(IMAGE)}
+               "tokenizer": tokenizer.convert_tokens_to_ids(self.image_token)}
         if len(set(ids.values())) != 1:
             raise PromptError(f"{self.folder}: image token ids differ ({ids}): pass the model it was exported from "
                               f"({meta.model})")
+
+    def reduced_inputs(self, images: list, questions: list[str], budget: int | str | None = None) -> tuple[dict, list]:
+        """M-RoPE families: the processor's prompts for ``images`` (``PIL.Image``, any sizes) and
+        ``questions``, each image reduced by the artifact, as ``generate`` inputs (left padded,
+        ``position_ids [4, B, T]``), and K per image."""
+        if self.adapter is None:
+            raise PromptError(f"{self.folder}: a {self.family.name} artifact splices pixel_values (generate)")
+        reduced = self.artifact.reduce(images, questions, budget)
+        encoded = self.inputs.encode(questions, images)
+        rows = [torch.from_numpy(r.image_embeds).to(self.embed.weight.dtype) for r in reduced]
+        model_inputs = self.adapter.inputs_from_rows(encoded["input_ids"], encoded["attention_mask"],
+                                                     encoded["image_grid_thw"], rows,
+                                                     [torch.from_numpy(r.keep_index) for r in reduced])
+        return model_inputs, [r.num_kept for r in reduced]
+
+    @torch.no_grad()
+    def answer(self, images: list, questions: list[str], budget: int | str | None = None,
+               max_new_tokens: int = 16) -> tuple[list[str], dict]:
+        """Greedy answers to ``questions`` about ``images`` (``PIL.Image``) through the checkpoint's
+        processor and chat template, the artifact's reduction and the LLM; and timings."""
+        if len(images) != len(questions):
+            raise PromptError(f"{len(images)} images for {len(questions)} questions: one image per question")
+        if self.adapter is None:
+            prompts = [self.inputs.chat_prompt(q) for q in questions]
+            return self.generate(self.inputs.pixel_values(images), prompts, budget, max_new_tokens)
+        start = time.perf_counter()
+        model_inputs, kept = self.reduced_inputs(images, questions, budget)
+        reduce_ms = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        if self.llm is not None:
+            embeds, mask, positions = self.adapter.prompt_embeds(model_inputs)
+            new = torch.from_numpy(self.llm.generate(embeds, mask, max_new_tokens, position_ids=positions))
+        else:
+            self.model.model.rope_deltas = None  # positions come from position_ids
+            out = self.model.generate(**model_inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+            new = out[:, model_inputs["input_ids"].shape[1]:]
+        generate_ms = (time.perf_counter() - start) * 1e3
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return texts, {"vision_reduce_ms": reduce_ms, "generate_ms": generate_ms, "num_kept": kept,
+                       "context_tokens": model_inputs["attention_mask"].sum(dim=1).tolist(),
+                       "new_tokens": int(new.shape[1])}
 
     def reduce(self, pixel_values: np.ndarray, prompts: list[str], budget: int | None = None):
         """Reduced embeddings ``[B, W, D]`` and K ``[B]`` for images and their prompts."""
