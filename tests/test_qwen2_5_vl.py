@@ -439,3 +439,12 @@ def test_pipeline_and_eval_through_a_qwen_artifact_equal_pytorch(folder, tmp_pat
     assert main(["eval", "--model", str(folder), "--backend", str(art), "--budgets", "8", "--n", "3",
                  "--out", str(tmp_path / "eval")]) == 0
     assert "par" in capsys.readouterr().out
+
+
+def test_chat_refuses_onnxruntime_genai_for_qwen_with_the_reason(folder, tmp_path, capsys):
+    image = tmp_path / "square.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    assert main(["chat", "--model", str(folder), "--image", str(image), "--prompt", QUESTIONS[0],
+                 "--llm", "onnxruntime-genai"]) == 2
+    err = capsys.readouterr().err
+    assert "takes none for kept tokens" in err and "--llm onnxruntime" in err

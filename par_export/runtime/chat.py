@@ -138,6 +138,12 @@ def chat(model_name: str, image: str | Path, prompt: str, options: ChatOptions |
     with tempfile.TemporaryDirectory() as tmp:
         llava_dir, clip_dir = resolve_model(model_name, Path(tmp))
         family = family_for(llava_dir)
+        if not family.pipeline and family.onnx_llm and llm == "onnxruntime-genai":
+            # its Qwen2_5_VL pipeline model derives the (t, h, w) positions from image_grid_thw, one per
+            # grid token ("does not match image_grid_thw patch count"), with no input for kept tokens'
+            raise ParExportError(f"--llm onnxruntime-genai: its {family.name} pipeline computes M-RoPE positions for "
+                                 "every token of an image's grid and takes none for kept tokens; use --llm onnxruntime "
+                                 "(the exported LLM with position_ids [3, B, T]) or transformers")
         if not family.pipeline and llm not in ("transformers", "onnxruntime" if family.onnx_llm else "transformers"):
             runtimes = "transformers or onnxruntime" if family.onnx_llm else "transformers"
             raise ParExportError(f"--llm {llm}: {family.name} answers with {runtimes} only so far")
