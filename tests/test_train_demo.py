@@ -74,3 +74,46 @@ def test_image_tokens_kept_are_the_objects_plus_at_most_the_asked_background(tra
     everything = train_demo.image_tokens_kept(owner, random.Random(0), 10_000)  # draws more than there are
     assert bool(everything.all())
     assert torch.equal(owner, before)  # the cached targets are not written to
+
+
+def test_demo_qwen_rows_are_the_processors_and_its_patch_order_is_the_processors(tmp_path):
+    """tools/train_demo_qwen.py: a one-turn training row is what the checkpoint's processor and
+    chat template give (image tokens, question, generation prompt), and ``processor_order`` is
+    the order the image processor lays patches out in (2 x 2 merge blocks, raster inside)."""
+    import sys
+
+    import numpy as np
+    import transformers
+    from PIL import Image
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("train_demo_qwen", SCRIPT.parent / "train_demo_qwen.py")
+    qwen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qwen)
+    from par_export.data.vqa import render, sample, vocabulary
+    from par_export.models.tiny import qwen_word_tokenizer, save_qwen_image_processor
+    from par_export.processing import ModelInputs
+
+    tokenizer = qwen_word_tokenizer(vocabulary())
+    tokenizer.save_pretrained(tmp_path)
+    save_qwen_image_processor(tmp_path, **qwen.PROCESSOR)
+    inputs = ModelInputs.from_folder(tmp_path, "<|image_pad|>")
+    conversations = qwen.qwen_conversations(tokenizer)
+    s = sample(5, sizes=True)
+    n = inputs.encode([s.question], [render(s)])["input_ids"][0].tolist().count(conversations.image_id)
+    ids, labels, asks = conversations.build(s.objects, random.Random(0), 1, n)
+    (position, _, _), = asks
+    vision_end, im_end = (tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_end|>", "<|im_end|>"))
+    question = tokenizer.decode(ids[ids.index(vision_end) + 1:ids.index(im_end)])  # the one build drew
+    stock = inputs.encode([question], [render(s)])["input_ids"][0].tolist()
+    assert ids[:position + 1] == stock  # everything up to the token that predicts the answer
+    assert ids[position + 1:] == labels[position + 1:] and labels[position + 1:][-1] == tokenizer.eos_token_id
+
+    image = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)  # 8 x 12 patches of 4 px
+    processor = transformers.Qwen2VLImageProcessorPil(**qwen.PROCESSOR)
+    patches = processor(images=[Image.fromarray(image)], return_tensors="np")["pixel_values"]
+    normalized = (image / 255.0 - np.array(processor.image_mean)) / np.array(processor.image_std)
+    raster = normalized.reshape(8, 4, 12, 4, 3).transpose(0, 2, 4, 1, 3).reshape(96, 3, 4, 4)
+    first_frame = patches.reshape(96, 3, 2, 4, 4)[:, :, 0]
+    np.testing.assert_allclose(first_frame, raster[qwen.processor_order(8, 12)], atol=1e-5)
+    assert not np.allclose(first_frame, raster, atol=1e-2)  # the raster order itself is not the processor's

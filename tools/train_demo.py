@@ -127,16 +127,25 @@ def pretrain_tower(tower, minutes: float, batch: int, log) -> None:
             logits = {k: head(features).float() for k, head in heads.items()}
         loss = sum(F.cross_entropy(logits[k].flatten(0, 1), labels[k].flatten(), weight=weights.get(k))
                    * (0.5 if k in position else 1.0) for k in logits)
-        optim.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optim.step()
+        update(optim, loss, params)
         if step % 50 == 0:
-            fg = labels["color"] > 0
-            acc = {k: (logits[k].argmax(-1) == labels[k])[fg].float().mean().item() for k in ("color", "shape")}
-            log(f"tower step {step} loss {loss.item():.3f} object-patch colour {acc['color']:.3f} "
-                f"shape {acc['shape']:.3f}")
+            log_tower(log, step, loss, logits, labels)
     tower.eval()
+
+
+def update(optim, loss: torch.Tensor, params) -> None:
+    """One optimizer step on ``loss``, gradients clipped to norm 1."""
+    optim.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optim.step()
+
+
+def log_tower(log, step: int, loss: torch.Tensor, logits: dict, labels: dict) -> None:
+    """The tower's loss and its colour and shape accuracy on object patches (label > 0)."""
+    fg = labels["color"] > 0
+    acc = {k: (logits[k].argmax(-1) == labels[k])[fg].float().mean().item() for k in ("color", "shape")}
+    log(f"tower step {step} loss {loss.item():.3f} object-patch colour {acc['color']:.3f} shape {acc['shape']:.3f}")
 
 
 @torch.no_grad()
@@ -153,21 +162,26 @@ def cache_features(tower, seeds, log) -> torch.Tensor:
 
 
 class Conversations:
-    """Multi-turn VQA token rows for a cached scene, in the chat format ``par-export eval`` uses."""
+    """Multi-turn VQA token rows for a cached scene, in a checkpoint's chat format: ``head`` (ids
+    before the image tokens), then per turn ``next_turn`` (from the second turn on) and
+    ``question`` (``{question}`` filled in), the answer and ``eos``. The defaults are the LLaVA
+    demo's format, the one ``par-export eval`` prompts it with."""
 
-    def __init__(self, tokenizer, image_id: int):
+    def __init__(self, tokenizer, image_id: int, head: list[int] | None = None, after_image: str = "",
+                 next_turn: str = "USER :", question: str = "{question} ASSISTANT :"):
         self.tok, self.image_id = tokenizer, image_id
-        self.head = tokenizer("USER :")["input_ids"]  # <s> USER :
+        self.head = tokenizer("USER :")["input_ids"] if head is None else head  # <s> USER :
+        self.after_image, self.next_turn, self.question = after_image, next_turn, question
         self.eos = tokenizer.eos_token_id
 
     def ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
 
     def build(self, objects, rng: random.Random, turns: int, image_tokens: int):
         """``(ids, labels, asks)``: ``asks`` holds, per turn, the position whose logits give the
         answer's first token, the indices of the objects the answer depends on and the
         question type."""
-        ids = self.head + [self.image_id] * image_tokens
+        ids = self.head + [self.image_id] * image_tokens + self.ids(self.after_image)
         labels = [-100] * len(ids)
         asks = []
         for turn in range(turns):
@@ -176,7 +190,7 @@ class Conversations:
                 kind = rng.choice(QUESTION_TYPES)
                 posed = make_question(rng, objects, kind)
             question, answer, target = posed
-            prompt = (self.ids("USER :") if turn else []) + self.ids(f"{question} ASSISTANT :")
+            prompt = (self.ids(self.next_turn) if turn else []) + self.ids(self.question.format(question=question))
             reply = self.ids(answer) + [self.eos]
             ids += prompt
             asks.append((len(ids) - 1, target, kind))
@@ -274,10 +288,7 @@ def train_vqa(model, features, scenes, owners, centres, minutes: float, batch: i
                                     [owners[j][k] for j, k in zip(idx, keep)],
                                     [centres[j][k] for j, k in zip(idx, keep)], conversations.image_id)
             loss = loss + retrieval_weight * lookup
-        optim.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optim.step()
+        update(optim, loss, params)
         if step % 100 == 0:
             extra = f" retrieval {lookup.item():.3f}" if retrieval_weight else ""
             log(f"vqa step {step} loss {out.loss.item():.3f}{extra}")
@@ -358,11 +369,16 @@ def accuracy(model, tokenizer, seeds, batch: int = 50) -> tuple[float, dict[str,
         for b, row in enumerate(rows):
             input_ids[b, length - len(row):], mask[b, length - len(row):] = torch.tensor(row), 1
         logits = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels(samples)).logits[:, -1]
-        for s, token in zip(samples, logits.argmax(-1).tolist()):
-            answer = tokenizer(s.answer, add_special_tokens=False)["input_ids"][0]
-            hits[s.kind] = hits.get(s.kind, 0) + int(token == answer)
-            counts[s.kind] = counts.get(s.kind, 0) + 1
+        count_hits(hits, counts, samples, logits.argmax(-1).tolist(), tokenizer)
     return sum(hits.values()) / len(seeds), {k: round(hits[k] / counts[k], 3) for k in sorted(counts)}
+
+
+def count_hits(hits: dict, counts: dict, samples, tokens: list[int], tokenizer) -> None:
+    """Per question type: answers whose first token is ``tokens[i]`` (hits) and questions (counts)."""
+    for s, token in zip(samples, tokens):
+        answer = tokenizer(s.answer, add_special_tokens=False)["input_ids"][0]
+        hits[s.kind] = hits.get(s.kind, 0) + int(token == answer)
+        counts[s.kind] = counts.get(s.kind, 0) + 1
 
 
 def save(folder: Path, model, tokenizer_or_processor) -> None:

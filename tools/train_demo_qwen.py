@@ -42,13 +42,22 @@ import torch.nn.functional as F
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_demo import Stage, image_tokens_kept, pad_right, patch_targets, retrieval_loss, schedule  # noqa: E402
+from train_demo import (  # noqa: E402
+    Conversations,
+    Stage,
+    count_hits,
+    image_tokens_kept,
+    log_tower,
+    pad_right,
+    patch_targets,
+    retrieval_loss,
+    schedule,
+    update,
+)
 
 from par_export.data.vqa import (  # noqa: E402
     COLORS,
-    QUESTION_TYPES,
     SHAPES,
-    make_question,
     make_scene,
     render,
     sample,
@@ -129,15 +138,9 @@ def pretrain_tower(tower, image_processor, minutes: float, batch: int, log) -> N
             features = tower_tokens(tower, pixel_values, grid)
             logits = {k: head(features).float() for k, head in heads.items()}
         loss = sum(F.cross_entropy(logits[k], labels[k], weight=weights[k]) for k in logits)
-        optim.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optim.step()
+        update(optim, loss, params)
         if step % 25 == 0:
-            fg = labels["color"] > 0
-            acc = {k: (logits[k].argmax(-1) == labels[k])[fg].float().mean().item() for k in ("color", "shape")}
-            log(f"tower step {step} loss {loss.item():.3f} object-patch colour {acc['color']:.3f} "
-                f"shape {acc['shape']:.3f}")
+            log_tower(log, step, loss, logits, labels)
     tower.eval()
 
 
@@ -157,41 +160,20 @@ def cache_features(tower, image_processor, seeds, log) -> tuple[list[torch.Tenso
     return features, grids
 
 
-class QwenConversations:
-    """Multi-turn VQA token rows in the checkpoint's chat format (the chat template's text,
-    tokenized: its newlines are whitespace to the word tokenizer)."""
-
-    def __init__(self, tokenizer):
-        self.tok = tokenizer
-        self.image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
-        self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-
-    def ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
-
-    def build(self, objects, rng: random.Random, turns: int, image_tokens: int):
-        """``(ids, labels, asks)`` as ``train_demo.Conversations.build``."""
-        ids = self.ids("<|im_start|>user\n<|vision_start|>") + [self.image_id] * image_tokens
-        ids += self.ids("<|vision_end|>")
-        labels = [-100] * len(ids)
-        asks = []
-        for turn in range(turns):
-            posed = None
-            while posed is None:
-                kind = rng.choice(QUESTION_TYPES)
-                posed = make_question(rng, objects, kind)
-            question, answer, target = posed
-            prompt = self.ids(("<|im_start|>user\n" if turn else "") + f"{question}<|im_end|>\n<|im_start|>assistant\n")
-            reply = self.ids(answer) + [self.eos]
-            ids += prompt
-            asks.append((len(ids) - 1, target, kind))
-            ids += reply + self.ids("\n")
-            labels += [-100] * len(prompt) + reply
-        return ids, labels, asks
+def qwen_conversations(tokenizer) -> Conversations:
+    """Multi-turn rows in the checkpoint's chat template (its text, tokenized: the newlines are
+    whitespace to the word tokenizer; ``main`` checks a one-turn row against the processor's)."""
+    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    head = tokenizer("<|im_start|>user\n<|vision_start|>", add_special_tokens=False)["input_ids"]
+    conversations = Conversations(tokenizer, image_id, head, after_image="<|vision_end|>",
+                                  next_turn="<|im_start|>user\n",
+                                  question="{question}<|im_end|>\n<|im_start|>assistant\n")
+    conversations.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return conversations
 
 
 def train_vqa(model, features, grids, scenes, owners, centres, minutes: float, batch: int, lr: float,
-              conversations: QwenConversations, log, on_checkpoint=None, retrieval_weight: float = 1.0,
+              conversations: Conversations, log, on_checkpoint=None, retrieval_weight: float = 1.0,
               retrieval_layer: int = 2, probe_weight: float = 0.5, probe_layer: int = 2, background: int = 64) -> None:
     """Merger + LLM on cached tower tokens (the tower stays frozen); each image keeps its object
     tokens and up to ``background`` random others, at their stock M-RoPE positions."""
@@ -235,10 +217,7 @@ def train_vqa(model, features, grids, scenes, owners, centres, minutes: float, b
                                 [owners[j][k] for j, k in zip(idx, keep)],
                                 [centres[j][k] for j, k in zip(idx, keep)], conversations.image_id)
         loss = out.loss + retrieval_weight * lookup + probe_weight * probe_loss
-        optim.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optim.step()
+        update(optim, loss, params)
         if step % 50 == 0:
             hit = {k: (probe_logits[k].argmax(-1) == where[i]).float().mean().item() for i, k in enumerate(("row", "col"))}
             log(f"vqa step {step} loss {out.loss.item():.3f} retrieval {lookup.item():.3f} probe row "
@@ -261,11 +240,7 @@ def accuracy(model, inputs: ModelInputs, seeds, batch: int = 25) -> tuple[float,
         samples = [sample(s, sizes=True) for s in seeds[i:i + batch]]
         encoded = inputs.encode([s.question for s in samples], [render(s) for s in samples])
         model.model.rope_deltas = None
-        logits = model(**encoded).logits[:, -1]
-        for s, token in zip(samples, logits.argmax(-1).tolist()):
-            answer = inputs.tokenizer(s.answer, add_special_tokens=False)["input_ids"][0]
-            hits[s.kind] = hits.get(s.kind, 0) + int(token == answer)
-            counts[s.kind] = counts.get(s.kind, 0) + 1
+        count_hits(hits, counts, samples, model(**encoded).logits[:, -1].argmax(-1).tolist(), inputs.tokenizer)
     return sum(hits.values()) / len(seeds), {k: round(hits[k] / counts[k], 3) for k in sorted(counts)}
 
 
@@ -307,7 +282,7 @@ def main() -> None:
     tokenizer.save_pretrained(staging)
     save_qwen_image_processor(staging, **PROCESSOR)
     inputs = ModelInputs.from_folder(staging, "<|image_pad|>")
-    conversations = QwenConversations(tokenizer)
+    conversations = qwen_conversations(tokenizer)
     # the training rows are the processor's rows: same ids for a one-turn chat
     probe_sample = sample(0, sizes=True)
     stock = inputs.encode([probe_sample.question], [render(probe_sample)])["input_ids"][0].tolist()
