@@ -266,6 +266,8 @@ def main() -> None:
     parser.add_argument("--probe", type=float, default=0.5, help="weight of the row/column probe after layer 1")
     parser.add_argument("--init-std", type=float, default=0.07, help="init std of merger and LLM (train_demo.py)")
     parser.add_argument("--val", type=int, default=500)
+    parser.add_argument("--tower-from", help="a folder this script wrote: reuse its tower (stage 1 skipped); merger "
+                        "and LLM start from scratch")
     args = parser.parse_args()
     torch.manual_seed(0)
     began = time.time()
@@ -293,7 +295,14 @@ def main() -> None:
         raise SystemExit(f"training rows differ from the processor's: {stock[:len(head)]} vs {head}")
 
     tower = model.model.visual
-    pretrain_tower(tower, image_processor, args.tower_minutes, args.tower_batch, log)
+    if args.tower_from:
+        trained = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            args.tower_from, local_files_only=True, use_safetensors=True).model.visual.state_dict()
+        tower.load_state_dict({k: v for k, v in trained.items() if not k.startswith("merger.")}, strict=False)
+        tower.eval()
+        log(f"tower from {args.tower_from}")
+    else:
+        pretrain_tower(tower, image_processor, args.tower_minutes, args.tower_batch, log)
     seeds = list(range(args.scenes))
     scenes = [make_scene(random.Random(s), *scene_size(s, True))[0] for s in seeds]  # sample(s, sizes=True)'s
     features, grids = cache_features(tower, image_processor, seeds, log)
