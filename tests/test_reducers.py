@@ -76,6 +76,34 @@ def test_each_token_is_weighted_mean_of_its_members(method, batch):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_apply_repeats_the_reduction_on_another_tensor_of_the_same_tokens(method, batch):
+    """``out.apply(values)``: the same kept set, slots and merge weights on other features of the
+    same N tokens (DeepStack levels, projected rows). On the tokens themselves it gives
+    ``out.tokens``; it is linear, so on an affine map of the tokens it gives that map of the
+    reduced tokens (weights sum to 1 per slot); on one-hot rows it gives each slot's weights."""
+    x, prompt, attn = batch
+    reducer = create_reducer(method)
+    for budget in [5, "auto"] if reducer.supports_auto else [5]:
+        check_apply(reducer(x, prompt, attn, budget=budget), x)
+
+
+def check_apply(out, x):
+    torch.testing.assert_close(out.apply(x), out.tokens, rtol=1e-5, atol=1e-6)
+    weight, bias = torch.randn(32, 48, generator=torch.Generator().manual_seed(1)), torch.randn(48)
+    projected = out.apply(x @ weight + bias)
+    k = out.valid.unsqueeze(-1)
+    torch.testing.assert_close(projected * k, (out.tokens @ weight + bias) * k, rtol=1e-4, atol=1e-4)
+    shares = out.apply(torch.eye(x.shape[1]).expand(x.shape[0], -1, -1))  # [B, W, N]: slot weights
+    for b in range(x.shape[0]):
+        kept = int(out.num_kept[b])
+        torch.testing.assert_close(shares[b, :kept].sum(-1), torch.ones(kept))
+        members = shares[b, :kept] > 0
+        assert torch.equal(members, out.assignment[b].unsqueeze(0) == torch.arange(kept).unsqueeze(1))
+    with pytest.raises(ValueError, match=r"expected \[B, N, D'\]"):
+        out.apply(x[:, :-1])
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_batch_equals_per_sample(method, batch):
     x, prompt, attn = batch
     whole = run(method, x, prompt, attn, budget=20)

@@ -61,4 +61,5 @@ class PARReducer(TokenReducer):
             visual_tokens, scores, relevance, num_kept, width, cfg.gamma, cfg.tau, cfg.router, similarity
         )
         valid = keep_index >= 0
-        return ReductionOutput(merged, keep_index, assignment, valid, num_kept, scores)
+        # topk_cluster's merge weights: softmax(z / tau) within each cluster
+        return ReductionOutput(merged, keep_index, assignment, valid, num_kept, scores, relevance.float() / cfg.tau)

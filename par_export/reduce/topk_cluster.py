@@ -10,7 +10,8 @@ import torch
 
 from par_export.reduce.checks import token_bound
 from par_export.reduce.clustering import cosine_similarity_matrix
-from par_export.reduce.router import center_slots, merge_tokens, route_to_centers, select_centers
+from par_export.reduce.merge import merge_tokens
+from par_export.reduce.router import center_slots, route_to_centers, select_centers
 
 ROUTERS = ("merge", "keep")
 
