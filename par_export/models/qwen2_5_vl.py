@@ -144,6 +144,11 @@ class ReducedQwen2_5_VL:
     @torch.no_grad()
     def vision_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor):
         """Per image: merged tokens ``[N_i, D_llm]`` (raster order) and the attention they receive ``[N_i]``."""
+        features, _ = self._tower(pixel_values, image_grid_thw)
+        return features
+
+    def _tower(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> tuple[list, object]:
+        """The tower once: per image ``(merged [N_i, D], received [N_i])``, and its whole output."""
         captured = {}
 
         def hook(module, args, kwargs):
@@ -151,15 +156,24 @@ class ReducedQwen2_5_VL:
             captured["cu_seqlens"] = kwargs["cu_seqlens"]
             captured["rope"] = kwargs["position_embeddings"]
 
-        last_full = self.visual.blocks[max(self.visual.fullatt_block_indexes)]
+        last_full = self.score_block()
         handle = last_full.attn.register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            merged = self.visual(pixel_values.to(self.visual.dtype), grid_thw=image_grid_thw).pooler_output
+            out = self.visual(pixel_values.to(self.visual.dtype), grid_thw=image_grid_thw)
         finally:
             handle.remove()
         received = self._received_attention(last_full.attn, captured, image_grid_thw)
         sizes = self.tokens_per_image(image_grid_thw)
-        return list(zip(torch.split(merged, sizes), torch.split(received, sizes)))
+        return list(zip(torch.split(out.pooler_output, sizes), torch.split(received, sizes))), out
+
+    def score_block(self):
+        """The block whose attention scores the merged tokens: the last full-attention one."""
+        return self.visual.blocks[max(self.visual.fullatt_block_indexes)]
+
+    def to_raster(self, per_merged: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """``[sum N]`` values in the tower's token order -> raster order (the tower runs in window order)."""
+        window_index, _ = window_layout(self.visual, image_grid_thw)
+        return per_merged[torch.argsort(window_index)]
 
     def _received_attention(self, attn, captured: dict, image_grid_thw: torch.Tensor) -> torch.Tensor:
         """``[sum N]`` attention received per merged token (raster order), from one full-attention block."""
@@ -176,9 +190,7 @@ class ReducedQwen2_5_VL:
             weights = torch.softmax(qs @ ks.transpose(-1, -2) * attn.scaling, dim=-1)  # [H, n, n]
             received[start:end] = weights.mean(dim=(0, 1))
         unit = self.merge ** 2
-        per_merged = received.view(-1, unit).sum(-1)  # window order, one entry per merged token
-        window_index, _ = window_layout(self.visual, image_grid_thw)
-        return per_merged[torch.argsort(window_index)]
+        return self.to_raster(received.view(-1, unit).sum(-1), image_grid_thw)  # one entry per merged token
 
     @torch.no_grad()
     def reduce_images(self, pixel_values, prompts: list[str] | None, budget=None, features=None,
@@ -269,8 +281,12 @@ class ReducedQwen2_5_VL:
             "input_ids": new_ids,
             "attention_mask": new_mask,
             "position_ids": self.position_ids(new_ids, new_mask, image_grid_thw, [torch.as_tensor(k) for k in keep]),
-            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=list(rows))},
+            "mm_encoder_outputs": {"image": self.image_outputs(rows)},
         }
+
+    def image_outputs(self, rows: list[torch.Tensor]):
+        """What the model's ``mm_encoder_outputs["image"]`` holds for the per-image ``rows [K_i, D]``."""
+        return BaseModelOutputWithPooling(pooler_output=list(rows))
 
     @torch.no_grad()
     def full_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,

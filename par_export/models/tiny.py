@@ -193,3 +193,34 @@ def save_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0, patch_size: int = 4)
                               min_pixels=4 * unit * unit, max_pixels=12 * 12 * unit * unit)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_tiny_qwen3_vl(folder: str | Path, seed: int = 0, patch_size: int = 4) -> Path:
+    """Write a random-weight tiny Qwen3-VL (learned position grid, 2x2 merger, DeepStack levels from
+    tower blocks 0 and 1, interleaved M-RoPE) with a Qwen2-VL image processor named as Qwen3-VL's
+    (``Qwen3VLProcessor``), a word tokenizer with Qwen's special tokens and chat template."""
+
+    tokenizer = qwen_word_tokenizer()
+    vocab = tokenizer.get_vocab()
+    config = transformers.Qwen3VLConfig(
+        vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
+                           patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2,
+                           num_position_embeddings=64, deepstack_visual_indexes=[0, 1]),
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, vocab_size=len(vocab), max_position_embeddings=1024,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2],
+                                          "mrope_interleaved": True},
+                         pad_token_id=0),
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
+    torch.manual_seed(seed)
+    model = transformers.Qwen3VLForConditionalGeneration(config).eval()
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    unit = 2 * patch_size
+    save_qwen_image_processor(folder, patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+                              min_pixels=4 * unit * unit, max_pixels=12 * 12 * unit * unit)
+    processor_config = folder / "preprocessor_config.json"
+    processor_config.write_text(processor_config.read_text().replace("Qwen2_5_VLProcessor", "Qwen3VLProcessor"))
+    tokenizer.save_pretrained(folder)
+    return folder
