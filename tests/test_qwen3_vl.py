@@ -93,3 +93,13 @@ def test_export_and_the_onnx_llm_are_refused_in_one_line(folder, tmp_path, capsy
     assert not (tmp_path / "onnx").exists()
     with pytest.raises(ValueError, match="DeepStack"):
         ReducedQwen3VL.from_pretrained(folder).prompt_embeds({})
+
+
+def test_procedural_eval_runs_qwen3_vl_in_pytorch(folder, tmp_path):
+    import csv
+
+    assert main(["eval", "--model", str(folder), "--methods", "par,text_sim", "--budgets", "8", "--n", "4",
+                 "--batch", "2", "--out", str(tmp_path / "out")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert {r["method"] for r in rows} == {"full", "par", "text_sim"}
+    assert all(float(r["mean_kept"]) == 8 for r in rows if r["method"] != "full")
