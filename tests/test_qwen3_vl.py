@@ -103,3 +103,10 @@ def test_procedural_eval_runs_qwen3_vl_in_pytorch(folder, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
     assert {r["method"] for r in rows} == {"full", "par", "text_sim"}
     assert all(float(r["mean_kept"]) == 8 for r in rows if r["method"] != "full")
+
+
+def test_eval_default_methods_are_those_that_take_any_n(folder):
+    from par_export.eval.run import default_methods
+
+    methods = default_methods(folder)
+    assert "par" in methods and "pool" not in methods and "prumerge_mean" not in methods

@@ -81,6 +81,7 @@ def default_methods(model_dir: str | Path) -> list[str]:
     image (LLaVA-NeXT's crops, Qwen2.5-VL's dynamic resolution) only the reducers that take any N
     (``pool`` needs a square grid; ``prumerge_mean`` a fixed N to trace)."""
     family = family_for(model_dir)
-    if family.onnx_config is None or not family.onnx_config.dynamic_tokens:
+    config_dynamic = family.onnx_config is not None and family.onnx_config.dynamic_tokens
+    if not (config_dynamic or getattr(family.adapter, "dynamic_tokens", False)):
         return list(DEFAULT_METHODS)
     return [m for m in DEFAULT_METHODS if reducer_class(m).dynamic_tokens]

@@ -91,6 +91,7 @@ class ReducedQwen2_5_VL:
 
     model_class = "Qwen2_5_VLForConditionalGeneration"
     model_types = ("qwen2_5_vl",)
+    dynamic_tokens = True  # N differs per image (dynamic resolution)
 
     def __init__(self, model, method: str | TokenReducer = "par", config: PARConfig | None = None,
                  tokenizer=None, clip=None):
