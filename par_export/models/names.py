@@ -17,7 +17,7 @@ NAMES = {"demo": "the shipped demo VLM (LLaVA-1.5 layout + CLIP, trained on the 
          "demo-qwen": "the shipped demo VLM in the Qwen2.5-VL architecture (trained on the procedural VQA)",
          "tiny": "a random-weight tiny LLaVA-1.5 + CLIP, for quick checks"}
 
-MODEL_HELP = ("a local Hugging Face folder (LLaVA-1.5, LLaVA-NeXT or Qwen2.5-VL), 'demo' (the shipped demo VLM, "
+MODEL_HELP = ("a local Hugging Face folder (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL or Qwen3-VL), 'demo' (the shipped demo VLM, "
               "LLaVA-1.5 layout), 'demo-qwen' (the shipped Qwen2.5-VL demo) or 'tiny' (random weights)")
 """The help text of every ``--model`` flag."""
 
