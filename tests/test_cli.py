@@ -98,7 +98,7 @@ def test_eval_refuses_budgets_above_n_and_an_empty_jsonl(tiny_folders, tmp_path,
     llava, clip = tiny_folders
     common = ["eval", "--model", str(llava), "--clip", str(clip), "--methods", "par", "--n", "2", "--batch", "2"]
     one_error(capsys, main(common + ["--budgets", "100000", "--out", str(tmp_path / "a")]),
-              "above the 64 tokens per image")
+              "above the 64 tokens of an image")
     (tmp_path / "empty.jsonl").write_text("\n")
     one_error(capsys, main(common + ["--budgets", "8", "--data", str(tmp_path / "empty.jsonl"), "--images",
                                      str(tmp_path), "--out", str(tmp_path / "b")]), "no record to score")
