@@ -164,3 +164,14 @@ def test_demo_qwen_runs_wherever_demo_runs(tmp_path, capsys):
                  "--out", str(tmp_path / "eval")]) == 0
     rows = {r["method"]: r for r in json.loads((tmp_path / "eval" / "results.json").read_text())}
     assert rows["par"]["mean_kept"] == 16 and rows["full"]["n"] == 20
+
+
+def test_demo_qwen_without_its_weights_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    """demo-qwen is not shipped yet: the name says where its weights come from, in one line."""
+    import par_export.models.demo as demo
+
+    monkeypatch.setattr(demo, "DEMO_DIR", tmp_path / "assets")  # a package without the weights
+    assert main(["eval", "--model", "demo-qwen", "--n", "2", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "train them with tools/train_demo_qwen.py" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -1,7 +1,8 @@
 """``--model``: a local Hugging Face folder, or one of the names par-export ships. Resolved here only.
 
 ``demo`` is the embedded demo VLM (LLaVA layout + CLIP, trained on the procedural VQA, in the
-package), ``demo-qwen`` its Qwen2.5-VL-architecture sibling (dynamic resolution, M-RoPE); ``tiny`` writes a random-weight tiny LLaVA + CLIP through ``save_pretrained`` (quick
+package), ``demo-qwen`` its Qwen2.5-VL-architecture sibling (dynamic resolution, M-RoPE; written by
+``tools/train_demo_qwen.py``, not shipped yet); ``tiny`` writes a random-weight tiny LLaVA + CLIP through ``save_pretrained`` (quick
 checks). Every command that takes ``--model`` takes any of the families in
 :mod:`par_export.models.families`.
 """
@@ -14,11 +15,12 @@ from par_export.models.demo import demo_paths, demo_qwen_path
 from par_export.models.tiny import save_tiny_clip, save_tiny_llava
 
 NAMES = {"demo": "the shipped demo VLM (LLaVA-1.5 layout + CLIP, trained on the procedural VQA)",
-         "demo-qwen": "the shipped demo VLM in the Qwen2.5-VL architecture (trained on the procedural VQA)",
+         "demo-qwen": "the demo VLM in the Qwen2.5-VL architecture (tools/train_demo_qwen.py; not shipped yet)",
          "tiny": "a random-weight tiny LLaVA-1.5 + CLIP, for quick checks"}
 
 MODEL_HELP = ("a local Hugging Face folder (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL or Qwen3-VL), 'demo' (the shipped demo VLM, "
-              "LLaVA-1.5 layout), 'demo-qwen' (the shipped Qwen2.5-VL demo) or 'tiny' (random weights)")
+              "LLaVA-1.5 layout), 'demo-qwen' (the Qwen2.5-VL demo, once trained by tools/train_demo_qwen.py) or 'tiny' "
+              "(random weights)")
 """The help text of every ``--model`` flag."""
 
 TINY_RECORD = "tiny (random weights)"
