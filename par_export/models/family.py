@@ -32,11 +32,12 @@ class ModelFamily:
             ``None`` for a family that runs in PyTorch only so far (export refuses it).
         image_token: the placeholder string of one image in a prompt.
         fallback_template: ``{prompt}`` template used only when the tokenizer has no chat template.
-        pipeline: ``chat``, ``eval``, ``emit`` and the LLM pipeline run this family (they splice
-            a fixed-size image run; families with per-image layouts or M-RoPE do not yet).
-        onnx_llm: ``chat --llm onnxruntime`` answers for this family outside the pipeline: its
-            adapter gives ``full_inputs`` and ``prompt_embeds`` (embeddings and M-RoPE positions)
-            for the exported LLM (:mod:`par_export.runtime.llm_onnx`).
+        pipeline: the LLM pipeline splices this family's fixed-size image runs into
+            ``inputs_embeds`` (LLaVA-1.5: ``chat``, ``eval --backend``, ``emit``, every LLM runtime).
+        onnx_llm: an M-RoPE family the LLM pipeline serves one image per graph call, its adapter
+            placing rows and positions (``reduced_inputs``, ``full_inputs``, ``prompt_embeds``):
+            ``chat`` with transformers or the exported LLM (:mod:`par_export.runtime.llm_onnx`),
+            ``eval --backend``, ``emit --runtime edge-llm``.
     """
 
     name: str
