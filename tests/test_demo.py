@@ -81,7 +81,8 @@ def test_demo_pipeline_and_onnxruntime_genai_answer_like_the_reference(tmp_path)
     build(tmp_path / "onnx", tmp_path / "art", BuildOptions(precision="fp32", backend="onnxruntime"), progress=False)
     reference = ReducedLlava.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)
     inputs = FAMILY.inputs(llava_dir)
-    samples, ids, mask, pixels, _ = vqa_batch(reference, inputs, list(split_seeds("test", 4)))
+    samples, encoded, _ = vqa_batch(reference, inputs, list(split_seeds("test", 4)))
+    ids, mask, pixels = encoded["input_ids"], encoded["attention_mask"], encoded["pixel_values"]
     prompts = [f"USER : <image> {s.question} ASSISTANT :" for s in samples]
 
     pipe = VisionLanguagePipeline(tmp_path / "art", reference.model, reference.tokenizer)
