@@ -157,13 +157,14 @@ def qwen_word_tokenizer(words: list[str] | None = None):
     return tokenizer
 
 
-def save_qwen_image_processor(folder: Path, **settings) -> None:
-    """A Qwen2-VL image processor (PIL backend) saved with the processor class Qwen's checkpoints name."""
+def save_qwen_image_processor(folder: Path, processor_class: str = "Qwen2_5_VLProcessor", **settings) -> None:
+    """A Qwen2-VL image processor (PIL backend) saved with the processor class the checkpoints name
+    (Qwen2.5-VL's, or ``Qwen3VLProcessor``)."""
 
     transformers.Qwen2VLImageProcessorPil(**settings).save_pretrained(folder)
     config = Path(folder) / "preprocessor_config.json"
     values = json.loads(config.read_text())
-    values["processor_class"] = "Qwen2_5_VLProcessor"
+    values["processor_class"] = processor_class
     config.write_text(json.dumps(values, indent=2))
 
 
@@ -184,15 +185,8 @@ def save_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0, patch_size: int = 4)
                          bos_token_id=vocab["<|endoftext|>"], eos_token_id=vocab["<|im_end|>"]),
         image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
         vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
-    torch.manual_seed(seed)
-    model = transformers.Qwen2_5_VLForConditionalGeneration(config).eval()
-    folder = Path(folder)
-    model.save_pretrained(folder, safe_serialization=True)
-    unit = 2 * patch_size
-    save_qwen_image_processor(folder, patch_size=patch_size, merge_size=2, temporal_patch_size=2,
-                              min_pixels=4 * unit * unit, max_pixels=12 * 12 * unit * unit)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _save_tiny_qwen(folder, transformers.Qwen2_5_VLForConditionalGeneration, config, tokenizer, seed, patch_size,
+                           "Qwen2_5_VLProcessor")
 
 
 def save_tiny_qwen3_vl(folder: str | Path, seed: int = 0, patch_size: int = 4) -> Path:
@@ -213,14 +207,19 @@ def save_tiny_qwen3_vl(folder: str | Path, seed: int = 0, patch_size: int = 4) -
                          pad_token_id=0),
         image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
         vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
+    return _save_tiny_qwen(folder, transformers.Qwen3VLForConditionalGeneration, config, tokenizer, seed, patch_size,
+                           "Qwen3VLProcessor")
+
+
+def _save_tiny_qwen(folder, model_class, config, tokenizer, seed: int, patch_size: int, processor_class: str) -> Path:
+    """A random-weight Qwen-VL folder: the model (seeded), its image processor (multiples of
+    ``2 * patch_size``, 4 to 144 merged tokens) named as ``processor_class``, and the tokenizer."""
     torch.manual_seed(seed)
-    model = transformers.Qwen3VLForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     unit = 2 * patch_size
-    save_qwen_image_processor(folder, patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+    save_qwen_image_processor(folder, processor_class, patch_size=patch_size, merge_size=2, temporal_patch_size=2,
                               min_pixels=4 * unit * unit, max_pixels=12 * 12 * unit * unit)
-    processor_config = folder / "preprocessor_config.json"
-    processor_config.write_text(processor_config.read_text().replace("Qwen2_5_VLProcessor", "Qwen3VLProcessor"))
     tokenizer.save_pretrained(folder)
     return folder
