@@ -91,8 +91,10 @@ def cmd_run(args) -> int:
     print(f"query: {result['query']!r}")
     print(f"kept {result['num_kept']}/{result['tokens_per_image']} tokens "
           f"({result['backend']} {result['precision']}); first kept indices {result['keep_index'][:12]}")
-    print(f"image_embeds [{result['num_kept']}, {result['image_embeds'].shape[-1]}], first values "
-          f"{[round(float(v), 4) for v in result['image_embeds'][0, :6]]}")
+    rows = result["image_embeds"]  # [K, D], or [1 + L, K, D] with Qwen3-VL's DeepStack rows
+    shape = ", ".join(str(n) for n in rows.shape)
+    print(f"image_embeds [{shape}]{' (main rows, then each DeepStack level)' if rows.ndim == 3 else ''}, first values "
+          f"{[round(float(v), 4) for v in rows.reshape(-1, rows.shape[-1])[0, :6]]}")
     rounds = f"median of {args.repeat} calls after a warm-up" if args.repeat else "one cold call"
     print(f"timings ({result['backend']} {result['precision']}, {rounds}, {os.cpu_count()} CPU cores, load "
           f"{os.getloadavg()[0]:.2f}):")

@@ -15,14 +15,11 @@ from par_export.artifact.manifest import inside, read_manifest
 from par_export.backends.base import quiet_polygraphy
 from par_export.backends.onnxruntime import OnnxRuntimeRunner
 from par_export.backends.torch import TorchRunner, feed_metadata
-from par_export.export.validate import TOLERANCES, case_verdict, compare_outputs, condensed, error_limit
+from par_export.export.validate import TOLERANCES, case_verdict, compare_outputs, condensed, error_limit, token_rows
 from par_export.models.families import export_config, family_for
 from par_export.models.graphs import reference_scores
 from par_export.models.names import resolve_model
 from par_export.reduce import PARConfig
-
-OUTPUTS = ["image_embeds", "num_kept", "keep_index"]
-
 
 def verification_feeds(metadata: ExportMetadata, count: int, seed: int = 0) -> list[tuple[str, dict]]:
     """``count`` feeds from the family's validation cases (LLaVA-1.5: batch sizes 1, 2, 4 capped at
@@ -62,7 +59,7 @@ def verify(folder: str | Path, count: int = 3, allow_unverified: bool = True, at
         references = [OnnxRuntimeRunner(source, name="onnx-fp32")]
         module, reason = torch_reference(metadata, Path(tmp))
         if module is not None:
-            outputs = stack.enter_context(reference_scores(module, OUTPUTS))
+            outputs = stack.enter_context(reference_scores(module, list(export_config(metadata).vision_par.outputs)))
             references.append(TorchRunner(module, outputs, feed_metadata(cases[0][1]), name="torch"))
         else:
             rows.append({"reference": "torch", "skipped": reason})
@@ -72,7 +69,7 @@ def verify(folder: str | Path, count: int = 3, allow_unverified: bool = True, at
         if module is not None:  # the fp32 graph's kept sets are judged against torch's scores too
             for source_it, torch_it in zip(iterations[1], iterations[2]):
                 source_it["scores"] = torch_it["scores"]
-        scale = max(float(np.abs(it["image_embeds"]).max()) for its in iterations[1:] for it in its)
+        scale = max(float(np.abs(token_rows(it)).max()) for its in iterations[1:] for it in its)
         limit = error_limit(precision, scale)
         if atol is not None or rtol is not None:
             limit = (atol or 0.0) + (rtol or 0.0) * scale

@@ -228,7 +228,7 @@ def _adapters(llava_dir: Path, clip_dir: Path | None, methods: list[str], config
     """The model with PAR, one adapter per method sharing its weights, and the folder's processor.
     ``pipeline_only``: refuse families the LLM pipeline (reduction by a built artifact) does not serve."""
     family = family_for(llava_dir)
-    if pipeline_only and not (family.pipeline or family.onnx_llm):
+    if pipeline_only and not (family.pipeline or family.places_rows):
         raise ParExportError(f"{llava_dir}: eval through a built artifact does not support {family.name} yet (its "
                              f"adapter {family.adapter.__name__} runs in PyTorch: --backend torch)")
     base = family.adapter.from_pretrained(llava_dir, "par", config, clip_path=clip_dir)
@@ -289,6 +289,7 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
             if too_large:
                 raise ParExportError(f"--budgets {too_large}: above the {int(tokens.min())} tokens of an image; a "
                                      "larger budget would score the full context under another name")
+            questions = [smp.question for smp in samples]
             full_tokens += tokens.tolist()
             text_tokens += (mask.sum(dim=1) - tokens).tolist()
             full = base.model(**encoded).logits[:, -1].argmax(-1)
@@ -307,7 +308,10 @@ def evaluate(llava_dir: Path, clip_dir: Path | None, methods: list[str], budgets
                     if pipe is not None:
                         logits, kept = _reduce_with_artifact(pipe, base, samples, image_inputs["pixel_values"], k)
                     else:
-                        reduced = adapter.prepare_inputs(ids, mask, **image_inputs, budget=k, features=features)
+                        # the question itself, as the artifact path, run and chat give it (decoding the
+                        # chat text would add the template's words: Qwen's "user" / "assistant")
+                        reduced = adapter.prepare_inputs(ids, mask, **image_inputs, prompts=questions, budget=k,
+                                                         features=features)
                         logits, kept = base.model(**reduced.model_inputs).logits[:, -1], kept_counts(reduced.reduction)
                     predicted = logits.argmax(-1)
                     tally.add(predicted == answers, predicted.tolist(), kinds)
@@ -524,7 +528,10 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
                                                                           image_inputs["pixel_values"], k)
                         new = base.model.generate(inputs_embeds=embeds, attention_mask=embeds_mask, **generate)
                     else:
-                        reduced = adapter.prepare_inputs(ids, mask, **image_inputs, budget=k, features=features)
+                        # the question itself, as the artifact path, run and chat give it (decoding the
+                        # chat text would add the template's words: Qwen's "user" / "assistant")
+                        reduced = adapter.prepare_inputs(ids, mask, **image_inputs, prompts=[r.text for r in chunk],
+                                                         budget=k, features=features)
                         out = base.model.generate(**reduced.model_inputs, **generate)
                         new, kept_now = out[:, reduced.model_inputs["input_ids"].shape[1]:], kept_counts(reduced.reduction)
                     tally = tallies.setdefault((method, budget), Tally())

@@ -66,14 +66,26 @@ def compare_outputs(reference: dict[str, np.ndarray], outputs: dict[str, np.ndar
     Vision outputs add :func:`kept_token_agreement`; ``tie`` is the precision's near-tie
     tolerance (:data:`TOLERANCES`), used where the reference carries its ``scores [B, N]``.
     """
-    name = "image_embeds" if "image_embeds" in reference else "query_embeds"
-    ref = reference[name].astype(np.float32)
-    diff = np.abs(outputs[name].astype(np.float32) - ref)
+    if "image_embeds" in reference:
+        ref, out = token_rows(reference), token_rows(outputs)
+    else:
+        ref, out = (o["query_embeds"].astype(np.float32) for o in (reference, outputs))
+    diff = np.abs(out - ref)
     result = {"max_abs_error": float(diff.max()), "mean_abs_error": float(diff.mean()),
               "reference_max_abs": float(np.abs(ref).max())}
     if "keep_index" in reference:
         result.update(kept_token_agreement(reference, outputs, tie))
     return result
+
+
+def token_rows(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """``[B, W, D']`` float32: what the LLM receives for each kept slot, ``image_embeds`` and, where
+    the graph has them (Qwen3-VL), the slot's row of every DeepStack level beside it
+    (``deepstack_embeds [L, B, W, D]``), so that a level's error counts as an error of its row."""
+    rows = outputs["image_embeds"].astype(np.float32)
+    if "deepstack_embeds" in outputs:
+        rows = np.concatenate([rows, *outputs["deepstack_embeds"].astype(np.float32)], axis=-1)
+    return rows
 
 
 def kept_token_agreement(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], tie: float) -> dict:
@@ -92,8 +104,7 @@ def kept_token_agreement(reference: dict[str, np.ndarray], outputs: dict[str, np
     per row), ``cosines``, ``shared_max_abs_error``, ``min_cosine`` and ``mean_cosine``;
     ``num_kept_equal`` and ``num_kept``.
     """
-    ref_rows = reference["image_embeds"].astype(np.float32)
-    out_rows = outputs["image_embeds"].astype(np.float32)
+    ref_rows, out_rows = token_rows(reference), token_rows(outputs)
     scores = reference.get("scores")
     kept = shared = real = tied = 0
     row_errors, cosines = [], []

@@ -34,10 +34,11 @@ class ModelFamily:
         fallback_template: ``{prompt}`` template used only when the tokenizer has no chat template.
         pipeline: the LLM pipeline splices this family's fixed-size image runs into
             ``inputs_embeds`` (LLaVA-1.5: ``chat``, ``eval --backend``, ``emit``, every LLM runtime).
-        onnx_llm: an M-RoPE family the LLM pipeline serves one image per graph call, its adapter
-            placing rows and positions (``reduced_inputs``, ``full_inputs``, ``prompt_embeds``):
-            ``chat`` with transformers or the exported LLM (:mod:`par_export.runtime.llm_onnx`),
-            ``eval --backend``, ``emit --runtime edge-llm``.
+        places_rows: an M-RoPE family the LLM pipeline serves one image per graph call, its adapter
+            placing an artifact's rows and their positions (``reduced_inputs``, ``full_inputs``):
+            ``chat`` and ``eval --backend`` with transformers answering.
+        onnx_llm: besides, the exported LLM (:mod:`par_export.runtime.llm_onnx`) takes its rows and
+            positions (``prompt_embeds``): ``chat --llm onnxruntime``, ``emit --runtime edge-llm``.
     """
 
     name: str
@@ -47,6 +48,7 @@ class ModelFamily:
     image_token: str
     fallback_template: str
     pipeline: bool = False
+    places_rows: bool = False
     onnx_llm: bool = False
 
     @property

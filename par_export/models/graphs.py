@@ -45,6 +45,12 @@ class VisionParGraph(nn.Module):
     def reduce_and_project(self, tokens, attn, query_embeds, budget, token_mask=None):
         """``tokens [B, N, Dv]``, ``attn [B, N]`` -> embeddings ``[B, W, D_llm]``, K ``[B]``, indices ``[B, W]``;
         ``token_mask [B, N]``: images with fewer than N tokens, padded (see ``TokenReducer``)."""
+        out, embeds = self.reduction(tokens, attn, query_embeds, budget, token_mask)
+        return self.graph_outputs(out, embeds)
+
+    def reduction(self, tokens, attn, query_embeds, budget, token_mask=None):
+        """The reducer's :class:`~par_export.reduce.ReductionOutput` for ``tokens [B, N, Dv]`` and the
+        LLM's rows ``[B, W, D_llm]`` (zero past ``num_kept``)."""
         has_prompt = query_embeds.abs().amax(dim=-1, keepdim=True) > 0  # [B, 1]
         k = budget if self.budget == "input" else self.budget
         if self.project_first:
@@ -52,10 +58,13 @@ class VisionParGraph(nn.Module):
         out = self.reducer(tokens, query_embeds.unsqueeze(1), attn, budget=k, prompt_mask=has_prompt,
                            token_mask=token_mask)
         embeds = out.tokens if self.project_first else self.projector(out.tokens)
-        embeds = embeds * out.valid.unsqueeze(-1).to(embeds.dtype)
-        if self.return_scores:
-            return embeds, out.num_kept, out.keep_index, out.scores
-        return embeds, out.num_kept, out.keep_index
+        return out, embeds * out.valid.unsqueeze(-1).to(embeds.dtype)
+
+    def graph_outputs(self, out, embeds, *extra):
+        """``(image_embeds, *extra, num_kept, keep_index)``, plus the reducer's ``scores`` while
+        :func:`reference_scores` is open."""
+        outputs = (embeds, *extra, out.num_kept, out.keep_index)
+        return (*outputs, out.scores) if self.return_scores else outputs
 
 
 @contextlib.contextmanager

@@ -161,10 +161,15 @@ class QwenLayout:
                 which = f"image {i} gives" if len(sizes) > 1 else "the image gives"
                 raise ParExportError(f"{which} {n} merged tokens, fewer than the {geometry['tokens_per_image']} this "
                                      "graph was exported for; export with a smaller --k-max or use a larger image")
-        feed = qwen_vision_inputs(geometry, grid)
+        feed = self.vision_inputs(geometry, grid)
         merge_unit = geometry["spatial_merge_size"] ** 2
         feed["pixel_values"] = np.asarray(image_features["pixel_values"][:merge_unit * sum(sizes)], np.float32)
         return feed, sizes
+
+    @staticmethod
+    def vision_inputs(geometry: dict, grid: np.ndarray) -> dict[str, np.ndarray]:
+        """The tower's host-side inputs for the images of ``grid [I, 3]``."""
+        return qwen_vision_inputs(geometry, grid)
 
     def num_tokens(self, geometry: dict, layout: list[int]) -> int:
         """N of the first image (``run`` feeds one)."""
@@ -175,20 +180,70 @@ class QwenLayout:
         return outputs["image_embeds"][image, :int(outputs["num_kept"][image])]
 
 
-def qwen_vision_inputs(geometry: dict, grid_thw: np.ndarray) -> dict[str, np.ndarray]:
-    """The tower's host-side index inputs (int64) for the images of ``grid_thw [I, 3]``:
-    ``vision_position_ids [S, 2]`` ((h, w) of each patch, merge blocks first), ``window_index [S /
-    merge**2]`` (merged-token order of windowed attention), ``window_ids [S]`` (each patch's window
-    in that order) and ``cu_seqlens [I + 1]`` (the images' patch boundaries)."""
-    merge = geometry["spatial_merge_size"]
-    positions, window_index, bounds, offset = [], [], [0], 0
-    window = geometry["window_size"] // merge // geometry["patch_size"]  # in merged tokens
+class Qwen3Layout(QwenLayout):
+    """Qwen3-VL: Qwen2.5-VL's calls (several images of any size), the tower's inputs the learned
+    position grid's bilinear taps instead of windows (:func:`qwen3_vision_inputs`). The LLM receives
+    each kept token's main row and its row of every DeepStack level, reduced alike: ``[1 + L, K, D]``."""
+
+    @staticmethod
+    def vision_inputs(geometry: dict, grid: np.ndarray) -> dict[str, np.ndarray]:
+        return qwen3_vision_inputs(geometry, grid)
+
+    def rows(self, outputs: dict, layout, image: int = 0) -> np.ndarray:
+        """Image ``image``'s kept rows ``[1 + L, K_i, D]``: main rows, then each DeepStack level's."""
+        k = int(outputs["num_kept"][image])
+        return np.concatenate([outputs["image_embeds"][None, image, :k], outputs["deepstack_embeds"][:, image, :k]])
+
+
+def merge_block_positions(grid_thw: np.ndarray, merge: int) -> np.ndarray:
+    """``[S, 2]`` int64: (h, w) of each patch of the images of ``grid_thw [I, 3]`` in the processor's
+    order (merge x merge blocks in raster order, each block's patches in raster order, frames
+    repeated), as transformers' ``get_vision_position_ids``."""
+    positions = []
     for t, h, w in grid_thw.tolist():
         hpos, wpos = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
         blocks = (h // merge, merge, w // merge, merge)
         hw = np.stack([hpos.reshape(blocks).transpose(0, 2, 1, 3).reshape(-1),
                        wpos.reshape(blocks).transpose(0, 2, 1, 3).reshape(-1)], axis=-1)
         positions.append(np.tile(hw, (t, 1)))
+    return np.concatenate(positions).astype(np.int64)
+
+
+def patch_bounds(grid_thw: np.ndarray) -> np.ndarray:
+    """``cu_seqlens [I + 1]`` int64: the images' patch boundaries."""
+    return np.concatenate([[0], np.cumsum(grid_thw.prod(-1))]).astype(np.int64)
+
+
+def qwen3_vision_inputs(geometry: dict, grid_thw: np.ndarray) -> dict[str, np.ndarray]:
+    """Qwen3-VL's host-side tower inputs for the images of ``grid_thw [I, 3]``:
+    ``vision_position_ids [S, 2]`` (as :func:`merge_block_positions`), ``pos_embed_index [S, 4]``
+    int64 and ``pos_embed_weight [S, 4]`` float32 (the bilinear taps, align_corners, of the learned
+    ``side x side`` position grid resampled to each image's patch grid, as transformers'
+    ``get_vision_interpolation_indices_and_weights``) and ``cu_seqlens [I + 1]``."""
+    side = geometry["position_grid_side"]
+    positions = merge_block_positions(grid_thw, geometry["spatial_merge_size"])
+    counts = grid_thw.prod(-1)
+    sizes = np.repeat(grid_thw[:, 1:], counts, axis=0)  # [S, 2]: the (h, w) of each patch's image
+    source = positions * (side - 1) / np.maximum(sizes - 1, 1)  # align_corners: the ends meet
+    floor = np.floor(source)
+    taps = floor[..., None] + np.arange(2)  # [S, 2 axes, 2 taps]
+    weights = np.clip(1.0 - np.abs(source[..., None] - taps), 0.0, None)
+    taps = np.clip(taps, 0, side - 1).astype(np.int64)  # border: an edge tap repeats the edge
+    index = (taps[:, 0, :, None] * side + taps[:, 1, None, :]).reshape(-1, 4)
+    weight = (weights[:, 0, :, None] * weights[:, 1, None, :]).reshape(-1, 4)
+    return {"vision_position_ids": positions, "pos_embed_index": index,
+            "pos_embed_weight": weight.astype(np.float32), "cu_seqlens": patch_bounds(grid_thw)}
+
+
+def qwen_vision_inputs(geometry: dict, grid_thw: np.ndarray) -> dict[str, np.ndarray]:
+    """The tower's host-side index inputs (int64) for the images of ``grid_thw [I, 3]``:
+    ``vision_position_ids [S, 2]`` ((h, w) of each patch, merge blocks first), ``window_index [S /
+    merge**2]`` (merged-token order of windowed attention), ``window_ids [S]`` (each patch's window
+    in that order) and ``cu_seqlens [I + 1]`` (the images' patch boundaries)."""
+    merge = geometry["spatial_merge_size"]
+    window_index, bounds, offset = [], [0], 0
+    window = geometry["window_size"] // merge // geometry["patch_size"]  # in merged tokens
+    for t, h, w in grid_thw.tolist():
         llm_h, llm_w = h // merge, w // merge
         pad_h, pad_w = window - llm_h % window, window - llm_w % window
         index = np.full((t, llm_h + pad_h, llm_w + pad_w), -100, np.int64)
@@ -203,15 +258,16 @@ def qwen_vision_inputs(geometry: dict, grid_thw: np.ndarray) -> dict[str, np.nda
         offset += t * llm_h * llm_w
     cu_window = np.array(bounds, np.int64)
     cu_window = cu_window[np.concatenate([[True], np.diff(cu_window) != 0])]  # empty windows: one bound
-    vision_position_ids = np.concatenate(positions).astype(np.int64)
+    vision_position_ids = merge_block_positions(grid_thw, merge)
     patches = vision_position_ids.shape[0]
     return {"vision_position_ids": vision_position_ids,
             "window_index": np.concatenate(window_index).astype(np.int64),
             "window_ids": np.searchsorted(cu_window[1:], np.arange(patches), side="right").astype(np.int64),
-            "cu_seqlens": np.concatenate([[0], np.cumsum(grid_thw.prod(-1))]).astype(np.int64)}
+            "cu_seqlens": patch_bounds(grid_thw)}
 
 
-LAYOUTS = {"llava": LlavaLayout(), "llava_next": LlavaNextLayout(), "qwen2_5_vl": QwenLayout()}
+LAYOUTS = {"llava": LlavaLayout(), "llava_next": LlavaNextLayout(), "qwen2_5_vl": QwenLayout(),
+           "qwen3_vl": Qwen3Layout()}
 """The runtime layout of each family, by the name its export metadata records."""
 
 

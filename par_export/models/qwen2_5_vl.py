@@ -381,7 +381,7 @@ def per_image(tokens: torch.Tensor, received: torch.Tensor, token_bounds: torch.
     return tokens[index], received[index], mask
 
 
-def _masked_attention(attn, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+def masked_vision_attention(attn, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One vision attention layer with a boolean ``[S, S]`` mask (query, key): the output ``[S, C]``
     and the attention each patch receives, averaged over heads and over the queries that may attend
@@ -453,7 +453,7 @@ class QwenVisionParGraph(VisionParGraph):
         received = None
         for number, block in enumerate(visual.blocks):
             mask = image_mask if number in visual.fullatt_block_indexes else window_mask
-            out, weights = _masked_attention(block.attn, block.norm1(hidden), cos, sin, mask)
+            out, weights = masked_vision_attention(block.attn, block.norm1(hidden), cos, sin, mask)
             if number == last_full:
                 received = weights
             hidden = hidden + out
@@ -577,5 +577,6 @@ FAMILY = ModelFamily(
     onnx_config=Qwen2_5_VLOnnxConfig,
     image_token="<|image_pad|>",
     fallback_template=FALLBACK_TEMPLATE,
+    places_rows=True,
     onnx_llm=True,
 )

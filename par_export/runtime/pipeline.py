@@ -29,7 +29,7 @@ class VisionLanguagePipeline:
     embeddings (K differs per image with an adaptive budget), the batch is left padded,
     and the LLM generates from ``inputs_embeds``.
 
-    M-RoPE families (Qwen2.5-VL, ``ModelFamily.onnx_llm``): each image (any size) is reduced by
+    M-RoPE families (Qwen2.5-VL, Qwen3-VL: ``ModelFamily.places_rows``): each image (any size) is reduced by
     its own graph call, the family's adapter shrinks its run of image tokens in the processor's
     prompt to K and gives the kept rows their stock (t, h, w) positions
     (:meth:`reduced_inputs`); the LLM (transformers, or the exported one over ONNX Runtime)
@@ -50,7 +50,7 @@ class VisionLanguagePipeline:
         self.artifact = Artifact.open(self.folder, allow_unverified, par)  # par: prompt-rewrite overrides
         self.manifest = self.artifact.manifest
         family = family_named(self.manifest.metadata.family)
-        if not (family.pipeline or family.onnx_llm):
+        if not (family.pipeline or family.places_rows):
             raise PromptError(f"{self.folder}: a {family.name} artifact; the LLM pipeline (chat, emit, eval) serves "
                               "LLaVA-1.5 and M-RoPE families only so far (`par-export run` serves it)")
         self.family = family
