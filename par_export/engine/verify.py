@@ -21,6 +21,7 @@ from par_export.models.graphs import reference_scores
 from par_export.models.names import resolve_model
 from par_export.reduce import PARConfig
 
+
 def verification_feeds(metadata: ExportMetadata, count: int, seed: int = 0) -> list[tuple[str, dict]]:
     """``count`` feeds from the family's validation cases (LLaVA-1.5: batch sizes 1, 2, 4 capped at
     the export's batch_max; LLaVA-NeXT: images of several sizes), at the artifact's budget."""
