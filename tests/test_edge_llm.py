@@ -135,3 +135,83 @@ def test_options_the_layout_cannot_take_are_refused_before_loading(tmp_path, cap
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err, extra
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------- Qwen3-VL
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory):
+    from par_export.models.tiny import save_tiny_qwen3_vl
+
+    return save_tiny_qwen3_vl(tmp_path_factory.mktemp("edge3") / "qwen3-vl")
+
+
+@pytest.fixture(scope="module")
+def exported3(qwen3, tmp_path_factory):
+    out = tmp_path_factory.mktemp("edge3-out") / "art"
+    assert main(["export", "--model", str(qwen3), "--out", str(out), "--format", "edge-llm", "--budget", "8",
+                 "--k-max", "16"]) == 0
+    return out
+
+
+def outputs_of(path: Path) -> list[str]:
+    return [v.name for v in onnx.load(str(path), load_external_data=False).graph.output]
+
+
+def test_qwen3_rows_and_deepstack_rows_equal_the_adapter(qwen3, exported3):
+    """Qwen3-VL: Edge-LLM's inputs for processed images -> ORT -> the main rows and each DeepStack
+    level's rows ReducedQwen3VL keeps, for each image alone and for both in one call."""
+    import onnxruntime as ort
+
+    from par_export.export.edge_llm import edge_inputs_qwen3
+    from par_export.models.families import family_for
+    from par_export.models.qwen3_vl import ReducedQwen3VL
+    from par_export.reduce import PARConfig
+
+    reference = ReducedQwen3VL.from_pretrained(qwen3, "par", PARConfig(k_max=16))
+    inputs = family_for(qwen3).inputs(qwen3)
+    path = exported3 / "visual" / "model.onnx"
+    assert outputs_of(path) == ["output", "deepstack_features_0", "deepstack_features_1", "num_kept", "keep_index"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    query = reference.query_encoder([PROMPT])[0].mean(dim=1).numpy().astype(np.float16)
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in [(80, 40), (36, 72)]]
+    singles = []
+    for image in images:
+        enc = inputs.encode([PROMPT], [image])
+        outputs, rows = reference.reduce_images(enc["pixel_values"], [PROMPT], 8, image_grid_thw=enc["image_grid_thw"])
+        feed = edge_inputs_qwen3(reference.visual, enc["image_grid_thw"], enc["pixel_values"].numpy())
+        result = session.run(None, {**feed, "query_embeds": query, "budget": np.array(8, np.int64)})
+        *levels, num_kept, keep_index = result
+        assert int(num_kept[0]) == 8 and keep_index.tolist() == outputs[0].keep_index[0, :8].tolist()
+        np.testing.assert_allclose(np.stack(levels).astype(np.float32), rows[0].numpy(), atol=2e-3, rtol=1e-2)
+        singles.append((keep_index.tolist(), np.stack(levels)))
+    enc = inputs.encode([PROMPT, PROMPT], images)
+    feed = edge_inputs_qwen3(reference.visual, enc["image_grid_thw"], enc["pixel_values"].numpy())
+    *levels, num_kept, keep_index = session.run(None, {**feed, "query_embeds": np.repeat(query, 2, axis=0),
+                                                       "budget": np.array(8, np.int64)})
+    assert num_kept.tolist() == [8, 8] and keep_index.tolist() == singles[0][0] + singles[1][0]
+    np.testing.assert_allclose(np.stack(levels).astype(np.float32),
+                               np.concatenate([singles[0][1], singles[1][1]], axis=1).astype(np.float32), atol=2e-3)
+
+
+@pytest.mark.skipif(edgellm_exporter() is None, reason="tensorrt-edgellm[export] is not installed in a separate venv "
+                    "(.ci/run makes .venv-edgellm where its wheel installs; or set EDGELLM_EXPORT)")
+def test_qwen3_same_inputs_and_outputs_as_edge_llms_own_exporter(qwen3, exported3, tmp_path):
+    """Edge-LLM's exporter on the same Qwen3-VL checkpoint (bf16) writes the inputs our graph takes
+    (name, dtype, rank) and the outputs it returns (``output``, one ``deepstack_features_{i}`` per
+    level), which ours returns reduced."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    bf16 = tmp_path / "qwen3-bf16"
+    shutil.copytree(qwen3, bf16)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(qwen3, local_files_only=True)
+    model.to(torch.bfloat16).save_pretrained(bf16, safe_serialization=True)
+    result = subprocess.run([edgellm_exporter(), str(bf16), str(tmp_path / "edge"), "--skip-llm"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    theirs = signature(tmp_path / "edge" / "visual" / "model.onnx")
+    ours = signature(exported3 / "visual" / "model.onnx")
+    assert {name: ours[name] for name in theirs} == theirs
+    their_outputs = outputs_of(tmp_path / "edge" / "visual" / "model.onnx")
+    assert their_outputs == ["output", "deepstack_features_0", "deepstack_features_1"]
+    assert outputs_of(exported3 / "visual" / "model.onnx")[:3] == their_outputs

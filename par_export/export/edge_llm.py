@@ -1,5 +1,5 @@
-"""``par-export export --format edge-llm``: Qwen2.5-VL's visual graph in TensorRT Edge-LLM 0.11's
-layout, with PAR inside.
+"""``par-export export --format edge-llm``: Qwen2.5-VL's or Qwen3-VL's visual graph in TensorRT
+Edge-LLM 0.11's layout, with PAR inside.
 
 Edge-LLM's exporter (``tensorrt-edgellm-export``) writes ``visual/model.onnx`` with the inputs
 ``input [4 * num_groups, 1176]`` fp16 (flattened patches), ``rotary_pos_emb [4 * num_groups,
@@ -18,6 +18,13 @@ bounds them; N and K differ per image):
 - ``keep_index [sum K]`` int64: index of each row in its image's ``t x h/2 x w/2`` merged grid, from
   which a runtime takes its M-RoPE position (t, h, w) as it does for the full grid.
 
+Qwen3-VL (:class:`EdgeLlmQwen3VisualGraph`): Edge-LLM's inputs are ``input``, ``rotary_pos_emb``,
+``cu_seqlens``, ``fast_pos_embed_idx [4, T]`` int64 and ``fast_pos_embed_weight [4, T]`` fp16 (the
+bilinear taps of the learned position grid) and ``max_seqlen_carrier``; its outputs ``output`` and
+one ``deepstack_features_{i} [T / 4, hidden]`` per DeepStack level, which its LLM adds after decoder
+layer i. PAR's graph returns each level's kept rows under the same name (``[sum K, hidden]``, the
+same slots and merge weights as ``output``), then ``num_kept`` and ``keep_index``.
+
 Weights stay fp32 inside; a TensorRT build with ``--fp16`` lowers them.
 """
 
@@ -35,6 +42,7 @@ from transformers.vision_utils import get_vision_position_ids
 from par_export.errors import ExportError
 from par_export.export.trace import finalize_graph, trace_onnx
 from par_export.export.validate import Case, check_graph, compare_with_torch, summarize
+from par_export.models.layouts import qwen3_vision_inputs
 from par_export.models.onnx_config import GraphSpec
 from par_export.models.qwen2_5_vl import (
     QwenVisionParGraph,
@@ -43,6 +51,7 @@ from par_export.models.qwen2_5_vl import (
     segment_ids,
     window_layout,
 )
+from par_export.models.qwen3_vl import Qwen3VisionParGraph
 from par_export.reduce import PARConfig, reducer_class
 from par_export.reduce.checks import dynamic_token_axis
 
@@ -74,18 +83,47 @@ class EdgeLlmVisualGraph(nn.Module):
         return embeds[valid].half(), num_kept, keep_index[valid]
 
 
-def padded_outputs(rows: np.ndarray, num_kept: np.ndarray, keep_index: np.ndarray) -> dict[str, np.ndarray]:
-    """The graph's flat outputs (``rows [sum K, D]``, ``num_kept [I]``, ``keep_index [sum K]``) as the
-    padded per-image outputs of a ``vision_par`` graph: ``image_embeds [I, max K, D]`` (zeros) and
-    ``keep_index [I, max K]`` (-1) past each image's K."""
+class EdgeLlmQwen3VisualGraph(nn.Module):
+    """Edge-LLM's Qwen3-VL visual inputs -> the tower (:meth:`Qwen3VisionParGraph.tower`) -> reducer,
+    each DeepStack level reduced with the main rows' slots and weights."""
+
+    def __init__(self, graph):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, input, rotary_pos_emb, cu_seqlens, fast_pos_embed_idx, fast_pos_embed_weight, max_seqlen_carrier,
+                query_embeds, budget):
+        tokens, received, levels = self.graph.tower(input.float(), rotary_pos_emb.float(), fast_pos_embed_idx.t(),
+                                                    fast_pos_embed_weight.t().float(), cu_seqlens)
+        tokens = tokens + max_seqlen_carrier[:0].sum().to(tokens.dtype)  # kept as an input, as in Qwen2.5-VL's
+        out, embeds, deepstack = self.graph.reduce_images(tokens, received, levels, cu_seqlens, query_embeds.float(),
+                                                          budget)
+        valid = out.keep_index >= 0
+        return (embeds[valid].half(), *(level[valid].half() for level in deepstack), out.num_kept,
+                out.keep_index[valid])
+
+
+def padded_outputs(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The graph's flat outputs (``output [sum K, D]``, ``deepstack_features_{i} [sum K, D]`` where
+    present, ``num_kept [I]``, ``keep_index [sum K]``) as the padded per-image outputs of a
+    ``vision_par`` graph: ``image_embeds [I, max K, D]`` (and ``deepstack_embeds [L, I, max K, D]``),
+    zeros, and ``keep_index [I, max K]``, -1, past each image's K."""
+    num_kept, keep_index = out["num_kept"], out["keep_index"]
     images, width = len(num_kept), int(num_kept.max())
-    embeds = np.zeros((images, width, rows.shape[-1]), rows.dtype)
-    index = np.full((images, width), -1, keep_index.dtype)
     starts = np.concatenate([[0], np.cumsum(num_kept)])
-    for i, k in enumerate(num_kept.tolist()):
-        embeds[i, :k] = rows[starts[i]:starts[i] + k]
-        index[i, :k] = keep_index[starts[i]:starts[i] + k]
-    return {"image_embeds": embeds, "num_kept": num_kept, "keep_index": index}
+
+    def pad(flat: np.ndarray, fill) -> np.ndarray:
+        padded = np.full((images, width, *flat.shape[1:]), fill, flat.dtype)
+        for i, k in enumerate(num_kept.tolist()):
+            padded[i, :k] = flat[starts[i]:starts[i] + k]
+        return padded
+
+    levels = sorted((name for name in out if name.startswith("deepstack_features_")), key=lambda n: int(n.rsplit("_", 1)[1]))
+    result = {"image_embeds": pad(out["output"].astype(np.float32), 0), "num_kept": num_kept,
+              "keep_index": pad(keep_index, -1)}
+    if levels:
+        result["deepstack_embeds"] = np.stack([pad(out[name].astype(np.float32), 0) for name in levels])
+    return result
 
 
 def edge_inputs(visual, image_grid_thw: torch.Tensor, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
@@ -110,6 +148,55 @@ def edge_geometry(qwen):
     visual = qwen.visual
     return SimpleNamespace(spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
                            patch_size=visual.patch_size, inv_freq=visual.rotary_pos_emb.inv_freq)
+
+
+def edge_inputs_qwen3(visual, image_grid_thw: torch.Tensor, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+    """Edge-LLM's Qwen3-VL visual inputs for the images of ``image_grid_thw [I, 3]`` (its runtime
+    computes the same on the host); ``visual``: the Qwen3-VL tower."""
+    host = qwen3_vision_inputs({"spatial_merge_size": visual.spatial_merge_size,
+                                "position_grid_side": visual.num_grid_per_side}, image_grid_thw.numpy())
+    angles = rotary_angles(torch.from_numpy(host["vision_position_ids"]), visual.rotary_pos_emb.inv_freq)
+    patches = int(angles.shape[0])
+    return {
+        "input": pixel_values[:patches].astype(np.float16),
+        "rotary_pos_emb": angles.numpy().astype(np.float32),
+        "cu_seqlens": host["cu_seqlens"].astype(np.int32),
+        "fast_pos_embed_idx": np.ascontiguousarray(host["pos_embed_index"].T),
+        "fast_pos_embed_weight": np.ascontiguousarray(host["pos_embed_weight"].T).astype(np.float16),
+        "max_seqlen_carrier": np.zeros(patches, np.int32),
+    }
+
+
+QWEN3_EDGE_INPUTS = ("input", "rotary_pos_emb", "cu_seqlens", "fast_pos_embed_idx", "fast_pos_embed_weight",
+                     "max_seqlen_carrier")
+
+
+def qwen3_edge_spec(levels: int) -> GraphSpec:
+    """Qwen3-VL's ``visual/model.onnx`` with ``levels`` DeepStack levels: Edge-LLM's names and axes,
+    plus PAR's ``query_embeds``, ``budget``, ``num_kept`` and ``keep_index``."""
+    deepstack = tuple(f"deepstack_features_{i}" for i in range(levels))
+    tokens = {0: "total_tokens"}
+    return GraphSpec(
+        name="model", inputs=QWEN3_EDGE_INPUTS + ("query_embeds", "budget"),
+        outputs=("output", *deepstack, "num_kept", "keep_index"),
+        dynamic_axes={"input": tokens, "rotary_pos_emb": tokens, "cu_seqlens": {0: "batch_p1"},
+                      "fast_pos_embed_idx": {1: "total_tokens"}, "fast_pos_embed_weight": {1: "total_tokens"},
+                      "max_seqlen_carrier": {0: "max_seqlen"}, "query_embeds": {0: "images"},
+                      "output": {0: "kept"}, **{name: {0: "kept"} for name in deepstack},
+                      "num_kept": {0: "images"}, "keep_index": {0: "kept"}})
+
+
+def edge_layout(family, qwen) -> tuple[nn.Module, GraphSpec, object]:
+    """The traced module, its graph spec and ``inputs(grid [I, 3], pixel_values) -> feed`` of the
+    family's Edge-LLM visual layout."""
+    if family.name == "qwen3_vl":
+        visual = qwen.visual
+        return (EdgeLlmQwen3VisualGraph(Qwen3VisionParGraph(qwen, "input")).eval(),
+                qwen3_edge_spec(len(visual.deepstack_visual_indexes)),
+                lambda grid, pixels: edge_inputs_qwen3(visual, grid, pixels))
+    geometry = edge_geometry(qwen)
+    return (EdgeLlmVisualGraph(QwenVisionParGraph(qwen, "input")).eval(), EDGE_SPEC,
+            lambda grid, pixels: edge_inputs(geometry, grid, pixels))
 
 
 EDGE_SPEC = GraphSpec(
@@ -142,24 +229,23 @@ def export_into(steps, work: Path, final: Path, folder: Path, family, inputs, me
     model in ``folder`` (loaded by :func:`~par_export.export.exporter.export_model`), validated
     against PyTorch on images of three shapes, one per call and two in one call; returns the report
     (also ``final/report.json``; ``passed`` False leaves the caller to refuse it)."""
-    if family.name != "qwen2_5_vl":
-        raise ExportError(f"{folder}: --format edge-llm writes Qwen2.5-VL's visual graph; this is {family.name} "
-                          "(TensorRT Edge-LLM 0.11 runs no LLaVA)")
+    if family.name not in ("qwen2_5_vl", "qwen3_vl"):
+        raise ExportError(f"{folder}: --format edge-llm writes Qwen2.5-VL's or Qwen3-VL's visual graph; this is "
+                          f"{family.name} (TensorRT Edge-LLM 0.11 runs no LLaVA)")
     config = (config or PARConfig()).replace(budget=budget)
     config = config.replace(k_max=max(config.k_max, budget))
     qwen = family.adapter.from_pretrained(folder, method, config)
-    module = EdgeLlmVisualGraph(QwenVisionParGraph(qwen, "input")).eval()
-    geometry = edge_geometry(qwen)
+    module, spec, host_inputs = edge_layout(family, qwen)
     onnx_config = family.onnx_config(budget_input=True)
     hidden = qwen.model.config.text_config.hidden_size
     grids = onnx_config.validation_grids(config.k_max)[:3]
     rng = np.random.default_rng(0)
-    width = 3 * qwen.model.config.vision_config.temporal_patch_size * geometry.patch_size ** 2
+    width = 3 * qwen.model.config.vision_config.temporal_patch_size * qwen.visual.patch_size ** 2
     steps.update()
 
     def feed_for(grids_hw, query_on=True):
         grid = torch.tensor([[1, h, w] for h, w in grids_hw])
-        feed = edge_inputs(geometry, grid, rng.standard_normal((int(grid.prod(-1).sum()), width)))
+        feed = host_inputs(grid, rng.standard_normal((int(grid.prod(-1).sum()), width)))
         query = rng.standard_normal((len(grids_hw), hidden))
         query[-1] *= query_on  # the last image without a prompt: attention fallback
         feed["query_embeds"] = query.astype(np.float16)
@@ -169,31 +255,33 @@ def export_into(steps, work: Path, final: Path, folder: Path, family, inputs, me
     steps.set_postfix_str("trace visual")
     visual_dir = final / "visual"
     visual_dir.mkdir()
-    raw = work / EDGE_SPEC.filename
+    raw = work / spec.filename
     pair = onnx_config.pair_grids(config.k_max)
     dummy = feed_for(pair)  # two images: no size of either is traced as a constant
     with dynamic_token_axis(config.k_max), torch.no_grad():
-        trace_onnx(module, tuple(torch.from_numpy(dummy[n]) for n in EDGE_SPEC.inputs), EDGE_SPEC, opset, raw)
+        trace_onnx(module, tuple(torch.from_numpy(dummy[n]) for n in spec.inputs), spec, opset, raw)
     metadata = {"format": "tensorrt-edgellm-0.11-visual", "model": str(folder), "family": family.name,
                 "method": method, "budget": budget, "width": config.k_max, "config": config.to_dict(),
                 "min_tokens": config.k_max}
-    finalize_graph(raw, visual_dir / EDGE_SPEC.filename, metadata, fp16=False, output_names=EDGE_SPEC.outputs)
+    finalize_graph(raw, visual_dir / spec.filename, metadata, fp16=False, output_names=spec.outputs)
     steps.update(2)
 
     steps.set_postfix_str("validate")
     calls = [[grid] for grid in grids] + [pair]
     cases = compare_with_torch(
-        module, visual_dir / EDGE_SPEC.filename,
+        module, visual_dir / spec.filename,
         [Case(" + ".join(f"grid={h}x{w}" for h, w in call) + f" budget={budget}",
               feed_for(call, query_on=i not in (1, 3))) for i, call in enumerate(calls)],
-        list(OUTPUTS), layout=lambda out: padded_outputs(out["output"].astype(np.float32), out["num_kept"],
-                                                         out["keep_index"]), precision="fp16")
-    report = {**check_graph(visual_dir / EDGE_SPEC.filename), **summarize(cases, "fp16", True), "cases": cases,
+        list(spec.outputs), layout=padded_outputs, precision="fp16")
+    report = {**check_graph(visual_dir / spec.filename), **summarize(cases, "fp16", True), "cases": cases,
               "metadata": metadata}
     steps.update()
     model_config = qwen.model.config.to_dict()
     model_config["par"] = {"method": method, "budget": budget, "min_tokens": config.k_max,
                            "outputs": {"output": "[sum K, hidden] fp16 kept rows, raster order, image after image",
+                                       **{name: "[sum K, hidden] fp16 this DeepStack level's rows of the same "
+                                                "tokens, merged alike" for name in spec.outputs
+                                          if name.startswith("deepstack_features_")},
                                        "num_kept": "[images] int64 K per image",
                                        "keep_index": "[sum K] int64 index in its image's t x h/2 x w/2 merged grid"},
                            "extra_inputs": {"query_embeds": "[images, hidden] fp16: mean LLM input embedding of "

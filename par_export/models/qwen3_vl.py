@@ -45,6 +45,7 @@ from par_export.models.qwen2_5_vl import (
     ReducedQwen2_5_VL,
     masked_vision_attention,
     per_image,
+    rotary_angles,
     segment_ids,
 )
 
@@ -119,13 +120,17 @@ class Qwen3VisionParGraph(QwenVisionParGraph):
     Outputs: ``image_embeds [I, W, D]``, ``deepstack_embeds [L, I, W, D]``, ``num_kept [I]``,
     ``keep_index [I, W]`` (raster order of image i's merged tokens)."""
 
-    def merged_tokens(self, pixel_values, vision_position_ids, pos_embed_index, pos_embed_weight, cu_seqlens):
-        """Merged tokens ``[sum N, D]`` (processor order, image after image), the attention each
-        receives in the last block ``[sum N]`` and the DeepStack levels ``[L, sum N, D]``."""
+    def tower(self, pixel_values, angles, pos_embed_index, pos_embed_weight, cu_seqlens):
+        """The tower on patches ``[S, C * T * P * P]`` with rotary ``angles [S, head_dim / 2]`` (h then w,
+        as :func:`~par_export.models.qwen2_5_vl.rotary_angles`: Edge-LLM's ``rotary_pos_emb``) and the
+        position grid's taps ``[S, 4]``: merged tokens ``[sum N, D]`` (processor order, image after
+        image), the attention each receives in the last block ``[sum N]`` and the DeepStack levels
+        ``[L, sum N, D]``."""
         visual = self.vision_tower
         hidden = visual.patch_embed(pixel_values)
         hidden = hidden + (visual.pos_embed(pos_embed_index) * pos_embed_weight.unsqueeze(-1)).sum(1).to(hidden.dtype)
-        cos, sin = visual.rotary_pos_emb(hidden, vision_position_ids)
+        both = torch.cat((angles, angles), dim=-1)  # the tower's own recomposition (axial rope)
+        cos, sin = both.cos(), both.sin()
         image_ids = segment_ids(pixel_values.shape[0], cu_seqlens)
         image_mask = image_ids.unsqueeze(0) == image_ids.unsqueeze(1)  # every block attends within an image
         levels = []
@@ -139,15 +144,22 @@ class Qwen3VisionParGraph(QwenVisionParGraph):
         received = received.reshape(-1, visual.spatial_merge_unit).sum(-1)  # the last block's
         return visual.merger(hidden), received, torch.stack(levels)
 
-    def forward(self, pixel_values, vision_position_ids, pos_embed_index, pos_embed_weight, cu_seqlens, query_embeds,
-                budget=None):
-        tokens, received, levels = self.merged_tokens(pixel_values, vision_position_ids, pos_embed_index,
-                                                      pos_embed_weight, cu_seqlens)
+    def reduce_images(self, tokens, received, levels, cu_seqlens, query_embeds, budget):
+        """Each image's merged tokens (``cu_seqlens`` bounds its patches) reduced for its query, each
+        DeepStack level with the same slots and weights: the reduction, the main rows ``[I, W, D]``
+        and the levels' rows ``[L, I, W, D]`` (zero past K)."""
         token_bounds = cu_seqlens // self.vision_tower.spatial_merge_unit
         padded, attn, mask = per_image(tokens, received, token_bounds)
         out, embeds = self.reduction(padded, attn, query_embeds, budget, mask)
         valid = out.valid.unsqueeze(-1).to(embeds.dtype)
         deepstack = torch.stack([out.apply(per_image(level, received, token_bounds)[0]) * valid for level in levels])
+        return out, embeds, deepstack
+
+    def forward(self, pixel_values, vision_position_ids, pos_embed_index, pos_embed_weight, cu_seqlens, query_embeds,
+                budget=None):
+        angles = rotary_angles(vision_position_ids, self.vision_tower.rotary_pos_emb.inv_freq)
+        tokens, received, levels = self.tower(pixel_values, angles, pos_embed_index, pos_embed_weight, cu_seqlens)
+        out, embeds, deepstack = self.reduce_images(tokens, received, levels, cu_seqlens, query_embeds, budget)
         return self.graph_outputs(out, embeds, deepstack)
 
 
