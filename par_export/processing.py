@@ -25,7 +25,16 @@ from PIL import Image, UnidentifiedImageError
 from par_export.errors import ParExportError
 
 PROCESSOR_DIR = "processor"
+IMAGE_LAYOUT_KEYS = ("image_grid_thw", "image_sizes")
+"""What a processor returns besides ``pixel_values`` that says how it cut each image: Qwen's patch
+grids ``[I, 3]``, LLaVA-NeXT's original sizes ``[I, 2]`` (each family's adapter reads its own;
+InternVL's tiles per image are its runs of image tokens over the tokens per tile)."""
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def image_layout(encoded: dict):
+    """The :data:`IMAGE_LAYOUT_KEYS` entry of a processor's output, or ``None`` (LLaVA-1.5)."""
+    return next((encoded[key] for key in IMAGE_LAYOUT_KEYS if key in encoded), None)
 
 
 class InputError(ParExportError):
@@ -107,23 +116,34 @@ class ComponentProcessor:
     ``mm_token_type_ids`` (1 on image tokens) as that processor does.
     """
 
-    def __init__(self, processor_class, image_processor, tokenizer):
+    def __init__(self, processor_class, image_processor, tokenizer, settings: dict | None = None):
         self.processor_class = processor_class
         self.image_processor = image_processor
         self.tokenizer = tokenizer
-        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
         self.chat_template = getattr(tokenizer, "chat_template", None)
+        # what replace_image_token reads: Qwen's image token; InternVL's context token, the tokens
+        # around an image and the tokens per tile (processor_config.json's image_seq_length)
+        self.settings = dict(settings or {})
+        self.image_seq_length = self.settings.get("image_seq_length")
+        self.start_image_token = getattr(tokenizer, "start_image_token", None)
+        self.end_image_token = getattr(tokenizer, "end_image_token", None)
+        self.image_token = (getattr(tokenizer, "context_image_token", None) or getattr(tokenizer, "image_token", None)
+                            or "<|image_pad|>")
 
     @classmethod
     def from_folder(cls, folder: Path) -> ComponentProcessor:
-        name = None
+        name, settings = None, {}
         for config in PROCESSOR_FILES:
             if (folder / config).is_file():
-                name = name or json.loads((folder / config).read_text()).get("processor_class")
+                values = json.loads((folder / config).read_text())
+                name = name or values.get("processor_class")
+                if config == "processor_config.json":
+                    settings = values
         processor_class = getattr(transformers, name or "", None)
         if processor_class is None or not hasattr(processor_class, "replace_image_token"):
             raise InputError(f"{folder}: processor class {name!r} cannot be built here and has no image-token rule")
-        return cls(processor_class, load_pretrained(transformers.AutoImageProcessor, folder), load_pretrained(transformers.AutoTokenizer, folder))
+        return cls(processor_class, load_pretrained(transformers.AutoImageProcessor, folder),
+                   load_pretrained(transformers.AutoTokenizer, folder), settings)
 
     def apply_chat_template(self, messages, **kwargs) -> str:
         return self.tokenizer.apply_chat_template(messages, **kwargs)
@@ -138,6 +158,8 @@ class ComponentProcessor:
         settings = json.loads(config.read_text())
         settings["processor_class"] = self.processor_class.__name__
         config.write_text(json.dumps(settings, indent=2) + "\n")
+        if self.settings:  # the processor's own settings (InternVL's image_seq_length)
+            (Path(folder) / "processor_config.json").write_text(json.dumps(self.settings, indent=2) + "\n")
 
     def __call__(self, images=None, text=None, return_tensors="pt", images_kwargs=None, **tokenizer_kwargs) -> dict:
         image_inputs = dict(self.image_processor(images=list(images), return_tensors=return_tensors,
@@ -151,8 +173,10 @@ class ComponentProcessor:
                 index += 1
             texts.append(expanded)
         encoded = dict(self.tokenizer(texts, return_tensors=return_tensors, **tokenizer_kwargs))
-        image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
-        encoded["mm_token_type_ids"] = (encoded["input_ids"] == image_id).to(encoded["input_ids"].dtype)
+        if getattr(self.processor_class, "return_mm_token_type_ids", False):  # Qwen's processors give them
+            image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+            encoded["mm_token_type_ids"] = (encoded["input_ids"] == image_id).to(encoded["input_ids"].dtype)
+        image_inputs.pop("num_patches", None)  # as InternVLProcessor: the tiles per image are in the runs
         return {**encoded, **image_inputs}
 
 
@@ -196,7 +220,13 @@ class ModelInputs:
                 # is absent: its video-processor registry is a placeholder. Same parts, loaded one by one.
                 processor = ComponentProcessor.from_folder(folder)
             except Exception as err:  # as in load_pretrained: a malformed file raises any of several types
-                raise unreadable(folder, "transformers.AutoProcessor", err) from None
+                # InternVL's processor fails on its video slot with a ValueError (torchvision missing, or
+                # no video processor config in a saved processor folder): the same parts, one by one,
+                # where its class has an image-token rule; otherwise the folder is unreadable
+                try:
+                    processor = ComponentProcessor.from_folder(folder)
+                except InputError:
+                    raise unreadable(folder, "transformers.AutoProcessor", err) from None
         if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
             raise InputError(f"{folder}: {type(processor).__name__} has no image processor and tokenizer pair")
         token = getattr(processor, "image_token", None) or image_token

@@ -31,7 +31,7 @@ from par_export.flops import llm_prefill_flops
 from par_export.models.dart import DartSettings, dart_first_token_logits
 from par_export.models.families import family_for
 from par_export.plots import kept_token_map, save_figure
-from par_export.processing import ModelInputs
+from par_export.processing import IMAGE_LAYOUT_KEYS, ModelInputs
 from par_export.reduce import PARConfig, reducer_class
 from par_export.runtime.pipeline import VisionLanguagePipeline
 
@@ -77,7 +77,7 @@ class Tally:
 
 
 BOOTSTRAP_RESAMPLES = 1000
-IMAGE_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw")  # what each family's adapter reads besides the ids
+IMAGE_INPUTS = ("pixel_values", *IMAGE_LAYOUT_KEYS)  # what each family's adapter reads besides the ids
 
 
 def bootstrap_indices(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -138,9 +138,11 @@ def check_methods_and_budgets(methods: list[str], budgets: list) -> None:
 
 def scene_side(base) -> int | None:
     """The square side the procedural scenes are drawn at for ``base``'s model: its tower's fixed
-    input size (LLaVA), or ``None`` for a dynamic-resolution tower (Qwen2.5-VL), which sees the
-    scenes in their several sizes (``data.vqa.SCENE_SIZES``), as it was trained."""
-    return getattr(base.model.config.vision_config, "image_size", None)
+    input size (LLaVA), or ``None`` for a dynamic-resolution tower (Qwen) or tiles (InternVL, whose
+    ``image_size`` is a tile's ``[h, w]``), which see the scenes in their several sizes
+    (``data.vqa.SCENE_SIZES``)."""
+    size = getattr(base.model.config.vision_config, "image_size", None)
+    return size if isinstance(size, int) else None
 
 
 def vqa_batch(base, inputs: ModelInputs, seeds: list[int]):
@@ -352,13 +354,27 @@ def downsampled(inputs: ModelInputs, base, samples, budget: int) -> dict:
     the model's own image processor resizes them (``max_pixels`` = ``budget`` merged tokens, the
     aspect ratio kept as its resize rule keeps it), as a user with a smaller image would feed it."""
     processor = inputs.image_processor
-    unit = processor.patch_size * processor.merge_size
-    limit = budget * unit * unit  # pixels; the processor's resize floors to whole merged tokens, so N <= budget
-    size = {"shortest_edge": min(processor.size.shortest_edge, limit), "longest_edge": limit}  # min, max pixels
+    if getattr(processor, "crop_to_patches", False):  # InternVL: fewer tiles, each a fixed number of tokens
+        kwargs = tile_limit(budget, base.tokens_per_image)
+    else:  # Qwen: fewer pixels
+        unit = processor.patch_size * processor.merge_size
+        limit = budget * unit * unit  # pixels; the processor's resize floors to whole merged tokens, so N <= budget
+        kwargs = {"size": {"shortest_edge": min(processor.size.shortest_edge, limit), "longest_edge": limit}}
     images = [render(s) for s in samples]
     prompts = [inputs.chat_prompt(s.question) for s in samples]
     return dict(inputs.processor(images=images, text=prompts, padding=True, padding_side="left", return_tensors="pt",
-                                 images_kwargs={"size": size}))
+                                 images_kwargs=kwargs))
+
+
+def tile_limit(budget: int, tokens_per_tile: int) -> dict:
+    """The tiling processor's options (``GotOcr2ImageProcessor``) that keep an image to at most
+    ``budget`` tokens: one tile (the whole image) below two tiles' worth, else a grid of at most
+    ``budget // tokens_per_tile - 1`` tiles plus the thumbnail."""
+    tiles = budget // tokens_per_tile
+    if tiles < 1:
+        raise ParExportError(f"downsample: budget {budget} is below one tile's {tokens_per_tile} tokens, the fewest "
+                             "this model's processor gives")
+    return {"crop_to_patches": False} if tiles < 3 else {"max_patches": tiles - 1}
 
 
 def result_rows(results: dict) -> list[dict]:
@@ -504,7 +520,7 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
             chunk = kept[start:start + batch]
             encoded = inputs.encode([r.text for r in chunk], pictures[start:start + batch])
             ids, mask = encoded["input_ids"], encoded["attention_mask"]
-            # what each family's adapter reads besides the ids: pixel_values, image_sizes, image_grid_thw
+            # what each family's adapter reads besides the ids: pixel_values and its IMAGE_LAYOUT_KEYS entry
             image_inputs = {k: v for k, v in encoded.items() if k in IMAGE_INPUTS}
             length = ids.shape[1]
             generate = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=int(ids[0, 0]))

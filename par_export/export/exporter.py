@@ -157,7 +157,8 @@ def _export_steps(steps, work: Path, final: Path, llava_dir: Path, tiny_clip, fa
         "width": min(reference.config.k_max, n) if not isinstance(budget_mode, int) else budget_mode,
         "tokens_per_image": n,
         **cfg.extra_metadata(reference),
-        "image_size": getattr(vision_cfg, "image_size", None),  # None: dynamic resolution (Qwen2.5-VL)
+        # an int for fixed-size towers; None: dynamic resolution (Qwen) or tiles (InternVL: tile_size)
+        "image_size": image_size if isinstance(image_size := getattr(vision_cfg, "image_size", None), int) else None,
         "image_token_id": reference.model.config.image_token_id,
         "space": reference.config.space,
         "plugin": {"op": f"{DOMAIN}::{OP_TYPE}", "version": VERSION} if plugin else None,

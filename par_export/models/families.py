@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from par_export.models import llava, llava_next, qwen2_5_vl, qwen3_vl
+from par_export.models import internvl, llava, llava_next, qwen2_5_vl, qwen3_vl
 from par_export.models.family import ModelFamily
 from par_export.models.loading import ModelFolderError, read_config
 
-FAMILIES: tuple[ModelFamily, ...] = (llava.FAMILY, llava_next.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY)
+FAMILIES: tuple[ModelFamily, ...] = (llava.FAMILY, llava_next.FAMILY, qwen2_5_vl.FAMILY, qwen3_vl.FAMILY,
+                                     internvl.FAMILY)
 
 
 def supported() -> str:

@@ -73,6 +73,22 @@ class LlavaNextLayout(LlavaLayout):
         return table[rows_with_newlines(layout, outputs["keep_index"][0, :k])]
 
 
+class InternVLLayout(LlavaLayout):
+    """InternVL: one image per call, its tiles (the thumbnail last) as ``pixel_values [C, 3, S, S]``;
+    its N = C x ``tokens_per_tile`` tokens in the processor's order. The layout is N."""
+
+    dynamic_tokens = True
+    heatmap = False  # several tiles: no one square grid to draw on
+
+    def image_feed(self, geometry: dict, image_features: dict) -> tuple[dict, int]:
+        """From the image processor's ``pixel_values [C, 3, S, S]`` of one image."""
+        tiles = np.asarray(image_features["pixel_values"], np.float32)
+        return {"pixel_values": tiles}, len(tiles) * geometry["tokens_per_tile"]
+
+    def num_tokens(self, geometry: dict, layout: int) -> int:
+        return layout
+
+
 def rows_with_newlines(order: np.ndarray, keep_index: np.ndarray) -> np.ndarray:
     """``[R]`` int64: what the LLM receives of one LLaVA-NeXT image, as indices into its K kept rows,
     with K standing for the ``image_newline`` row that follows each grid row (and the base crop)
@@ -267,7 +283,7 @@ def qwen_vision_inputs(geometry: dict, grid_thw: np.ndarray) -> dict[str, np.nda
 
 
 LAYOUTS = {"llava": LlavaLayout(), "llava_next": LlavaNextLayout(), "qwen2_5_vl": QwenLayout(),
-           "qwen3_vl": Qwen3Layout()}
+           "qwen3_vl": Qwen3Layout(), "internvl": InternVLLayout()}
 """The runtime layout of each family, by the name its export metadata records."""
 
 

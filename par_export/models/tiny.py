@@ -13,8 +13,9 @@ import torch
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from par_export.models import llava, qwen2_5_vl
+from par_export.models import internvl, llava, qwen2_5_vl
 from par_export.models.loading import pretrained_kwargs
+from par_export.processing import ComponentProcessor
 
 WORDS = (
     "a an the of in on at to is are what which where how many there color colour shape side left right "
@@ -142,18 +143,29 @@ def qwen_word_tokenizer(words: list[str] | None = None):
     """A word-level tokenizer over ``words`` (default :data:`WORDS`) with Qwen2.5-VL's special
     tokens and chat template."""
 
+    return chatml_word_tokenizer(QWEN_SPECIAL, qwen2_5_vl.CHAT_TEMPLATE, words,
+                                 image_token="<|image_pad|>", video_token="<|video_pad|>")
+
+
+INTERNVL_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+
+
+def chatml_word_tokenizer(specials: list[str], chat_template: str, words: list[str] | None = None, **named_tokens):
+    """A word-level tokenizer over ``words`` (default :data:`WORDS`) with ChatML's role words, the
+    special tokens ``specials`` (``<|endoftext|>`` first: pad and unknown) and ``chat_template``;
+    ``named_tokens``: the processor's names for some of them (``image_token="<|image_pad|>"``)."""
+
     words = list(words or WORDS) + ["user", "assistant", "system"]
-    vocab = {t: i for i, t in enumerate(QWEN_SPECIAL + list(dict.fromkeys(words)))}
+    vocab = {t: i for i, t in enumerate(specials + list(dict.fromkeys(words)))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     # added tokens are matched before the pre-tokenizer splits on punctuation ("<|", "im_start", "|>"):
     # transformers 5 no longer adds ``additional_special_tokens`` to a ``tokenizer_object`` itself
-    core.add_special_tokens(QWEN_SPECIAL)
+    core.add_special_tokens(specials)
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>",
-        additional_special_tokens=QWEN_SPECIAL[1:],
-        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
-    tokenizer.chat_template = qwen2_5_vl.CHAT_TEMPLATE
+        additional_special_tokens=specials[1:], extra_special_tokens=named_tokens)
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
@@ -209,6 +221,37 @@ def save_tiny_qwen3_vl(folder: str | Path, seed: int = 0, patch_size: int = 4) -
         vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"])
     return _save_tiny_qwen(folder, transformers.Qwen3VLForConditionalGeneration, config, tokenizer, seed, patch_size,
                            "Qwen3VLProcessor")
+
+
+def save_tiny_internvl(folder: str | Path, seed: int = 0, tile: int = 32, patch_size: int = 4, max_patches: int = 6) -> Path:
+    """Write a random-weight tiny InternVL in transformers' "-hf" layout (InternViT with a CLS token,
+    pixel shuffle 0.5, MLP projector, Qwen2 LLM): ``tile`` px tiles of ``(tile / patch_size / 2)**2``
+    tokens, up to ``max_patches`` tiles plus the thumbnail, with the InternVL processor's parts
+    (``GotOcr2ImageProcessor``, a word tokenizer with InternVL's special tokens and chat template,
+    ``processor_config.json``'s ``image_seq_length``)."""
+
+    tokenizer = chatml_word_tokenizer(INTERNVL_SPECIAL, internvl.CHAT_TEMPLATE, start_image_token="<img>",
+                                      end_image_token="</img>", context_image_token="<IMG_CONTEXT>",
+                                      video_token="<video>")
+    vocab = tokenizer.get_vocab()
+    tokens_per_tile = (tile // patch_size // 2) ** 2
+    config = transformers.InternVLConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=[tile, tile], patch_size=[patch_size, patch_size]),
+        text_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(vocab),
+                         max_position_embeddings=1024, pad_token_id=0, bos_token_id=0,
+                         eos_token_id=vocab["<|im_end|>"]),
+        image_token_id=vocab["<IMG_CONTEXT>"], image_seq_length=tokens_per_tile, downsample_ratio=0.5)
+    torch.manual_seed(seed)
+    model = transformers.InternVLForConditionalGeneration(config).eval()
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    image_processor = transformers.GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=True,
+                                                            min_patches=1, max_patches=max_patches)
+    ComponentProcessor(transformers.InternVLProcessor, image_processor, tokenizer,
+                       {"image_seq_length": tokens_per_tile, "processor_class": "InternVLProcessor"}).save_pretrained(folder)
+    return folder
 
 
 def _save_tiny_qwen(folder, model_class, config, tokenizer, seed: int, patch_size: int, processor_class: str) -> Path:

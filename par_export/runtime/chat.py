@@ -26,7 +26,7 @@ from par_export.errors import ParExportError
 from par_export.memory import kv_cache_bytes
 from par_export.models.families import family_for
 from par_export.models.names import resolve_model
-from par_export.processing import open_image
+from par_export.processing import image_layout, open_image
 from par_export.reduce import PARConfig
 from par_export.runtime.llm_genai import GenaiLLM, export_genai
 from par_export.runtime.llm_onnx import OnnxRuntimeLLM, export_llm
@@ -250,7 +250,7 @@ def _chat_per_image(family, model, inputs, image, picture, prompt: str, text: st
                            par=options.par)
         rows = [torch.from_numpy(result["image_embeds"].astype("float32")).to(model.dtype)]
         return result, adapter.inputs_from_rows(encoded["input_ids"], encoded["attention_mask"],
-                                                encoded.get("image_grid_thw", encoded.get("image_sizes")), rows,
+                                                image_layout(encoded), rows,
                                                 [torch.tensor(result["keep_index"])])
 
     def generate(model_inputs, steps, min_new_tokens):

@@ -12,6 +12,7 @@ import torch
 from par_export.artifact import Artifact
 from par_export.errors import ParExportError
 from par_export.models.families import family_named
+from par_export.processing import image_layout
 from par_export.reduce import PARConfig
 
 IMAGE = "<image>"
@@ -101,7 +102,7 @@ class VisionLanguagePipeline:
         encoded = self.inputs.encode(questions, images)
         rows = [torch.from_numpy(r.image_embeds).to(self.embed.weight.dtype) for r in reduced]
         model_inputs = self.adapter.inputs_from_rows(encoded["input_ids"], encoded["attention_mask"],
-                                                     encoded["image_grid_thw"], rows,
+                                                     image_layout(encoded), rows,
                                                      [torch.from_numpy(r.keep_index) for r in reduced])
         return model_inputs, [r.num_kept for r in reduced]
 
