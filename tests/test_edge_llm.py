@@ -215,3 +215,64 @@ def test_qwen3_same_inputs_and_outputs_as_edge_llms_own_exporter(qwen3, exported
     their_outputs = outputs_of(tmp_path / "edge" / "visual" / "model.onnx")
     assert their_outputs == ["output", "deepstack_features_0", "deepstack_features_1"]
     assert outputs_of(exported3 / "visual" / "model.onnx")[:3] == their_outputs
+
+
+# ---------------------------------------------------------------------------- InternVL
+@pytest.fixture(scope="module")
+def internvl(tmp_path_factory):
+    from par_export.models.tiny import save_tiny_internvl
+
+    return save_tiny_internvl(tmp_path_factory.mktemp("edge-ivl") / "internvl")
+
+
+@pytest.fixture(scope="module")
+def exported_internvl(internvl, tmp_path_factory):
+    out = tmp_path_factory.mktemp("edge-ivl-out") / "art"
+    assert main(["export", "--model", str(internvl), "--out", str(out), "--format", "edge-llm", "--budget", "8",
+                 "--k-max", "16"]) == 0
+    return out
+
+
+def test_internvl_rows_equal_the_adapter(internvl, exported_internvl):
+    """InternVL: one image's tiles as Edge-LLM's ``input`` -> ORT -> the rows ReducedInternVL keeps over
+    all its tiles, for images of two shapes (4 and 3 tiles)."""
+    import onnxruntime as ort
+
+    from par_export.models.families import family_for
+    from par_export.models.internvl import ReducedInternVL
+    from par_export.reduce import PARConfig
+
+    reference = ReducedInternVL.from_pretrained(internvl, "par", PARConfig(k_max=16))
+    inputs = family_for(internvl).inputs(internvl)
+    session = ort.InferenceSession(str(exported_internvl / "visual" / "model.onnx"), providers=["CPUExecutionProvider"])
+    query = reference.query_encoder([PROMPT])[0].mean(dim=1).numpy().astype(np.float16)
+    rng = np.random.default_rng(2)
+    for w, h in [(96, 32), (30, 70)]:
+        enc = inputs.encode([PROMPT], [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))])
+        expected = reference.prepare_inputs(enc["input_ids"], enc["attention_mask"], enc["pixel_values"],
+                                            prompts=[PROMPT], budget=8)
+        output, num_kept, keep_index = session.run(None, {"input": enc["pixel_values"].numpy().astype(np.float16),
+                                                          "query_embeds": query, "budget": np.array(8, np.int64)})
+        assert int(num_kept[0]) == 8 and keep_index.tolist() == expected.reduction[0].keep_index[0, :8].tolist()
+        np.testing.assert_allclose(output.astype(np.float32), expected.image_features[0].numpy(), atol=2e-3, rtol=1e-2)
+
+
+@pytest.mark.skipif(edgellm_exporter() is None, reason="tensorrt-edgellm[export] is not installed in a separate venv "
+                    "(.ci/run makes .venv-edgellm where its wheel installs; or set EDGELLM_EXPORT)")
+def test_internvl_same_input_as_edge_llms_own_exporter(internvl, exported_internvl, tmp_path):
+    """Edge-LLM's exporter on the same InternVL checkpoint (bf16) writes the ``input`` our graph takes
+    (name, dtype, rank) and an ``output`` our graph returns (its rows reduced)."""
+    from transformers import InternVLForConditionalGeneration
+
+    bf16 = tmp_path / "internvl-bf16"
+    shutil.copytree(internvl, bf16)
+    model = InternVLForConditionalGeneration.from_pretrained(internvl, local_files_only=True)
+    model.to(torch.bfloat16).save_pretrained(bf16, safe_serialization=True)
+    result = subprocess.run([edgellm_exporter(), str(bf16), str(tmp_path / "edge"), "--skip-llm"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    theirs = signature(tmp_path / "edge" / "visual" / "model.onnx")
+    ours = signature(exported_internvl / "visual" / "model.onnx")
+    assert theirs == {"input": ("float16", 4)} and {name: ours[name] for name in theirs} == theirs
+    assert outputs_of(tmp_path / "edge" / "visual" / "model.onnx") == ["output"]
+    assert outputs_of(exported_internvl / "visual" / "model.onnx")[0] == "output"

@@ -1,5 +1,5 @@
-"""``par-export export --format edge-llm``: Qwen2.5-VL's or Qwen3-VL's visual graph in TensorRT
-Edge-LLM 0.11's layout, with PAR inside.
+"""``par-export export --format edge-llm``: Qwen2.5-VL's, Qwen3-VL's or InternVL's visual graph in
+TensorRT Edge-LLM 0.11's layout, with PAR inside.
 
 Edge-LLM's exporter (``tensorrt-edgellm-export``) writes ``visual/model.onnx`` with the inputs
 ``input [4 * num_groups, 1176]`` fp16 (flattened patches), ``rotary_pos_emb [4 * num_groups,
@@ -25,12 +25,19 @@ one ``deepstack_features_{i} [T / 4, hidden]`` per DeepStack level, which its LL
 layer i. PAR's graph returns each level's kept rows under the same name (``[sum K, hidden]``, the
 same slots and merge weights as ``output``), then ``num_kept`` and ``keep_index``.
 
+InternVL (:class:`EdgeLlmInternVLVisualGraph`, Edge-LLM's ``internvl3_5`` visual model for
+``model_type`` ``internvl``): Edge-LLM's input is ``input [tiles, 3, 448, 448]`` fp16 and its output
+``output [tiles x 256, hidden]`` (pixel shuffle and projector inside). PAR's graph takes one image's
+tiles and returns its ``[K, hidden]`` kept rows, ``num_kept [1]`` and ``keep_index [K]``.
+
 Weights stay fp32 inside; a TensorRT build with ``--fp16`` lowers them.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,6 +49,7 @@ from transformers.vision_utils import get_vision_position_ids
 from par_export.errors import ExportError
 from par_export.export.trace import finalize_graph, trace_onnx
 from par_export.export.validate import Case, check_graph, compare_with_torch, summarize
+from par_export.models.internvl import InternVLVisionParGraph
 from par_export.models.layouts import qwen3_vision_inputs
 from par_export.models.onnx_config import GraphSpec
 from par_export.models.qwen2_5_vl import (
@@ -186,17 +194,81 @@ def qwen3_edge_spec(levels: int) -> GraphSpec:
                       "num_kept": {0: "images"}, "keep_index": {0: "kept"}})
 
 
-def edge_layout(family, qwen) -> tuple[nn.Module, GraphSpec, object]:
-    """The traced module, its graph spec and ``inputs(grid [I, 3], pixel_values) -> feed`` of the
-    family's Edge-LLM visual layout."""
+class EdgeLlmInternVLVisualGraph(nn.Module):
+    """Edge-LLM's InternVL3.5 visual input (``input [tiles, 3, S, S]`` fp16: one image's tiles) ->
+    tower, pixel shuffle and projector (:class:`InternVLVisionParGraph`) -> reducer over all its tokens."""
+
+    def __init__(self, graph):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, input, query_embeds, budget):
+        embeds, num_kept, keep_index = self.graph(input.float(), query_embeds.float(), budget)
+        valid = keep_index >= 0
+        return embeds[valid].half(), num_kept, keep_index[valid]
+
+
+INTERNVL_EDGE_SPEC = GraphSpec(
+    name="model", inputs=("input", "query_embeds", "budget"), outputs=OUTPUTS,
+    dynamic_axes={"input": {0: "num_images"}, "output": {0: "kept"}, "keep_index": {0: "kept"}})
+"""InternVL's ``visual/model.onnx``: Edge-LLM's ``input`` (its tiles are its "images"), plus PAR's."""
+
+
+@dataclass
+class EdgeLayout:
+    """One family's visual graph in Edge-LLM's layout, and how to feed it.
+
+    Attributes:
+        module: the traced module; spec: its names and axes.
+        image_inputs: ``(call, rng) -> feed``: Edge-LLM's inputs for the images of one call, random
+            pixels (a call: Qwen's patch grids ``[(h, w), ...]``, InternVL's ``[tiles]``).
+        calls: the validation calls (each image alone, then several in one call where the graph
+            takes several); dummy: the traced call (no size of it becomes a constant).
+        describe: a call's name in the report; keep_index: what ``keep_index`` indexes, for config.json.
+    """
+
+    module: nn.Module
+    spec: GraphSpec
+    image_inputs: Callable
+    calls: list
+    dummy: list
+    describe: Callable
+    keep_index: str
+
+
+def edge_layout(family, model, onnx_config) -> EdgeLayout:
+    """The family's :class:`EdgeLayout` (Qwen2.5-VL, Qwen3-VL, InternVL)."""
+    if family.name == "internvl":
+        side = onnx_config.extra_metadata(model)["tile_size"]
+        return EdgeLayout(
+            EdgeLlmInternVLVisualGraph(InternVLVisionParGraph(model, "input")).eval(), INTERNVL_EDGE_SPEC,
+            lambda call, rng: {"input": rng.standard_normal((call[0], 3, *side)).astype(np.float16)},
+            calls=[[1], [3], [5]], dummy=[3], describe=lambda call: f"tiles={call[0]}",
+            keep_index="[K] int64 index in the image's tiles x tokens_per_tile tokens (processor order)")
+    visual = model.visual
     if family.name == "qwen3_vl":
-        visual = qwen.visual
-        return (EdgeLlmQwen3VisualGraph(Qwen3VisionParGraph(qwen, "input")).eval(),
-                qwen3_edge_spec(len(visual.deepstack_visual_indexes)),
-                lambda grid, pixels: edge_inputs_qwen3(visual, grid, pixels))
-    geometry = edge_geometry(qwen)
-    return (EdgeLlmVisualGraph(QwenVisionParGraph(qwen, "input")).eval(), EDGE_SPEC,
-            lambda grid, pixels: edge_inputs(geometry, grid, pixels))
+        module, spec = (EdgeLlmQwen3VisualGraph(Qwen3VisionParGraph(model, "input")).eval(),
+                        qwen3_edge_spec(len(visual.deepstack_visual_indexes)))
+
+        def host(grid, pixels):
+            return edge_inputs_qwen3(visual, grid, pixels)
+    else:
+        module, spec, geometry = EdgeLlmVisualGraph(QwenVisionParGraph(model, "input")).eval(), EDGE_SPEC, \
+            edge_geometry(model)
+
+        def host(grid, pixels):
+            return edge_inputs(geometry, grid, pixels)
+    width = 3 * model.model.config.vision_config.temporal_patch_size * visual.patch_size ** 2
+
+    def image_inputs(call, rng):
+        grid = torch.tensor([[1, h, w] for h, w in call])
+        return host(grid, rng.standard_normal((int(grid.prod(-1).sum()), width)))
+
+    k_max = model.config.k_max
+    pair = onnx_config.pair_grids(k_max)
+    return EdgeLayout(module, spec, image_inputs, calls=[[g] for g in onnx_config.validation_grids(k_max)[:3]] + [pair],
+                      dummy=pair, describe=lambda call: " + ".join(f"grid={h}x{w}" for h, w in call),
+                      keep_index="[sum K] int64 index in its image's t x h/2 x w/2 merged grid")
 
 
 EDGE_SPEC = GraphSpec(
@@ -229,24 +301,28 @@ def export_into(steps, work: Path, final: Path, folder: Path, family, inputs, me
     model in ``folder`` (loaded by :func:`~par_export.export.exporter.export_model`), validated
     against PyTorch on images of three shapes, one per call and two in one call; returns the report
     (also ``final/report.json``; ``passed`` False leaves the caller to refuse it)."""
-    if family.name not in ("qwen2_5_vl", "qwen3_vl"):
-        raise ExportError(f"{folder}: --format edge-llm writes Qwen2.5-VL's or Qwen3-VL's visual graph; this is "
-                          f"{family.name} (TensorRT Edge-LLM 0.11 runs no LLaVA)")
+    if family.name not in ("qwen2_5_vl", "qwen3_vl", "internvl"):
+        raise ExportError(f"{folder}: --format edge-llm writes Qwen2.5-VL's, Qwen3-VL's or InternVL's visual graph; "
+                          f"this is {family.name} (TensorRT Edge-LLM 0.11 runs no LLaVA)")
     config = (config or PARConfig()).replace(budget=budget)
     config = config.replace(k_max=max(config.k_max, budget))
-    qwen = family.adapter.from_pretrained(folder, method, config)
-    module, spec, host_inputs = edge_layout(family, qwen)
+    model = family.adapter.from_pretrained(folder, method, config)
     onnx_config = family.onnx_config(budget_input=True)
-    hidden = qwen.model.config.text_config.hidden_size
-    grids = onnx_config.validation_grids(config.k_max)[:3]
+    fewest = onnx_config.min_tokens(model)  # InternVL: one tile's tokens; Qwen: the graph's width itself
+    if budget > fewest:
+        raise ExportError(f"budget {budget} exceeds the {fewest} tokens of the smallest image this model takes")
+    if config.k_max > fewest:
+        config = config.replace(k_max=fewest)
+        model = family.adapter(model.model, method, config, model.tokenizer)
+    layout = edge_layout(family, model, onnx_config)
+    module, spec = layout.module, layout.spec
+    hidden = model.model.config.text_config.hidden_size
     rng = np.random.default_rng(0)
-    width = 3 * qwen.model.config.vision_config.temporal_patch_size * qwen.visual.patch_size ** 2
     steps.update()
 
-    def feed_for(grids_hw, query_on=True):
-        grid = torch.tensor([[1, h, w] for h, w in grids_hw])
-        feed = host_inputs(grid, rng.standard_normal((int(grid.prod(-1).sum()), width)))
-        query = rng.standard_normal((len(grids_hw), hidden))
+    def feed_for(call, query_on=True):
+        feed = layout.image_inputs(call, rng)
+        query = rng.standard_normal((len(call), hidden))
         query[-1] *= query_on  # the last image without a prompt: attention fallback
         feed["query_embeds"] = query.astype(np.float16)
         feed["budget"] = np.array(budget, np.int64)
@@ -256,8 +332,7 @@ def export_into(steps, work: Path, final: Path, folder: Path, family, inputs, me
     visual_dir = final / "visual"
     visual_dir.mkdir()
     raw = work / spec.filename
-    pair = onnx_config.pair_grids(config.k_max)
-    dummy = feed_for(pair)  # two images: no size of either is traced as a constant
+    dummy = feed_for(layout.dummy)
     with dynamic_token_axis(config.k_max), torch.no_grad():
         trace_onnx(module, tuple(torch.from_numpy(dummy[n]) for n in spec.inputs), spec, opset, raw)
     metadata = {"format": "tensorrt-edgellm-0.11-visual", "model": str(folder), "family": family.name,
@@ -267,23 +342,22 @@ def export_into(steps, work: Path, final: Path, folder: Path, family, inputs, me
     steps.update(2)
 
     steps.set_postfix_str("validate")
-    calls = [[grid] for grid in grids] + [pair]
     cases = compare_with_torch(
         module, visual_dir / spec.filename,
-        [Case(" + ".join(f"grid={h}x{w}" for h, w in call) + f" budget={budget}",
-              feed_for(call, query_on=i not in (1, 3))) for i, call in enumerate(calls)],
+        [Case(f"{layout.describe(call)} budget={budget}", feed_for(call, query_on=i not in (1, 3)))
+         for i, call in enumerate(layout.calls)],
         list(spec.outputs), layout=padded_outputs, precision="fp16")
     report = {**check_graph(visual_dir / spec.filename), **summarize(cases, "fp16", True), "cases": cases,
               "metadata": metadata}
     steps.update()
-    model_config = qwen.model.config.to_dict()
+    model_config = model.model.config.to_dict()
     model_config["par"] = {"method": method, "budget": budget, "min_tokens": config.k_max,
                            "outputs": {"output": "[sum K, hidden] fp16 kept rows, raster order, image after image",
                                        **{name: "[sum K, hidden] fp16 this DeepStack level's rows of the same "
                                                 "tokens, merged alike" for name in spec.outputs
                                           if name.startswith("deepstack_features_")},
                                        "num_kept": "[images] int64 K per image",
-                                       "keep_index": "[sum K] int64 index in its image's t x h/2 x w/2 merged grid"},
+                                       "keep_index": layout.keep_index},
                            "extra_inputs": {"query_embeds": "[images, hidden] fp16: mean LLM input embedding of "
                                                             "each image's rewritten prompt (zeros: no prompt)",
                                             "budget": "[] int64 K"}}
