@@ -225,7 +225,7 @@ class ModelInputs:
                 # where its class has an image-token rule; otherwise the folder is unreadable
                 try:
                     processor = ComponentProcessor.from_folder(folder)
-                except InputError:
+                except Exception:  # its own files unreadable too (a garbled JSON): AutoProcessor's error says why
                     raise unreadable(folder, "transformers.AutoProcessor", err) from None
         if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
             raise InputError(f"{folder}: {type(processor).__name__} has no image processor and tokenizer pair")

@@ -147,13 +147,17 @@ def test_llm_space_projects_every_token_once_and_reduces_the_projected_rows(tiny
     assert rows_seen == [torch.Size([2, n])]  # one call, all N tokens of both images, no second pass for K
     d_llm = model.model.config.text_config.hidden_size
     assert batch.reduction.tokens.shape[-1] == d_llm  # merged in the LLM's space
-    # the rows are the reducer's output on the projected tokens (not the projection of a merge)
+    # the rows are the reducer's output on the projected tokens (not the projection of a merge),
+    # clustered on the tower's tokens (issue 31: a quarter of the N x N cost at 1024 / 4096)
     tokens, attn = model.vision_features(pixels)
     embedding, prompt_mask = model.query_encoder(batch.prompts)
-    expected = model.reducer(model.projector(tokens), embedding, attn, budget=8, prompt_mask=prompt_mask)
+    expected = model.reducer(model.projector(tokens), embedding, attn, budget=8, prompt_mask=prompt_mask,
+                             cluster_tokens=tokens)
     assert torch.equal(batch.reduction.keep_index, expected.keep_index)
     for image, features in enumerate(batch.image_features):
         torch.testing.assert_close(features, expected.tokens[image, :8])
+    on_rows = model.reducer(model.projector(tokens), embedding, attn, budget=8, prompt_mask=prompt_mask)
+    assert not torch.equal(on_rows.keep_index, expected.keep_index)  # the clustering input is the tower's
 
 
 def test_placeholder_mismatch_errors(llava):

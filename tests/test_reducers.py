@@ -157,6 +157,38 @@ def test_exact_duplicates_share_one_cluster():
         assert slots[0] >= 0 and len(set(slots)) == 1, (group, slots)
 
 
+def test_cluster_tokens_give_the_similarities_and_visual_tokens_the_rows(batch):
+    """PAR with ``cluster_tokens``: with the tokens themselves it is PAR; with another tensor of the
+    same tokens, duplicates there share one cluster even where the rows differ, and each kept row
+    is the weighted mean of its members' visual tokens (never of the cluster tokens)."""
+    x, prompt, attn = batch
+    reducer = PARReducer()
+    same = reducer(x, prompt, attn, budget=16, cluster_tokens=x)
+    plain = reducer(x, prompt, attn, budget=16)
+    assert torch.equal(same.keep_index, plain.keep_index) and torch.equal(same.tokens, plain.tokens)
+
+    gen = torch.Generator().manual_seed(5)
+    rows = torch.randn(1, 60, 32, generator=gen)  # what is merged (4096-wide in LLaVA)
+    cluster = torch.randn(1, 60, 8, generator=gen)  # what is compared (the tower's 1024-wide)
+    cluster[0, [7, 30]] = cluster[0, 3].clone()  # duplicates in the clustering tensor only
+    query = rows[0, [3, 7, 30]].mean(0).view(1, 1, 32)
+    out = reducer(rows, query, None, budget=12, cluster_tokens=cluster)
+    slots = out.assignment[0, [3, 7, 30]].tolist()
+    assert slots[0] >= 0 and len(set(slots)) == 1, slots
+    slot = slots[0]
+    members = (out.assignment[0] == slot).nonzero().flatten()
+    weights = torch.softmax(out.log_weights[0, members], dim=0)
+    torch.testing.assert_close(out.tokens[0, slot], (weights[:, None] * rows[0, members]).sum(0), atol=1e-5, rtol=1e-4)
+
+
+def test_cluster_tokens_are_checked_and_refused_where_not_taken(batch):
+    x, prompt, attn = batch
+    with pytest.raises(ValueError, match=r"cluster_tokens .*expected \[B, N, Dc\]"):
+        PARReducer()(x, prompt, attn, budget=8, cluster_tokens=x[:, :-1])
+    with pytest.raises(ValueError, match="takes no cluster_tokens"):
+        create_reducer("text_sim")(x, prompt, attn, budget=8, cluster_tokens=x)
+
+
 def test_no_prompt_falls_back_to_cls_attention():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(1, 144, 32, generator=gen)

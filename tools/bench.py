@@ -9,6 +9,7 @@ Sub-benchmarks (pick any; each prints a table and writes ``OUT/<name>.json``; re
   exponent of a power-law fit of reducer time against N.
 - ``space``: PAR with ``space=llm`` at LLaVA-1.5-7B's geometry (the 1024 -> 4096 -> 4096 MLP
   projector, random weights): project every token once and reduce the projector's output,
+  clustering on the tower's 1024-wide tokens (what the adapter does) or on the 4096-wide rows,
   against projecting every token (what the unreduced model does anyway); for reference, the
   earlier form (project all N to score them, reduce the tower's tokens, project the K kept again)
   and ``space=clip`` (reduce, then project the K kept).
@@ -192,13 +193,18 @@ def bench_space(args) -> dict:
             def project_once_then_reduce():
                 return llm_par(projector(tokens), query_llm, attn, budget="auto").tokens
 
+            def cluster_on_tower_tokens():  # what space=llm does now: similarities from the 1024-wide tokens
+                return llm_par(projector(tokens), query_llm, attn, budget="auto", cluster_tokens=tokens).tokens
+
             def project_to_score_then_again():
                 return projector(scored_par(tokens, query_llm, attn, budget="auto").tokens)
 
             def clip_then_project():
                 return projector(clip_par(tokens, query_clip, attn, budget="auto").tokens)
 
-            sides = {"project all N": lambda: projector(tokens), "space=llm (project once)": project_once_then_reduce,
+            sides = {"project all N": lambda: projector(tokens),
+                     "space=llm, tower clusters": cluster_on_tower_tokens,
+                     "space=llm, rows cluster": project_once_then_reduce,
                      "space=llm, projected twice": project_to_score_then_again,
                      "space=clip + project K": clip_then_project}
             with torch.no_grad():

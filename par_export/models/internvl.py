@@ -107,6 +107,10 @@ class ReducedInternVL(ReducedLlava):
     def reduces_projected(self) -> bool:
         return True  # the tokens are reduced after the projector, in the LLM's space
 
+    @property
+    def clusters_tower_tokens(self) -> bool:
+        return False  # before the projector a token is 4 x 1024 wide (pixel shuffle): wider than its row
+
     def tile_features(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``tiles [C, 3, S, S]`` -> projected tokens ``[C, L, D]`` (the stock ``get_image_features``) and
         the CLS attention each receives in the last tower layer ``[C, L]`` (summed over the patches

@@ -228,6 +228,18 @@ class ReducedLlava:
         baselines always reduce the tower's tokens, as their code does)."""
         return self.config.space == "llm" and not self.reducer.tower_inputs
 
+    @property
+    def clusters_tower_tokens(self) -> bool:
+        """``space=llm`` with a reducer that takes ``cluster_tokens``: its similarities come from the
+        tower's tokens (``Dv`` wide), the rows it merges are the projector's (``D_llm``): the same
+        tokens, a quarter of the N x N cost at LLaVA-1.5's 1024 / 4096."""
+        return self.reduces_projected and self.reducer.accepts_cluster_tokens
+
+    def cluster_tokens(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """What the reducer clusters on for tower tokens ``[..., N, Dv]``: themselves
+        (:attr:`clusters_tower_tokens`), or ``None`` (the tokens it reduces)."""
+        return tokens if self.clusters_tower_tokens else None
+
     def to_reducer_space(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tower tokens ``[..., N, Dv]`` -> what the reducer sees: themselves (``space=clip``), or the
         projector's output ``[..., N, D_llm]`` (``space=llm``: retrieval, clustering and merging all
@@ -262,6 +274,7 @@ class ReducedLlava:
         if features is None or (wants_tower and len(features) < 3):
             features = self.vision_features(pixel_values, tower_outputs=wants_tower)
         tokens, attn, *tower = features
+        cluster = self.cluster_tokens(tokens)
         tokens = self.to_reducer_space(tokens)
         prompt_embedding = prompt_mask = None
         if self.reducer.uses_prompt and prompts is not None:
@@ -270,7 +283,7 @@ class ReducedLlava:
             else:
                 prompt_embedding, prompt_mask = self.query_encoder(prompts)
         reduction = self.reducer(tokens, prompt_embedding, attn, budget=budget, prompt_mask=prompt_mask,
-                                 tower=tower[0] if tower else None)
+                                 tower=tower[0] if tower else None, cluster_tokens=cluster)
         projected = self.to_llm_space(reduction.tokens)
         features = [p[:k] for p, k in zip(projected, reduction.num_kept.tolist())]
         return reduction, features

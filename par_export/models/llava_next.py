@@ -147,7 +147,8 @@ class ReducedLlavaNext(ReducedLlava):
         ``[K_i + newline rows, D_llm]`` the LLM receives."""
         features = features if features is not None else self.vision_features(pixel_values, image_sizes)
         reductions = reduce_each(self.reducer, self.query_encoder,
-                                 [(self.to_reducer_space(t), a) for t, a, _ in features], prompts, budget)
+                                 [(self.to_reducer_space(t), a) for t, a, _ in features], prompts, budget,
+                                 cluster=[self.cluster_tokens(t) for t, _, _ in features])
         rows = []
         newline = self.model.model.image_newline
         for (_, _, layout), out in zip(features, reductions):

@@ -103,6 +103,18 @@ def check_reducer_inputs(
             raise ParExportError(f"attn must have shape [B, N] = {(b, n)}, got {tuple(weights.shape)}")
 
 
+def check_cluster_tokens(cluster_tokens: object, visual_tokens: torch.Tensor, accepted: bool, method: str) -> None:
+    """Validate ``cluster_tokens [B, N, Dc]``: the same B and N as ``visual_tokens``, finite floats,
+    for a reducer that takes them."""
+    if not accepted:
+        raise ParExportError(f"method {method!r} computes its similarities from visual_tokens; it takes no "
+                             "cluster_tokens")
+    tokens = check_float_tensor("cluster_tokens", cluster_tokens, "[B, N, Dc]", 3)
+    if tokens.shape[:2] != visual_tokens.shape[:2]:
+        raise ParExportError(f"cluster_tokens {tuple(tokens.shape)}: expected [B, N, Dc] with [B, N] = "
+                             f"{list(visual_tokens.shape[:2])} (the same tokens as visual_tokens)")
+
+
 def check_budget_value(budget: object, num_tokens: int, max_width: int, supports_auto: bool, method: str) -> None:
     """Validate a call's budget: int in [1, N], ``"auto"``, or a 0-d integer tensor."""
     if isinstance(budget, str):

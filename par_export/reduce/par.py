@@ -34,19 +34,22 @@ class PARReducer(TokenReducer):
 
     # Steps 5-6 as one call; export swaps in the par::TopKCluster custom op (--plugin).
     topk_cluster = staticmethod(topk_cluster)
+    accepts_cluster_tokens = True
 
     name = "par"
     description = "PAR: prompt relevance + density-peak clusters + token router (merge)"
     supports_auto = True
     uses_prompt = True
 
-    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask):
+    def reduce(self, visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask,
+               cluster_tokens=None):
         cfg = self.config
         query_tokens = None if prompt_embedding is None else self.query_projection(visual_tokens)
         z = standardized_relevance(query_tokens, prompt_embedding, prompt_mask, attn, cfg.eps, token_mask)  # [B, N]
         num_kept = resolve_num_kept(budget, z, cfg, token_mask)
 
-        similarity = cosine_similarity_matrix(visual_tokens, cfg.eps)  # [B, N, N]
+        # [B, N, N]; from cluster_tokens where given (the tower's tokens of rows merged after the projector)
+        similarity = cosine_similarity_matrix(visual_tokens if cluster_tokens is None else cluster_tokens, cfg.eps)
         density, separation = density_peaks(similarity, cfg.k_nn, token_mask)
         scores = cfg.beta * min_max(z, cfg.eps, token_mask) + (1.0 - cfg.beta) * distinctiveness(
             density, separation, cfg.eps, token_mask

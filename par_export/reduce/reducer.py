@@ -10,6 +10,7 @@ from torch import nn
 from par_export.errors import ParExportError
 from par_export.reduce.checks import (
     check_budget_value,
+    check_cluster_tokens,
     check_reducer_inputs,
     check_token_mask,
     is_exporting,
@@ -25,6 +26,11 @@ class TokenReducer(nn.Module):
     Call: ``reducer(visual_tokens [B, N, D], prompt_embedding [B, P, Dq] | None,
     attn [B, N] | None, budget=None, prompt_mask [B, P] | None,
     token_mask [B, N] | None) -> ReductionOutput``.
+
+    ``cluster_tokens [B, N, Dc]`` (reducers with ``accepts_cluster_tokens``): another tensor of the
+    same tokens that the similarities (density, routing) come from, while the merged rows are
+    ``visual_tokens``'s: LLaVA in LLM space clusters on the tower's 1024-wide tokens and merges the
+    projector's 4096-wide rows, a quarter of the N x N similarity cost.
 
     ``token_mask`` (bool, ``True`` = real token) lets one call reduce images with different
     token counts, padded to a common N: each image is reduced as if it were alone (same K,
@@ -52,6 +58,8 @@ class TokenReducer(nn.Module):
     # ``tower={name: tensor}`` (the authors' forms in reduce/authors/: "cls_token" [B, D], "keys"
     # [B, 1 + N, Dk]). Such a method runs where the model adapter supplies them, not in an export.
     tower_inputs: ClassVar[tuple[str, ...]] = ()
+    # Takes ``cluster_tokens``: similarities from another tensor of the same tokens (see the class doc).
+    accepts_cluster_tokens: ClassVar[bool] = False
 
     def __init__(self, config: PARConfig | None = None, query_projection: nn.Module | None = None):
         super().__init__()
@@ -68,10 +76,13 @@ class TokenReducer(nn.Module):
         prompt_mask: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
         tower: dict[str, torch.Tensor] | None = None,
+        cluster_tokens: torch.Tensor | None = None,
     ) -> ReductionOutput:
         budget = self.config.budget if budget is None else budget
         if not is_exporting():  # checked before anything reads them
             check_reducer_inputs(visual_tokens, prompt_embedding, prompt_mask, attn)
+            if cluster_tokens is not None:
+                check_cluster_tokens(cluster_tokens, visual_tokens, self.accepts_cluster_tokens, self.name)
         num_tokens = token_bound(visual_tokens)  # static in an exported graph: fixes TopK's K
         width = budget if isinstance(budget, int) else min(self.config.k_max, num_tokens)
         if not is_exporting():
@@ -88,6 +99,9 @@ class TokenReducer(nn.Module):
                                  "(tower={...}); the LLaVA adapter supplies them")
             return self.reduce(visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask,
                                tower=tower)
+        if cluster_tokens is not None:
+            return self.reduce(visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask,
+                               cluster_tokens=cluster_tokens)
         return self.reduce(visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask)
 
     def reduce(
