@@ -255,7 +255,8 @@ def save(folder: Path, model, tokenizer) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="par_export/assets/demo/qwen")
-    parser.add_argument("--tower-minutes", type=float, default=10)
+    parser.add_argument("--tower-minutes", type=float, help="dense tower pretraining (default 10; 0 with --tower-from, "
+                        "where it continues that tower's pretraining)")
     parser.add_argument("--tower-batch", type=int, default=16)
     parser.add_argument("--scenes", type=int, default=16_000, help="training scenes whose tower tokens are cached")
     parser.add_argument("--vqa-minutes", type=float, default=36)
@@ -266,8 +267,10 @@ def main() -> None:
     parser.add_argument("--probe", type=float, default=0.5, help="weight of the row/column probe after layer 1")
     parser.add_argument("--init-std", type=float, default=0.07, help="init std of merger and LLM (train_demo.py)")
     parser.add_argument("--val", type=int, default=500)
-    parser.add_argument("--tower-from", help="a folder this script wrote: reuse its tower (stage 1 skipped); merger "
-                        "and LLM start from scratch")
+    parser.add_argument("--tower-from", help="a folder this script wrote: start from its tower; merger and LLM start "
+                        "from scratch")
+    parser.add_argument("--resume", help="a folder this script wrote: continue its VQA stage (tower, merger and LLM "
+                        "as saved; a fresh optimizer and schedule; no tower stage)")
     args = parser.parse_args()
     torch.manual_seed(0)
     began = time.time()
@@ -276,9 +279,14 @@ def main() -> None:
         print(f"[{(time.time() - began) / 60:5.1f} min] {message}", flush=True)
 
     tokenizer = qwen_word_tokenizer(vocabulary())
-    config = demo_qwen_config(tokenizer.get_vocab())
-    config.text_config.initializer_range = args.init_std
-    model = transformers.Qwen2_5_VLForConditionalGeneration(config)
+    if args.resume:
+        model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            args.resume, local_files_only=True, use_safetensors=True)
+        log(f"resumed from {args.resume}")
+    else:
+        config = demo_qwen_config(tokenizer.get_vocab())
+        config.text_config.initializer_range = args.init_std
+        model = transformers.Qwen2_5_VLForConditionalGeneration(config)
     image_processor = transformers.Qwen2VLImageProcessorPil(**PROCESSOR)
     staging = Path(tempfile.mkdtemp(prefix="demo-qwen-processor-"))
     tokenizer.save_pretrained(staging)
@@ -295,14 +303,18 @@ def main() -> None:
         raise SystemExit(f"training rows differ from the processor's: {stock[:len(head)]} vs {head}")
 
     tower = model.model.visual
-    if args.tower_from:
+    if args.resume:
+        tower.eval()
+    elif args.tower_from:
         trained = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
             args.tower_from, local_files_only=True, use_safetensors=True).model.visual.state_dict()
         tower.load_state_dict({k: v for k, v in trained.items() if not k.startswith("merger.")}, strict=False)
         tower.eval()
         log(f"tower from {args.tower_from}")
-    else:
-        pretrain_tower(tower, image_processor, args.tower_minutes, args.tower_batch, log)
+    tower_minutes = args.tower_minutes if args.tower_minutes is not None else (0 if args.tower_from or args.resume
+                                                                               else 10)
+    if tower_minutes > 0:
+        pretrain_tower(tower, image_processor, tower_minutes, args.tower_batch, log)
     seeds = list(range(args.scenes))
     scenes = [make_scene(random.Random(s), *scene_size(s, True))[0] for s in seeds]  # sample(s, sizes=True)'s
     features, grids = cache_features(tower, image_processor, seeds, log)

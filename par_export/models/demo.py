@@ -42,22 +42,23 @@ def demo_qwen_config(vocab: dict[str, int]):
     """Qwen2.5-VL at demo size: tower 4 x 128 (window attention over 4 x 4 merged tokens, full
     attention in blocks 1 and 3, no absolute position embedding: position reaches the LLM only
     through M-RoPE), 2x2 merger, Qwen2 LLM 4 x 192 with M-RoPE sections (t, h, w) = (2, 6, 16)
-    of its 24 rotary pairs per head and ``rope_theta`` 1000.
+    of its 24 rotary pairs per head and ``rope_theta`` 1e4.
 
     Why not Qwen's (16, 24, 24) proportions at theta 1e6: the sections take the rotary
     frequencies in order, so w gets the lowest ones; at head dim 48 they turn by under 3e-4 rad
     per column, and a 24-column grid spans under 0.01 rad. Trained that way, a probe read each
-    token's row from the LLM's layer-1 state (98%) but not its column (about 20%). At theta 30
-    every pair turned fast and the attention lookups learned slowly (val 0.36 against 0.51
-    after 10 minutes). Here w's first pairs turn 0.1-0.03 rad per column, its last ones stay
-    nearly still over the short M-RoPE distances between a question and its image (content
-    lookups), and h gets 0.56-0.13 rad per row."""
+    token's row from the LLM's layer-1 state (98%) but not its column (about 20%). At theta 30,
+    and still at theta 1000, the pairs turned so fast that the attention lookups learned slowly
+    (val 0.36-0.39 against 0.51 after 10 minutes). At theta 1e4 h gets 0.46-0.07 rad per row,
+    w's first pairs 0.05-0.02 rad per column (rows and columns both read at 99-100%) and its last
+    ones stay nearly still over the short distances between a question and its image, where the
+    content lookups live (docs/demo.md: runs 1-4)."""
     vision = dict(depth=4, hidden_size=128, intermediate_size=384, num_heads=4, out_hidden_size=192,
                   patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2,
                   window_size=4 * QWEN_MERGE * QWEN_PATCH, fullatt_block_indexes=[1, 3])
     text = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                 num_key_value_heads=4, vocab_size=len(vocab), max_position_embeddings=1024,
-                rope_scaling={"type": "mrope", "mrope_section": [2, 6, 16], "rope_theta": 1000.0}, pad_token_id=0,
+                rope_scaling={"type": "mrope", "mrope_section": [2, 6, 16], "rope_theta": 10000.0}, pad_token_id=0,
                 bos_token_id=vocab["<|endoftext|>"], eos_token_id=vocab["<|im_end|>"], tie_word_embeddings=False)
     return transformers.Qwen2_5_VLConfig(
         vision_config=vision, text_config=text, image_token_id=vocab["<|image_pad|>"],
