@@ -30,24 +30,7 @@ from par_export.processing import image_layout, open_image
 from par_export.reduce import PARConfig
 from par_export.runtime.llm_genai import GenaiLLM, export_genai
 from par_export.runtime.llm_onnx import OnnxRuntimeLLM, export_llm
-from par_export.runtime.pipeline import VisionLanguagePipeline
-
-
-class StepTimes:
-    """A transformers streamer that records ``time.perf_counter()`` as each new token arrives
-    (``generate`` first hands it the prompt, which is skipped)."""
-
-    def __init__(self, times: list):
-        self.times, self._prompt = times, True
-
-    def put(self, value) -> None:
-        if self._prompt:
-            self._prompt = False
-            return
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
+from par_export.runtime.pipeline import StepTimes, VisionLanguagePipeline, generate_placed
 
 
 def transformers_generate(model, max_new_tokens: int, **inputs):
@@ -254,12 +237,7 @@ def _chat_per_image(family, model, inputs, image, picture, prompt: str, text: st
                                                 [torch.tensor(result["keep_index"])])
 
     def generate(model_inputs, steps, min_new_tokens):
-        if ort_llm is not None:  # prompt + new ids, as transformers' generate returns them
-            embeds, mask, positions = adapter.prompt_embeds(model_inputs)
-            new = ort_llm.generate(embeds, mask, max_new_tokens, min_new_tokens, steps, position_ids=positions)
-            return torch.cat([model_inputs["input_ids"], torch.from_numpy(new)], dim=1)
-        model.model.rope_deltas = None  # positions of this call, not of the previous one
-        return transformers_generate(model, max_new_tokens, **model_inputs, pad_token_id=pad)(steps, min_new_tokens)
+        return generate_placed(model, adapter, model_inputs, max_new_tokens, ort_llm, min_new_tokens, steps, pad)
 
     def generate_reduced(vision_out, steps, min_new_tokens):
         return generate(vision_out[1], steps, min_new_tokens)

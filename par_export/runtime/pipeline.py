@@ -22,6 +22,39 @@ class PromptError(ParExportError):
     """A prompt the pipeline cannot place the image into; the message says why."""
 
 
+class StepTimes:
+    """A transformers streamer that records ``time.perf_counter()`` as each new token arrives
+    (``generate`` first hands it the prompt, which is skipped)."""
+
+    def __init__(self, times: list):
+        self.times, self._prompt = times, True
+
+    def put(self, value) -> None:
+        if self._prompt:
+            self._prompt = False
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def generate_placed(model, adapter, model_inputs: dict, max_new_tokens: int, llm=None, min_new_tokens: int = 0,
+                    step_times: list | None = None, pad_token_id: int | None = None) -> torch.Tensor:
+    """Greedy generation from inputs whose rows (and M-RoPE positions) a family's adapter placed:
+    the exported LLM over ONNX Runtime (``llm``, from ``adapter.prompt_embeds``) or transformers'
+    ``generate``. Returns the prompt's ids and the new ones ``[B, T + new]``, as ``generate`` does;
+    ``step_times`` gets the time each new token was chosen."""
+    if llm is not None:
+        embeds, mask, positions = adapter.prompt_embeds(model_inputs)
+        new = llm.generate(embeds, mask, max_new_tokens, min_new_tokens, step_times, position_ids=positions)
+        return torch.cat([model_inputs["input_ids"], torch.from_numpy(new)], dim=1)
+    model.model.rope_deltas = None  # positions of this call (its position_ids), not of the previous one
+    return model.generate(**model_inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                          do_sample=False, pad_token_id=pad_token_id,
+                          streamer=None if step_times is None else StepTimes(step_times))
+
+
 class VisionLanguagePipeline:
     """``pipe.generate(pixel_values [B, 3, H, W], prompts, budget=None)`` -> texts and timings
     (LLaVA-1.5), ``pipe.answer(images, questions, budget=None)`` (every family it serves).
@@ -120,14 +153,9 @@ class VisionLanguagePipeline:
         model_inputs, kept = self.reduced_inputs(images, questions, budget)
         reduce_ms = (time.perf_counter() - start) * 1e3
         start = time.perf_counter()
-        if self.llm is not None:
-            embeds, mask, positions = self.adapter.prompt_embeds(model_inputs)
-            new = torch.from_numpy(self.llm.generate(embeds, mask, max_new_tokens, position_ids=positions))
-        else:
-            self.model.model.rope_deltas = None  # positions come from position_ids
-            out = self.model.generate(**model_inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id)
-            new = out[:, model_inputs["input_ids"].shape[1]:]
+        out = generate_placed(self.model, self.adapter, model_inputs, max_new_tokens, self.llm,
+                              pad_token_id=self.tokenizer.pad_token_id)
+        new = out[:, model_inputs["input_ids"].shape[1]:]
         generate_ms = (time.perf_counter() - start) * 1e3
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return texts, {"vision_reduce_ms": reduce_ms, "generate_ms": generate_ms, "num_kept": kept,
