@@ -141,3 +141,6 @@ def test_chat_and_eval_through_the_artifact(folder, k16_artifact, tmp_path, caps
     assert main(["eval", "--model", str(folder), "--methods", "downsample", "--budgets", "8", "--n", "2",
                  "--out", str(tmp_path / "eval2")]) == 2
     assert "below one tile's 16 tokens" in capsys.readouterr().err
+    assert main(["emit", str(k16_artifact), "--model", str(folder), "--image", str(image), "--prompt", QUESTIONS[0],
+                 "--runtime", "edge-llm", "--out", str(tmp_path / "emit")]) == 2
+    assert "not for internvl yet" in capsys.readouterr().err and not (tmp_path / "emit").exists()

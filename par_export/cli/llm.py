@@ -79,8 +79,9 @@ def cmd_emit(args) -> int:
         family = family_for(llava_dir)
         model, inputs = family.load_model(llava_dir), family.inputs(llava_dir)
     if family.places_rows and not family.onnx_llm:
-        raise UsageError(f"emit: {family.name}'s LLM also takes DeepStack rows, which the emitted inputs do not "
-                         "carry yet; chat and eval --backend answer with transformers")
+        extra = " (its LLM also takes DeepStack rows)" if family.name == "qwen3_vl" else ""
+        raise UsageError(f"emit: not for {family.name} yet{extra}: it writes LLaVA-1.5's and Qwen2.5-VL's LLM "
+                         "inputs; chat and eval --backend answer with transformers")
     if family.onnx_llm and not family.pipeline:  # M-RoPE: one image through the artifact, positions placed
         result = run_image(args.artifact, args.image, args.prompt, args.budget, allow_unverified=args.allow_unverified)
         adapter = family.adapter(model, "par", PARConfig(space="llm"), inputs.tokenizer)  # places rows only
