@@ -96,6 +96,34 @@ def test_plugin_export_matches_standard_export(tiny, tmp_path, budget):
             np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_plugin_export_in_llm_space_routes_on_the_tower_tokens(tiny, tmp_path):
+    """space=llm (no CLIP folder): the op gets the tower's tokens as its 5th input, cluster_tokens,
+    and the graph equals the standard-ops export, which clusters on them too; the op alone routes
+    by them (the same call without them routes on the projected rows and differs)."""
+    llava, _ = tiny
+    common = dict(budget=24, progress=False)
+    report = export_model(llava, tmp_path / "plugin", plugin=True, **common)
+    export_model(llava, tmp_path / "standard", **common)
+    assert report["passed"] and report["metadata"]["space"] == "llm"
+    nodes = [n for n in onnx.load(str(tmp_path / "plugin" / "vision_par.onnx")).graph.node if n.domain == "par"]
+    assert len(nodes) == 1 and len(nodes[0].input) == 5
+    custom = ort_session(tmp_path / "plugin" / "vision_par.onnx")
+    standard = ort_session(tmp_path / "standard" / "vision_par.onnx")
+    rng = np.random.default_rng(2)
+    for batch in (1, 3):
+        feed = {"pixel_values": rng.standard_normal((batch, 3, 48, 48)).astype(np.float32),
+                "query_embeds": rng.standard_normal((batch, 32)).astype(np.float32), "budget": np.array(24)}
+        for a, b in zip(custom.run(None, feed), standard.run(None, feed)):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+    gen = torch.Generator().manual_seed(4)
+    rows, tower = torch.randn(1, 64, 32, generator=gen), torch.randn(1, 64, 8, generator=gen)
+    scores, relevance, kept = torch.rand(1, 64, generator=gen), torch.randn(1, 64, generator=gen), torch.tensor([8])
+    by_tower = topk_cluster_node(rows, scores, relevance, kept, 8, cluster_tokens=tower)
+    assert torch.equal(by_tower[2], topk_cluster(rows, scores, relevance, kept, 8, cluster_tokens=tower)[2])
+    assert not torch.equal(by_tower[2], topk_cluster(rows, scores, relevance, kept, 8)[2])
+
+
 def test_plugin_needs_par(tiny, tmp_path):
     from par_export.export import ExportError
 

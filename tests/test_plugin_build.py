@@ -26,7 +26,8 @@ def symbols(path, *flags):
 def test_exports_tensorrt_entry_points_and_launch_function(library):
     assert library.name == LIBRARY
     defined = symbols(library, "--defined-only")
-    assert {"getCreators", "setLoggerFinder", "parTopKClusterLaunch", "parTopKClusterWorkspaceSize"} <= defined
+    assert {"getCreators", "setLoggerFinder", "parTopKClusterLaunch", "parTopKClusterLaunchClustered",
+            "parTopKClusterWorkspaceSize"} <= defined
 
 
 def test_leaves_no_tensorrt_symbol_undefined(library):

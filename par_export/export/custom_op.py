@@ -15,16 +15,21 @@ __all__ = ["DOMAIN", "OP_TYPE", "VERSION", "TopKClusterOp", "topk_cluster_node"]
 
 
 class TopKClusterOp(torch.autograd.Function):
-    """Eager: the reference :func:`topk_cluster`. Traced for ONNX: one ``par::TopKCluster`` node."""
+    """Eager: the reference :func:`topk_cluster`. Traced for ONNX: one ``par::TopKCluster`` node
+    (with ``cluster_tokens`` as a 5th input where given)."""
 
     @staticmethod
-    def forward(ctx, tokens, scores, relevance, num_kept, k_max, gamma, tau, router):
-        return topk_cluster(tokens, scores, relevance, num_kept, k_max, gamma, tau, router)
+    def forward(ctx, tokens, scores, relevance, num_kept, k_max, gamma, tau, router, cluster_tokens=None):
+        return topk_cluster(tokens, scores, relevance, num_kept, k_max, gamma, tau, router,
+                            cluster_tokens=cluster_tokens)
 
     @staticmethod
-    def symbolic(g, tokens, scores, relevance, num_kept, k_max, gamma, tau, router):
+    def symbolic(g, tokens, scores, relevance, num_kept, k_max, gamma, tau, router, cluster_tokens=None):
+        inputs = [tokens, scores, relevance, num_kept]
+        if cluster_tokens is not None and not cluster_tokens.node().mustBeNone():
+            inputs.append(cluster_tokens)
         merged, keep_index, assignment, kept = g.op(
-            f"{DOMAIN}::{OP_TYPE}", tokens, scores, relevance, num_kept, k_max_i=k_max, gamma_f=gamma, tau_f=tau,
+            f"{DOMAIN}::{OP_TYPE}", *inputs, k_max_i=k_max, gamma_f=gamma, tau_f=tau,
             router_s=router, plugin_version_s=VERSION, plugin_namespace_s=DOMAIN, outputs=4,
         )
         batch, n = tokens.type().varyingSizes()[0], tokens.type().varyingSizes()[1]
@@ -36,10 +41,12 @@ class TopKClusterOp(torch.autograd.Function):
         return merged, keep_index, assignment, kept
 
 
-def topk_cluster_node(tokens, scores, relevance, num_kept, k_max, gamma=1.0, tau=1.0, router="merge", similarity=None):
+def topk_cluster_node(tokens, scores, relevance, num_kept, k_max, gamma=1.0, tau=1.0, router="merge", similarity=None,
+                      cluster_tokens=None):
     """Drop-in for :func:`topk_cluster` (``PARReducer.topk_cluster``) that exports as the custom op.
 
-    ``similarity`` is not an input of the op: it recomputes similarities to the centers.
+    ``similarity`` is not an input of the op: it recomputes the similarities to the centers, from
+    ``cluster_tokens`` (its optional 5th input) where given, else from ``tokens``.
     """
     return TopKClusterOp.apply(tokens, scores, relevance, num_kept.to(torch.int64), int(k_max), float(gamma),
-                               float(tau), router)
+                               float(tau), router, cluster_tokens)

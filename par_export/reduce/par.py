@@ -61,7 +61,8 @@ class PARReducer(TokenReducer):
         # semantics, and the plugin's, need no mask input).
         relevance = mask_scores(z, token_mask)
         merged, keep_index, assignment, num_kept = self.topk_cluster(
-            visual_tokens, scores, relevance, num_kept, width, cfg.gamma, cfg.tau, cfg.router, similarity
+            visual_tokens, scores, relevance, num_kept, width, cfg.gamma, cfg.tau, cfg.router, similarity,
+            cluster_tokens,
         )
         valid = keep_index >= 0
         # topk_cluster's merge weights: softmax(z / tau) within each cluster

@@ -33,6 +33,7 @@ def topk_cluster(
     tau: float = 1.0,
     router: str = "merge",
     similarity: torch.Tensor | None = None,
+    cluster_tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-K centers by ``scores``, every token routed to its most similar center, weighted merge.
 
@@ -44,7 +45,9 @@ def topk_cluster(
         num_kept: ``[B]`` int, K per image; clamped to ``[1, min(k_max, N)]``.
         k_max: output width (static).
         router: ``"merge"`` or ``"keep"`` (centers unmerged, the rest dropped).
-        similarity: ``[B, N, N]`` cosine similarity of ``tokens`` if already computed.
+        similarity: ``[B, N, N]`` cosine similarity of the routing tokens if already computed.
+        cluster_tokens: ``[B, N, Dc]``: the same tokens in the space routing compares them in
+            (the op's optional 5th input); ``None``: routing compares ``tokens``.
     Returns:
         merged ``[B, k_max, D]`` (tokens' dtype, zero past K), keep_index ``[B, k_max]``
         int64 (ascending, -1 past K), assignment ``[B, N]`` int64 (slot or -1),
@@ -58,7 +61,8 @@ def topk_cluster(
     if router == "keep":
         assignment = own
     else:
-        sim = similarity if similarity is not None else cosine_similarity_matrix(tokens)
+        compared = tokens if cluster_tokens is None else cluster_tokens
+        sim = similarity if similarity is not None else cosine_similarity_matrix(compared)
         routed = route_to_centers(sim, keep_index, valid, own)
         assignment = torch.where((own >= 0) | (relevance > -gamma), routed, torch.full_like(routed, -1))
     merged = merge_tokens(tokens, assignment, relevance.float() / tau, width).to(tokens.dtype)

@@ -239,7 +239,8 @@ __global__ void inverseNormKernel(T const* tokens, int32_t rows, int32_t dim, fl
 }
 
 //! One warp per token: assignment = own slot for centers, else the most similar
-//! center's slot (lowest slot on ties), or -1 when dropped.
+//! center's slot (lowest slot on ties), or -1 when dropped. `tokens` are the routing tokens
+//! [B, N, p.routeDim] (the cluster tokens, or the merged tokens themselves).
 template <typename T, typename IndexT>
 __global__ void routeKernel(T const* tokens, float const* relevance, float const* invNorm, IndexT const* keepIndex,
     IndexT const* numKept, int32_t const* centerSlot, TopKClusterParams p, IndexT* assignment)
@@ -254,16 +255,16 @@ __global__ void routeKernel(T const* tokens, float const* relevance, float const
     int32_t result = centerSlot[row];
     if (result < 0 && p.router == RouterMode::kMERGE && relevance[row] > -p.gamma)
     {
-        T const* x = tokens + static_cast<size_t>(row) * p.dim;
+        T const* x = tokens + static_cast<size_t>(row) * p.routeDim;
         int32_t const k = static_cast<int32_t>(numKept[b]);
         float best = -FLT_MAX;
         int32_t bestSlot = 0;
         for (int32_t j = 0; j < k; ++j)
         {
             int32_t const center = b * p.numTokens + static_cast<int32_t>(keepIndex[static_cast<size_t>(b) * p.kMax + j]);
-            T const* c = tokens + static_cast<size_t>(center) * p.dim;
+            T const* c = tokens + static_cast<size_t>(center) * p.routeDim;
             float dot = 0.F;
-            for (int32_t d = lane; d < p.dim; d += kWARP)
+            for (int32_t d = lane; d < p.routeDim; d += kWARP)
             {
                 dot += toFloat(x[d]) * toFloat(c[d]);
             }
@@ -387,8 +388,8 @@ int32_t nextPowerOfTwo(int32_t v)
 
 template <typename T, typename IndexT>
 cudaError_t launch(TopKClusterParams const& p, T const* tokens, float const* scores, float const* relevance,
-    IndexT const* numKeptIn, T* merged, IndexT* keepIndex, IndexT* assignment, IndexT* numKeptOut, void* workspace,
-    cudaStream_t stream)
+    IndexT const* numKeptIn, T const* routeTokens, T* merged, IndexT* keepIndex, IndexT* assignment,
+    IndexT* numKeptOut, void* workspace, cudaStream_t stream)
 {
     int32_t* centerSlot = static_cast<int32_t*>(workspace);
     float* invNorm = reinterpret_cast<float*>(centerSlot + static_cast<size_t>(p.batch) * p.numTokens);
@@ -402,10 +403,10 @@ cudaError_t launch(TopKClusterParams const& p, T const* tokens, float const* sco
     int32_t const rowBlocks = (rows + warpsPerBlock - 1) / warpsPerBlock;
     if (p.router == RouterMode::kMERGE)
     {
-        inverseNormKernel<T><<<rowBlocks, warpsPerBlock * kWARP, 0, stream>>>(tokens, rows, p.dim, invNorm);
+        inverseNormKernel<T><<<rowBlocks, warpsPerBlock * kWARP, 0, stream>>>(routeTokens, rows, p.routeDim, invNorm);
     }
     routeKernel<T, IndexT><<<rowBlocks, warpsPerBlock * kWARP, 0, stream>>>(
-        tokens, relevance, invNorm, keepIndex, numKeptOut, centerSlot, p, assignment);
+        routeTokens, relevance, invNorm, keepIndex, numKeptOut, centerSlot, p, assignment);
     mergeKernel<T, IndexT><<<dim3(p.kMax, p.batch), kMERGE_THREADS, 0, stream>>>(
         tokens, relevance, assignment, numKeptOut, p, merged);
     return cudaGetLastError();
@@ -413,18 +414,19 @@ cudaError_t launch(TopKClusterParams const& p, T const* tokens, float const* sco
 
 template <typename T>
 cudaError_t dispatchIndex(TopKClusterParams const& p, IndexType indexType, void const* tokens, float const* scores,
-    float const* relevance, void const* numKeptIn, void* merged, void* keepIndex, void* assignment, void* numKeptOut,
-    void* workspace, cudaStream_t stream)
+    float const* relevance, void const* numKeptIn, void const* clusterTokens, void* merged, void* keepIndex,
+    void* assignment, void* numKeptOut, void* workspace, cudaStream_t stream)
 {
     auto const* x = static_cast<T const*>(tokens);
+    auto const* route = clusterTokens != nullptr ? static_cast<T const*>(clusterTokens) : x;
     auto* out = static_cast<T*>(merged);
     if (indexType == IndexType::kINT64)
     {
-        return launch<T, int64_t>(p, x, scores, relevance, static_cast<int64_t const*>(numKeptIn), out,
+        return launch<T, int64_t>(p, x, scores, relevance, static_cast<int64_t const*>(numKeptIn), route, out,
             static_cast<int64_t*>(keepIndex), static_cast<int64_t*>(assignment), static_cast<int64_t*>(numKeptOut),
             workspace, stream);
     }
-    return launch<T, int32_t>(p, x, scores, relevance, static_cast<int32_t const*>(numKeptIn), out,
+    return launch<T, int32_t>(p, x, scores, relevance, static_cast<int32_t const*>(numKeptIn), route, out,
         static_cast<int32_t*>(keepIndex), static_cast<int32_t*>(assignment), static_cast<int32_t*>(numKeptOut),
         workspace, stream);
 }
@@ -437,41 +439,51 @@ size_t topKClusterWorkspaceSize(int32_t batch, int32_t numTokens)
 }
 
 cudaError_t launchTopKCluster(TopKClusterParams const& params, TokenType tokenType, IndexType indexType,
-    void const* tokens, float const* scores, float const* relevance, void const* numKeptIn, void* merged,
-    void* keepIndex, void* assignment, void* numKeptOut, void* workspace, cudaStream_t stream)
+    void const* tokens, float const* scores, float const* relevance, void const* numKeptIn, void const* clusterTokens,
+    void* merged, void* keepIndex, void* assignment, void* numKeptOut, void* workspace, cudaStream_t stream)
 {
     if (params.batch < 1 || params.numTokens < 2 || params.numTokens > kMAX_TOKENS || params.dim < 1
-        || params.kMax < 1 || !(params.tau > 0.F))
+        || params.kMax < 1 || !(params.tau > 0.F) || params.routeDim < 1
+        || (clusterTokens == nullptr && params.routeDim != params.dim))
     {
         return cudaErrorInvalidValue;
     }
     switch (tokenType)
     {
     case TokenType::kFLOAT32:
-        return kernels::dispatchIndex<float>(params, indexType, tokens, scores, relevance, numKeptIn, merged,
-            keepIndex, assignment, numKeptOut, workspace, stream);
+        return kernels::dispatchIndex<float>(params, indexType, tokens, scores, relevance, numKeptIn, clusterTokens,
+            merged, keepIndex, assignment, numKeptOut, workspace, stream);
     case TokenType::kFLOAT16:
-        return kernels::dispatchIndex<__half>(params, indexType, tokens, scores, relevance, numKeptIn, merged,
-            keepIndex, assignment, numKeptOut, workspace, stream);
+        return kernels::dispatchIndex<__half>(params, indexType, tokens, scores, relevance, numKeptIn, clusterTokens,
+            merged, keepIndex, assignment, numKeptOut, workspace, stream);
     case TokenType::kBFLOAT16:
-        return kernels::dispatchIndex<__nv_bfloat16>(params, indexType, tokens, scores, relevance, numKeptIn, merged,
-            keepIndex, assignment, numKeptOut, workspace, stream);
+        return kernels::dispatchIndex<__nv_bfloat16>(params, indexType, tokens, scores, relevance, numKeptIn, clusterTokens,
+            merged, keepIndex, assignment, numKeptOut, workspace, stream);
     }
     return cudaErrorInvalidValue;
 }
 
 } // namespace par
 
+extern "C" int32_t parTopKClusterLaunchClustered(int32_t batch, int32_t numTokens, int32_t dim, int32_t kMax,
+    float gamma, float tau, int32_t router, int32_t tokenType, int32_t indexType, void const* tokens,
+    float const* scores, float const* relevance, void const* numKeptIn, void const* clusterTokens, int32_t routeDim,
+    void* merged, void* keepIndex, void* assignment, void* numKeptOut, void* workspace, cudaStream_t stream)
+{
+    par::TopKClusterParams const params{batch, numTokens, dim, kMax, gamma, tau,
+        router == 1 ? par::RouterMode::kKEEP : par::RouterMode::kMERGE, routeDim};
+    return static_cast<int32_t>(par::launchTopKCluster(params, static_cast<par::TokenType>(tokenType),
+        static_cast<par::IndexType>(indexType), tokens, scores, relevance, numKeptIn, clusterTokens, merged, keepIndex,
+        assignment, numKeptOut, workspace, stream));
+}
+
 extern "C" int32_t parTopKClusterLaunch(int32_t batch, int32_t numTokens, int32_t dim, int32_t kMax, float gamma,
     float tau, int32_t router, int32_t tokenType, int32_t indexType, void const* tokens, float const* scores,
     float const* relevance, void const* numKeptIn, void* merged, void* keepIndex, void* assignment,
     void* numKeptOut, void* workspace, cudaStream_t stream)
 {
-    par::TopKClusterParams const params{
-        batch, numTokens, dim, kMax, gamma, tau, router == 1 ? par::RouterMode::kKEEP : par::RouterMode::kMERGE};
-    return static_cast<int32_t>(par::launchTopKCluster(params, static_cast<par::TokenType>(tokenType),
-        static_cast<par::IndexType>(indexType), tokens, scores, relevance, numKeptIn, merged, keepIndex, assignment,
-        numKeptOut, workspace, stream));
+    return parTopKClusterLaunchClustered(batch, numTokens, dim, kMax, gamma, tau, router, tokenType, indexType, tokens,
+        scores, relevance, numKeptIn, nullptr, dim, merged, keepIndex, assignment, numKeptOut, workspace, stream);
 }
 
 extern "C" size_t parTopKClusterWorkspaceSize(int32_t batch, int32_t numTokens)

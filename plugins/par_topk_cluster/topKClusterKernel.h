@@ -3,7 +3,9 @@
  *
  * CUDA kernels of par::TopKCluster (PAR steps 5-6): top-K centers by score with a
  * per-image dynamic K, routing of every token to its most similar center, and the
- * relevance-weighted merge. Semantics: par_export/reduce/topk_cluster.py.
+ * relevance-weighted merge. Semantics: par_export/reduce/topk_cluster.py. Similarities to
+ * the centers come from the optional cluster tokens [B, N, Dc] (the same tokens in another
+ * space: LLaVA's tower tokens of projected rows), else from the tokens that are merged.
  */
 #pragma once
 
@@ -45,6 +47,7 @@ struct TopKClusterParams
     float gamma;       //!< non-center tokens with relevance <= -gamma are dropped
     float tau;         //!< merge weights softmax(relevance / tau) within a cluster
     RouterMode router;
+    int32_t routeDim;  //!< Dc of the tokens routing compares (D when they are the merged tokens)
 };
 
 //! Bytes of scratch memory launchTopKCluster needs.
@@ -52,12 +55,13 @@ size_t topKClusterWorkspaceSize(int32_t batch, int32_t numTokens);
 
 //! Runs the op on `stream`. Pointers are device pointers, row-major:
 //! tokens [B, N, D] (tokenType), scores [B, N] float, relevance [B, N] float,
-//! numKeptIn [B] (indexType) -> merged [B, kMax, D] (tokenType), keepIndex [B, kMax],
-//! assignment [B, N], numKeptOut [B] (indexType).
+//! numKeptIn [B] (indexType), clusterTokens [B, N, routeDim] (tokenType) or nullptr (route on
+//! tokens) -> merged [B, kMax, D] (tokenType), keepIndex [B, kMax], assignment [B, N],
+//! numKeptOut [B] (indexType).
 //! Returns cudaErrorInvalidValue for parameters outside the documented limits.
 cudaError_t launchTopKCluster(TopKClusterParams const& params, TokenType tokenType, IndexType indexType,
-    void const* tokens, float const* scores, float const* relevance, void const* numKeptIn, void* merged,
-    void* keepIndex, void* assignment, void* numKeptOut, void* workspace, cudaStream_t stream);
+    void const* tokens, float const* scores, float const* relevance, void const* numKeptIn, void const* clusterTokens,
+    void* merged, void* keepIndex, void* assignment, void* numKeptOut, void* workspace, cudaStream_t stream);
 
 } // namespace par
 
@@ -66,5 +70,11 @@ extern "C" int32_t parTopKClusterLaunch(int32_t batch, int32_t numTokens, int32_
     float tau, int32_t router, int32_t tokenType, int32_t indexType, void const* tokens, float const* scores,
     float const* relevance, void const* numKeptIn, void* merged, void* keepIndex, void* assignment,
     void* numKeptOut, void* workspace, cudaStream_t stream);
+
+//! The same with cluster tokens [B, N, routeDim] that routing compares (nullptr: the tokens).
+extern "C" int32_t parTopKClusterLaunchClustered(int32_t batch, int32_t numTokens, int32_t dim, int32_t kMax,
+    float gamma, float tau, int32_t router, int32_t tokenType, int32_t indexType, void const* tokens,
+    float const* scores, float const* relevance, void const* numKeptIn, void const* clusterTokens, int32_t routeDim,
+    void* merged, void* keepIndex, void* assignment, void* numKeptOut, void* workspace, cudaStream_t stream);
 
 extern "C" size_t parTopKClusterWorkspaceSize(int32_t batch, int32_t numTokens);

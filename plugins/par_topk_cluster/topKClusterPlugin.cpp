@@ -18,12 +18,20 @@ namespace plugin
 namespace
 {
 
-// Inputs: tokens [B,N,D], scores [B,N], relevance [B,N], num_kept [B].
+// Inputs: tokens [B,N,D], scores [B,N], relevance [B,N], num_kept [B], and optionally
+// cluster_tokens [B,N,Dc] (the same tokens in the space routing compares them in).
 // Outputs: merged [B,k_max,D], keep_index [B,k_max], assignment [B,N], num_kept [B].
 constexpr int32_t kNB_INPUTS = 4;
+constexpr int32_t kMAX_INPUTS = 5;
 constexpr int32_t kNB_OUTPUTS = 4;
 constexpr int32_t kIN_TOKENS = 0;
 constexpr int32_t kIN_NUM_KEPT = 3;
+constexpr int32_t kIN_CLUSTER = 4;
+
+bool validInputCount(int32_t nbInputs)
+{
+    return nbInputs == kNB_INPUTS || nbInputs == kMAX_INPUTS;
+}
 
 class LoggerFinder
 {
@@ -240,15 +248,20 @@ int32_t TopKClusterPlugin::getNbOutputs() const noexcept
 int32_t TopKClusterPlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
-    if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS)
+    if (!validInputCount(nbInputs) || nbOutputs != kNB_OUTPUTS)
     {
-        logError("expects 4 inputs (tokens, scores, relevance, num_kept) and 4 outputs, got " + std::to_string(nbInputs)
-            + " and " + std::to_string(nbOutputs));
+        logError("expects 4 or 5 inputs (tokens, scores, relevance, num_kept[, cluster_tokens]) and 4 outputs, got "
+            + std::to_string(nbInputs) + " and " + std::to_string(nbOutputs));
         return -1;
     }
     if (!isTokenType(inputTypes[kIN_TOKENS]) || !isIndexType(inputTypes[kIN_NUM_KEPT]))
     {
         logError("tokens must be float32/float16/bfloat16 and num_kept int32/int64");
+        return -1;
+    }
+    if (nbInputs == kMAX_INPUTS && inputTypes[kIN_CLUSTER] != inputTypes[kIN_TOKENS])
+    {
+        logError("cluster_tokens must have the type of tokens");
         return -1;
     }
     outputTypes[0] = inputTypes[kIN_TOKENS];
@@ -259,14 +272,15 @@ int32_t TopKClusterPlugin::getOutputDataTypes(
 int32_t TopKClusterPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const* /*shapeInputs*/,
     int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& exprBuilder) noexcept
 {
-    if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS)
+    if (!validInputCount(nbInputs) || nbOutputs != kNB_OUTPUTS)
     {
-        logError("expects 4 inputs and 4 outputs");
+        logError("expects 4 or 5 inputs and 4 outputs");
         return -1;
     }
-    int32_t const ranks[kNB_INPUTS] = {3, 2, 2, 1};
-    char const* names[kNB_INPUTS] = {"tokens [B, N, D]", "scores [B, N]", "relevance [B, N]", "num_kept [B]"};
-    for (int32_t i = 0; i < kNB_INPUTS; ++i)
+    int32_t const ranks[kMAX_INPUTS] = {3, 2, 2, 1, 3};
+    char const* names[kMAX_INPUTS]
+        = {"tokens [B, N, D]", "scores [B, N]", "relevance [B, N]", "num_kept [B]", "cluster_tokens [B, N, Dc]"};
+    for (int32_t i = 0; i < nbInputs; ++i)
     {
         if (inputs[i].nbDims != ranks[i])
         {
@@ -282,8 +296,12 @@ int32_t TopKClusterPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbIn
             + std::to_string(n->getConstantValue()));
         return -1;
     }
-    for (int32_t i : {1, 2})
+    for (int32_t i : {1, 2, kIN_CLUSTER})
     {
+        if (i >= nbInputs)
+        {
+            continue;
+        }
         IDimensionExpr const* other = inputs[i].d[1];
         if (n->isConstant() && other->isConstant() && other->getConstantValue() != n->getConstantValue())
         {
@@ -312,7 +330,7 @@ int32_t TopKClusterPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbIn
 bool TopKClusterPlugin::supportsFormatCombination(
     int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
-    if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS || pos < 0 || pos >= kNB_INPUTS + kNB_OUTPUTS)
+    if (!validInputCount(nbInputs) || nbOutputs != kNB_OUTPUTS || pos < 0 || pos >= nbInputs + kNB_OUTPUTS)
     {
         return false;
     }
@@ -321,13 +339,22 @@ bool TopKClusterPlugin::supportsFormatCombination(
     {
         return false;
     }
+    if (pos == nbInputs) // merged: the tokens' type
+    {
+        return desc.type == inOut[kIN_TOKENS].desc.type;
+    }
     switch (pos)
     {
     case 0: return isTokenType(desc.type);
     case 1:
     case 2: return desc.type == DataType::kFLOAT;
     case 3: return isIndexType(desc.type);
-    case 4: return desc.type == inOut[kIN_TOKENS].desc.type;
+    case kIN_CLUSTER:
+        if (nbInputs == kMAX_INPUTS) // cluster_tokens: the tokens' type
+        {
+            return desc.type == inOut[kIN_TOKENS].desc.type;
+        }
+        return desc.type == inOut[kIN_NUM_KEPT].desc.type;
     default: return desc.type == inOut[kIN_NUM_KEPT].desc.type;
     }
 }
@@ -335,11 +362,12 @@ bool TopKClusterPlugin::supportsFormatCombination(
 int32_t TopKClusterPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
-    if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS)
+    if (!validInputCount(nbInputs) || nbOutputs != kNB_OUTPUTS)
     {
-        logError("expects 4 inputs and 4 outputs");
+        logError("expects 4 or 5 inputs and 4 outputs");
         return -1;
     }
+    mHasClusterTokens = nbInputs == kMAX_INPUTS;
     int64_t const maxTokens = in[kIN_TOKENS].max.d[1];
     if (maxTokens > kMAX_TOKENS || in[kIN_TOKENS].min.d[1] < 2)
     {
@@ -360,10 +388,11 @@ size_t TopKClusterPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs
 int32_t TopKClusterPlugin::onShapeChange(
     PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
-    if (nbInputs != kNB_INPUTS || nbOutputs != kNB_OUTPUTS)
+    if (!validInputCount(nbInputs) || nbOutputs != kNB_OUTPUTS)
     {
         return -1;
     }
+    mHasClusterTokens = nbInputs == kMAX_INPUTS;
     int64_t const n = in[kIN_TOKENS].dims.d[1];
     if (n < 2 || n > kMAX_TOKENS)
     {
@@ -377,16 +406,20 @@ int32_t TopKClusterPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTens
     void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
 {
     Dims const& dims = inputDesc[kIN_TOKENS].dims;
+    // onShapeChange (called before every enqueue with new shapes) recorded whether a 5th input exists
+    void const* clusterTokens = mHasClusterTokens ? inputs[kIN_CLUSTER] : nullptr;
+    int32_t const routeDim = static_cast<int32_t>(mHasClusterTokens ? inputDesc[kIN_CLUSTER].dims.d[2] : dims.d[2]);
     TopKClusterParams const params{static_cast<int32_t>(dims.d[0]), static_cast<int32_t>(dims.d[1]),
-        static_cast<int32_t>(dims.d[2]), mAttributes.kMax, mAttributes.gamma, mAttributes.tau, mAttributes.router};
+        static_cast<int32_t>(dims.d[2]), mAttributes.kMax, mAttributes.gamma, mAttributes.tau, mAttributes.router,
+        routeDim};
     DataType const tokenType = inputDesc[kIN_TOKENS].type;
     TokenType const tokens = tokenType == DataType::kHALF
         ? TokenType::kFLOAT16
         : (tokenType == DataType::kBF16 ? TokenType::kBFLOAT16 : TokenType::kFLOAT32);
     IndexType const index = inputDesc[kIN_NUM_KEPT].type == DataType::kINT64 ? IndexType::kINT64 : IndexType::kINT32;
     cudaError_t const status = launchTopKCluster(params, tokens, index, inputs[0], static_cast<float const*>(inputs[1]),
-        static_cast<float const*>(inputs[2]), inputs[3], outputs[0], outputs[1], outputs[2], outputs[3], workspace,
-        stream);
+        static_cast<float const*>(inputs[2]), inputs[3], clusterTokens, outputs[0], outputs[1], outputs[2], outputs[3],
+        workspace, stream);
     if (status != cudaSuccess)
     {
         logError(std::string("kernel launch failed: ") + cudaGetErrorString(status));

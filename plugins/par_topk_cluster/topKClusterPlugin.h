@@ -75,6 +75,7 @@ public:
 
 private:
     TopKClusterAttributes mAttributes;
+    bool mHasClusterTokens{false}; //!< a 5th input, cluster_tokens [B, N, Dc], gives routing's similarities
     std::string mNamespace{kPLUGIN_NAMESPACE};
     int32_t mRouterField{0};
     std::vector<nvinfer1::PluginField> mSerializedFields;

@@ -31,23 +31,29 @@ def kernels(tmp_path_factory):
     major, minor = torch.cuda.get_device_capability()
     lib = ctypes.CDLL(str(build_plugin(archs=(f"{major}{minor}",), out_dir=tmp_path_factory.mktemp("gpu"))))
     lib.parTopKClusterLaunch.restype = ctypes.c_int32
+    lib.parTopKClusterLaunchClustered.restype = ctypes.c_int32
     lib.parTopKClusterWorkspaceSize.restype = ctypes.c_size_t
     return lib
 
 
-def run_kernel(lib, tokens, scores, relevance, num_kept, k_max, gamma=1.0, tau=1.0, router="merge"):
+def run_kernel(lib, tokens, scores, relevance, num_kept, k_max, gamma=1.0, tau=1.0, router="merge",
+               cluster_tokens=None):
     b, n, d = tokens.shape
     merged = torch.empty(b, k_max, d, dtype=tokens.dtype, device="cuda")
     keep_index = torch.empty(b, k_max, dtype=num_kept.dtype, device="cuda")
     assignment = torch.empty(b, n, dtype=num_kept.dtype, device="cuda")
     kept = torch.empty(b, dtype=num_kept.dtype, device="cuda")
     workspace = torch.empty(int(lib.parTopKClusterWorkspaceSize(b, n)), dtype=torch.uint8, device="cuda")
-    status = lib.parTopKClusterLaunch(
-        b, n, d, k_max, ctypes.c_float(gamma), ctypes.c_float(tau), 1 if router == "keep" else 0,
-        TOKEN_TYPES[tokens.dtype], INDEX_TYPES[num_kept.dtype],
-        *(ctypes.c_void_p(t.data_ptr()) for t in (tokens, scores, relevance, num_kept, merged, keep_index,
-                                                 assignment, kept, workspace)),
-        ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+    head = (b, n, d, k_max, ctypes.c_float(gamma), ctypes.c_float(tau), 1 if router == "keep" else 0,
+            TOKEN_TYPES[tokens.dtype], INDEX_TYPES[num_kept.dtype],
+            *(ctypes.c_void_p(t.data_ptr()) for t in (tokens, scores, relevance, num_kept)))
+    tail = (*(ctypes.c_void_p(t.data_ptr()) for t in (merged, keep_index, assignment, kept, workspace)),
+            ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+    if cluster_tokens is None:
+        status = lib.parTopKClusterLaunch(*head, *tail)
+    else:
+        status = lib.parTopKClusterLaunchClustered(*head, ctypes.c_void_p(cluster_tokens.data_ptr()),
+                                                   cluster_tokens.shape[-1], *tail)
     torch.cuda.synchronize()
     assert status == 0
     return merged, keep_index, assignment, kept
@@ -87,3 +93,22 @@ def test_ties_go_to_lower_index(kernels):
     _, keep_index, _, _ = run_kernel(kernels, tokens, scores, torch.zeros(1, 64, device="cuda"),
                                      torch.tensor([5], device="cuda"), 5)
     assert keep_index[0].tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("n, d, dc, k_max", [(576, 4096, 1024, 64), (2880, 64, 16, 192)])
+def test_clustered_kernel_routes_on_the_cluster_tokens(kernels, dtype, n, d, dc, k_max):
+    """The 5-input form (LLaVA in LLM space: merge 4096-wide rows, route on the 1024-wide tower tokens)."""
+    gen = torch.Generator(device="cuda").manual_seed(n + dc)
+    tokens = torch.randn(2, n, d, device="cuda", generator=gen).to(dtype)
+    cluster = torch.randn(2, n, dc, device="cuda", generator=gen).to(dtype)
+    scores, relevance = torch.rand(2, n, device="cuda", generator=gen), torch.randn(2, n, device="cuda", generator=gen)
+    num_kept = torch.tensor([k_max // 2, k_max], device="cuda")
+    out = run_kernel(kernels, tokens, scores, relevance, num_kept, k_max, cluster_tokens=cluster)
+    ref = topk_cluster(tokens.float(), scores, relevance, num_kept, k_max, cluster_tokens=cluster.float())
+    assert torch.equal(out[1].long(), ref[1]) and torch.equal(out[3].long(), ref[3])
+    agreement = (out[2].long() == ref[2]).float().mean().item()
+    assert agreement >= (1.0 if dtype == torch.float32 else 0.99)
+    if agreement == 1.0:
+        tol = {torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+        torch.testing.assert_close(out[0].float(), ref[0].to(dtype).float(), atol=tol, rtol=tol)
