@@ -42,6 +42,19 @@ def tiny_folders(tmp_path_factory):
     return llava, clip
 
 
+def encode_random_images(folder, questions: list[str], sizes: list[tuple[int, int]], seed: int = 0) -> dict:
+    """The folder's own processor and chat template on random images of ``sizes`` (width, height),
+    one per question: a left-padded batch, as the multi-family tests share it."""
+    import numpy as np
+    from PIL import Image
+
+    from par_export.models.families import family_for
+
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    return family_for(folder).inputs(folder).encode(questions, images)
+
+
 def cli_export_and_build(model, root, *export_flags) -> tuple:
     """``par-export export`` then ``build --precision fp32 --backend onnxruntime`` through the CLI;
     returns ``(onnx folder, artifact folder)`` (build verifies and must pass)."""

@@ -7,6 +7,7 @@ import csv
 import numpy as np
 import pytest
 import torch
+from conftest import cli_export_and_build, encode_random_images
 from PIL import Image
 
 from par_export.cli import main
@@ -27,10 +28,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batch(folder):
-    inputs = family_for(folder).inputs(folder)
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in SIZES]
-    return inputs.encode(QUESTIONS, images)
+    return encode_random_images(folder, QUESTIONS, SIZES)
 
 
 def stock_inputs(batch) -> dict:
@@ -86,8 +84,6 @@ def test_clip_is_refused(folder, tmp_path):
 
 @pytest.fixture(scope="module")
 def k16_artifact(folder, tmp_path_factory):
-    from conftest import cli_export_and_build
-
     return cli_export_and_build(folder, tmp_path_factory.mktemp("internvl-k16"), "--budget", "16", "--k-max", "16")[1]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import cli_export_and_build
+from conftest import cli_export_and_build, encode_random_images
 from PIL import Image
 
 from par_export.cli import main
@@ -27,10 +27,7 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def batch(folder):
     """The checkpoint's image processor + chat template: left-padded batch of two images."""
-    inputs = family_for(folder).inputs(folder)
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in SIZES]
-    return inputs.encode(QUESTIONS, images)
+    return encode_random_images(folder, QUESTIONS, SIZES)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import cli_export_and_build, encode_random_images
 from PIL import Image
 
 from par_export.cli import main
@@ -25,10 +26,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batch(folder):
-    inputs = family_for(folder).inputs(folder)
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in SIZES]
-    return inputs.encode(QUESTIONS, images)
+    return encode_random_images(folder, QUESTIONS, SIZES)
 
 
 @pytest.fixture(scope="module", params=["par", "text_sim", "cls_attn"])
@@ -147,8 +145,6 @@ def test_graph_with_both_images_equals_the_adapter_with_its_deepstack_rows(folde
 @pytest.fixture(scope="module")
 def k16_artifact(folder, tmp_path_factory):
     """``export --budget 16 --k-max 16`` + ``build`` (fp32, ONNX Runtime, verified) through the CLI."""
-    from conftest import cli_export_and_build
-
     return cli_export_and_build(folder, tmp_path_factory.mktemp("qwen3-k16"), "--budget", "16", "--k-max", "16")[1]
 
 

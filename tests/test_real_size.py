@@ -1,6 +1,6 @@
 """Real-size geometry on this CPU (slow), random weights, LLMs cut to 2 layers: LLaVA-1.5-7B and
-LLaVA-NeXT-7B (CLIP-L/336 tower and projector at full size) and Qwen2.5-VL-3B (its vision tower at
-full size) export, build, verify and run."""
+LLaVA-NeXT-7B (CLIP-L/336 tower and projector at full size), Qwen2.5-VL-3B, Qwen3-VL-2B and -4B,
+InternVL3-1B and -2B (their vision towers at full size) export, build, verify and run."""
 
 from __future__ import annotations
 
@@ -149,5 +149,77 @@ def test_qwen2_5_vl_3b_geometry_exports_and_runs_like_the_adapter(tmp_path, caps
         expected = reference.prepare_inputs(enc["input_ids"], enc["attention_mask"], enc["pixel_values"],
                                             enc["image_grid_thw"], prompts=[prompt], budget=64)
         result = run_image(art, path, prompt, budget=64)
+        assert result["keep_index"] == expected.reduction[0].keep_index[0, :64].tolist()
+        np.testing.assert_allclose(result["image_embeds"], expected.image_features[0].numpy(), atol=1e-3)
+
+
+def export_and_build(folder, tmp_path, *flags) -> tuple:
+    """``export`` then ``build`` (fp32, ONNX Runtime, verified), each in its own process (a process
+    returns its peak memory when it ends); returns the artifact folder and build's output."""
+    onnx, art = tmp_path / "onnx", tmp_path / "art"
+    for argv in (["export", "--model", str(folder), "--out", str(onnx), *flags],
+                 ["build", str(onnx), "--precision", "fp32", "--backend", "onnxruntime", "--out", str(art)]):
+        done = subprocess.run([sys.executable, "-m", "par_export.cli", *argv], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return art, done.stdout
+
+
+def random_image(tmp_path, w: int, h: int):
+    path = tmp_path / f"{w}x{h}.png"
+    Image.fromarray(np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["qwen3-vl-2b", "qwen3-vl-4b"])
+def test_qwen3_vl_geometry_exports_builds_verifies_and_runs_like_the_adapter(name, tmp_path):
+    """448x448 and 1280x720 images through the exported tower + PAR: the adapter's kept tokens, main
+    rows and the rows of its three DeepStack levels."""
+    from par_export.engine.run import run_image
+    from par_export.models.families import family_for
+    from par_export.models.geometries import save_qwen3_vl_geometry
+    from par_export.models.qwen3_vl import ReducedQwen3VL
+    from par_export.reduce import PARConfig
+
+    folder = save_qwen3_vl_geometry(tmp_path / "model", name)
+    art, built = export_and_build(folder, tmp_path, "--budget", "64")
+    assert "verify (fp32): PASSED" in built
+    reference = ReducedQwen3VL.from_pretrained(folder, "par", PARConfig())
+    inputs = family_for(folder).inputs(folder)
+    prompt = "what color is the circle ?"
+    for w, h, n in [(448, 448, 196), (1280, 720, 880)]:
+        path = random_image(tmp_path, w, h)
+        enc = inputs.encode([prompt], [Image.open(path).convert("RGB")])
+        assert reference.tokens_per_image(enc["image_grid_thw"]) == [n]
+        outputs, rows = reference.reduce_images(enc["pixel_values"], [prompt], 64, image_grid_thw=enc["image_grid_thw"])
+        result = run_image(art, path, prompt, budget=64)
+        assert result["keep_index"] == outputs[0].keep_index[0, :64].tolist()
+        assert result["image_embeds"].shape == (4, 64, reference.model.config.text_config.hidden_size)
+        np.testing.assert_allclose(result["image_embeds"], rows[0].numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["internvl3-1b", "internvl3-2b"])
+def test_internvl3_geometry_exports_builds_verifies_and_runs_like_the_adapter(name, tmp_path):
+    """A 448x448 image (one tile, 256 tokens) and a 1280x720 one (its tiles plus the thumbnail)
+    through the exported tower + PAR: the adapter's kept tokens and rows over all tiles."""
+    from par_export.engine.run import run_image
+    from par_export.models.families import family_for
+    from par_export.models.geometries import save_internvl_geometry
+    from par_export.models.internvl import ReducedInternVL
+    from par_export.reduce import PARConfig
+
+    folder = save_internvl_geometry(tmp_path / "model", name)
+    art, built = export_and_build(folder, tmp_path, "--budget", "64")
+    assert "verify (fp32): PASSED" in built
+    reference = ReducedInternVL.from_pretrained(folder, "par", PARConfig())
+    inputs = family_for(folder).inputs(folder)
+    prompt = "what color is the circle ?"
+    for w, h, tiles in [(448, 448, 1), (1280, 720, 9)]:
+        path = random_image(tmp_path, w, h)
+        enc = inputs.encode([prompt], [Image.open(path).convert("RGB")])
+        assert reference.tiles_per_image(enc["input_ids"], enc["attention_mask"]) == [tiles]
+        expected = reference.prepare_inputs(enc["input_ids"], enc["attention_mask"], enc["pixel_values"],
+                                            prompts=[prompt], budget=64)
+        result = run_image(art, path, prompt, budget=64)
+        assert result["tokens_per_image"] == 256 * tiles
         assert result["keep_index"] == expected.reduction[0].keep_index[0, :64].tolist()
         np.testing.assert_allclose(result["image_embeds"], expected.image_features[0].numpy(), atol=1e-3)
