@@ -11,8 +11,10 @@ from par_export.errors import ParExportError
 from par_export.models.llava import CHAT_TEMPLATE
 from par_export.models.tiny import (
     SPECIAL,
+    internvl_word_tokenizer,
     llava_processor,
     qwen_word_tokenizer,
+    save_internvl_processor,
     save_qwen_image_processor,
     word_tokenizer,
 )
@@ -136,4 +138,74 @@ def save_qwen2_5_vl_geometry(folder, text_layers: int = 2, seed: int = 0):
     save_qwen_image_processor(folder, patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=56 * 56,
                               max_pixels=28 * 28 * 1280)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+# Qwen3-VL-2B and -4B share the vision tower (24 blocks, width 1024, 16 px patches, a 48 x 48 learned
+# position grid, DeepStack after blocks 5, 11, 17); the merger's output and the LLM differ.
+QWEN3_VL_GEOMETRIES = {
+    "qwen3-vl-2b": dict(hidden_size=2048, intermediate_size=6144, num_attention_heads=16),
+    "qwen3-vl-4b": dict(hidden_size=2560, intermediate_size=9728, num_attention_heads=32),
+}
+
+
+def save_qwen3_vl_geometry(folder, name: str = "qwen3-vl-2b", text_layers: int = 2, seed: int = 0):
+    """A random-weight Qwen3-VL folder at a published geometry (:data:`QWEN3_VL_GEOMETRIES`): the
+    vision tower at full size, the LLM cut to ``text_layers`` layers (width, heads, vocabulary and
+    interleaved M-RoPE as published), Qwen's image processor at 16 px patches and a word tokenizer
+    with Qwen's special tokens and chat template."""
+
+    folder = Path(folder)
+    tokenizer = qwen_word_tokenizer()
+    vocab = tokenizer.get_vocab()
+    text = QWEN3_VL_GEOMETRIES[name]
+    config = transformers.Qwen3VLConfig(
+        vision_config=dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16,
+                           out_hidden_size=text["hidden_size"], patch_size=16, spatial_merge_size=2,
+                           temporal_patch_size=2, num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17]),
+        text_config=dict(**text, num_hidden_layers=text_layers, num_key_value_heads=8, head_dim=128,
+                         vocab_size=151936, max_position_embeddings=262144, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                          "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+                         pad_token_id=vocab["<|endoftext|>"]),
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"],
+        tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = transformers.Qwen3VLForConditionalGeneration(config).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    save_qwen_image_processor(folder, "Qwen3VLProcessor", patch_size=16, merge_size=2, temporal_patch_size=2,
+                              min_pixels=64 * 64, max_pixels=32 * 32 * 1280)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# InternVL3-1B and -2B (-hf): InternViT-300M at 448 px (24 layers, width 1024, 14 px patches, 256
+# tokens per tile after the pixel shuffle), a Qwen2.5 LLM of 896 / 1536.
+INTERNVL_GEOMETRIES = {
+    "internvl3-1b": dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14),
+    "internvl3-2b": dict(hidden_size=1536, intermediate_size=8960, num_attention_heads=12),
+}
+
+
+def save_internvl_geometry(folder, name: str = "internvl3-1b", text_layers: int = 2, seed: int = 0):
+    """A random-weight InternVL3 "-hf" folder at a published geometry (:data:`INTERNVL_GEOMETRIES`):
+    InternViT-300M and the projector at full size, the Qwen2.5 LLM cut to ``text_layers`` layers,
+    the processor's tiling (448 px tiles, up to 12 plus the thumbnail) and a word tokenizer with
+    InternVL's special tokens and chat template."""
+
+    folder = Path(folder)
+    tokenizer = internvl_word_tokenizer()
+    vocab = tokenizer.get_vocab()
+    config = transformers.InternVLConfig(
+        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           image_size=[448, 448], patch_size=[14, 14]),
+        text_config=dict(model_type="qwen2", **INTERNVL_GEOMETRIES[name], num_hidden_layers=text_layers,
+                         num_key_value_heads=2, vocab_size=151674, max_position_embeddings=32768,
+                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=vocab["<|im_end|>"]),
+        image_token_id=vocab["<IMG_CONTEXT>"], image_seq_length=256, downsample_ratio=0.5)
+    torch.manual_seed(seed)
+    model = transformers.InternVLForConditionalGeneration(config).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    save_internvl_processor(folder, tokenizer, tile=448, tokens_per_tile=256, max_patches=12)
     return folder

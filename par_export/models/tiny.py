@@ -223,16 +223,31 @@ def save_tiny_qwen3_vl(folder: str | Path, seed: int = 0, patch_size: int = 4) -
                            "Qwen3VLProcessor")
 
 
+def internvl_word_tokenizer(words: list[str] | None = None):
+    """A word-level tokenizer with InternVL's special tokens (``<img>``, ``</img>``, ``<IMG_CONTEXT>``,
+    named as its processor reads them) and chat template."""
+
+    return chatml_word_tokenizer(INTERNVL_SPECIAL, internvl.CHAT_TEMPLATE, words, start_image_token="<img>",
+                                 end_image_token="</img>", context_image_token="<IMG_CONTEXT>", video_token="<video>")
+
+
+def save_internvl_processor(folder: Path, tokenizer, tile: int, tokens_per_tile: int, max_patches: int) -> None:
+    """InternVL's processor as its checkpoints hold it: ``GotOcr2ImageProcessor`` (``tile`` px tiles,
+    up to ``max_patches`` plus the thumbnail), the tokenizer, ``processor_config.json``."""
+
+    image_processor = transformers.GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=True,
+                                                            min_patches=1, max_patches=max_patches)
+    ComponentProcessor(transformers.InternVLProcessor, image_processor, tokenizer,
+                       {"image_seq_length": tokens_per_tile, "processor_class": "InternVLProcessor"}).save_pretrained(folder)
+
+
 def save_tiny_internvl(folder: str | Path, seed: int = 0, tile: int = 32, patch_size: int = 4, max_patches: int = 6) -> Path:
     """Write a random-weight tiny InternVL in transformers' "-hf" layout (InternViT with a CLS token,
     pixel shuffle 0.5, MLP projector, Qwen2 LLM): ``tile`` px tiles of ``(tile / patch_size / 2)**2``
-    tokens, up to ``max_patches`` tiles plus the thumbnail, with the InternVL processor's parts
-    (``GotOcr2ImageProcessor``, a word tokenizer with InternVL's special tokens and chat template,
-    ``processor_config.json``'s ``image_seq_length``)."""
+    tokens, up to ``max_patches`` tiles plus the thumbnail, with its processor's parts
+    (:func:`save_internvl_processor`)."""
 
-    tokenizer = chatml_word_tokenizer(INTERNVL_SPECIAL, internvl.CHAT_TEMPLATE, start_image_token="<img>",
-                                      end_image_token="</img>", context_image_token="<IMG_CONTEXT>",
-                                      video_token="<video>")
+    tokenizer = internvl_word_tokenizer()
     vocab = tokenizer.get_vocab()
     tokens_per_tile = (tile // patch_size // 2) ** 2
     config = transformers.InternVLConfig(
@@ -247,10 +262,7 @@ def save_tiny_internvl(folder: str | Path, seed: int = 0, tile: int = 32, patch_
     model = transformers.InternVLForConditionalGeneration(config).eval()
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
-    image_processor = transformers.GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=True,
-                                                            min_patches=1, max_patches=max_patches)
-    ComponentProcessor(transformers.InternVLProcessor, image_processor, tokenizer,
-                       {"image_seq_length": tokens_per_tile, "processor_class": "InternVLProcessor"}).save_pretrained(folder)
+    save_internvl_processor(folder, tokenizer, tile, tokens_per_tile, max_patches)
     return folder
 
 
