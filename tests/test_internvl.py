@@ -140,3 +140,21 @@ def test_chat_and_eval_through_the_artifact(folder, k16_artifact, tmp_path, caps
     assert main(["emit", str(k16_artifact), "--model", str(folder), "--image", str(image), "--prompt", QUESTIONS[0],
                  "--runtime", "edge-llm", "--out", str(tmp_path / "emit")]) == 2
     assert "not for internvl yet" in capsys.readouterr().err and not (tmp_path / "emit").exists()
+
+
+def test_eval_on_jsonl_keeps_min_of_k_and_each_images_tokens(folder, tmp_path):
+    """JSONL eval: K = 48 per image over all its tiles (not capped at one tile's 16 tokens)."""
+    import json
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(9)
+    with open(tmp_path / "q.jsonl", "w") as f:
+        for i, (w, h) in enumerate(SIZES):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"{i}.png")
+            f.write(json.dumps({"question_id": i, "image": f"{i}.png", "text": QUESTIONS[0], "answer": "red"}) + "\n")
+    assert main(["eval", "--model", str(folder), "--data", str(tmp_path / "q.jsonl"), "--images", str(images),
+                 "--methods", "par", "--budgets", "48", "--out", str(tmp_path / "out")]) == 0
+    rows = {r["method"]: r for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))}
+    assert float(rows["full"]["mean_kept"]) == (64 + 48) / 2  # 4 and 3 tiles of 16 tokens
+    assert float(rows["par"]["mean_kept"]) == 48

@@ -530,7 +530,7 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
             full_tokens += image_tokens.tolist()
             text_tokens += (mask.sum(dim=1) - image_tokens).tolist()
             features = base.vision_features(**image_inputs)
-            sizes = _tokens_per_image(features, base)
+            sizes = _tokens_per_image(features, base, ids, mask)
             for method, adapter in adapters.items():
                 for budget in budgets:
                     if budget == "auto" and not adapter.reducer.supports_auto:
@@ -560,10 +560,13 @@ def evaluate_jsonl(llava_dir: Path, clip_dir: Path | None, records_path: Path, i
 
 
 
-def _tokens_per_image(features, base) -> tuple[int, list[int] | None]:
-    """``(N, None)`` for a fixed N per image, else ``(0, [N_i])`` from the per-image features."""
+def _tokens_per_image(features, base, input_ids, attention_mask) -> tuple[int, list[int] | None]:
+    """``(N, None)`` for a fixed N per image, else ``(0, [N_i])``: from the per-image features, or
+    (InternVL, whose features are per tile) from each image's tiles in the prompt's runs."""
     if isinstance(features, list):
         return 0, [int(f[0].shape[0]) for f in features]
+    if hasattr(base, "tiles_per_image"):
+        return 0, [t * base.tokens_per_image for t in base.tiles_per_image(input_ids, attention_mask)]
     return base.tokens_per_image, None
 
 
