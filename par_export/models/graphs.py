@@ -53,8 +53,7 @@ class VisionParGraph(nn.Module):
         LLM's rows ``[B, W, D_llm]`` (zero past ``num_kept``)."""
         has_prompt = query_embeds.abs().amax(dim=-1, keepdim=True) > 0  # [B, 1]
         k = budget if self.budget == "input" else self.budget
-        # LLaVA in LLM space: similarities from the tower's tokens, rows from the projector's (the adapter's rule)
-        cluster = self.llava.cluster_tokens(tokens) if hasattr(self.llava, "cluster_tokens") else None
+        cluster = self.llava.cluster_tokens(tokens)  # the adapter's rule (LLaVA in LLM space: the tower's tokens)
         if self.project_first:
             tokens = self.projector(tokens)
         out = self.reducer(tokens, query_embeds.unsqueeze(1), attn, budget=k, prompt_mask=has_prompt,

@@ -172,16 +172,8 @@ class ReducedInternVL(ReducedLlava):
         reductions, rows = self.reduce_images(pixel_values, image_prompts, budget, features, tiles)
         return self._reduced_batch(input_ids, attention_mask, reductions, rows, image_prompts)
 
-    def _image_prompts(self, input_ids, attention_mask, pixel_values, prompts):
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if prompts is None:
-            prompts = self.prompts_from_ids(input_ids, attention_mask)
-        if len(prompts) != input_ids.shape[0]:
-            raise ParExportError(f"{len(prompts)} prompts for a batch of {input_ids.shape[0]} samples")
-        image_rows = [b for b in range(input_ids.shape[0]) for _ in
-                      image_token_runs(input_ids[b][attention_mask[b].bool()], self.model.config.image_token_id)]
-        return attention_mask, [prompts[b] for b in image_rows]
+    def _check_image_count(self, pixel_values, placeholders) -> None:
+        pass  # pixel_values holds tiles; per_image checks them against the runs
 
     def _reduced_batch(self, input_ids, attention_mask, reduction, rows, image_prompts) -> ReducedBatch:
         """Each image's run shrunk to its rows; the rows go in as the model's image features (one

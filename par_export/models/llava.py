@@ -316,11 +316,15 @@ class ReducedLlava:
             raise ParExportError(f"{len(prompts)} prompts for a batch of {input_ids.shape[0]} samples")
         image_rows = [b for b in range(input_ids.shape[0]) for _ in
                       image_token_runs(input_ids[b][attention_mask[b].bool()], self.model.config.image_token_id)]
-        if len(image_rows) != pixel_values.shape[0]:
-            raise ParExportError(
-                f"{pixel_values.shape[0]} images were given but input_ids hold {len(image_rows)} image placeholders"
-            )
+        self._check_image_count(pixel_values, len(image_rows))
         return attention_mask, [prompts[b] for b in image_rows]
+
+    def _check_image_count(self, pixel_values: torch.Tensor, placeholders: int) -> None:
+        """One image of ``pixel_values`` per image placeholder of ``input_ids``."""
+        if placeholders != pixel_values.shape[0]:
+            raise ParExportError(
+                f"{pixel_values.shape[0]} images were given but input_ids hold {placeholders} image placeholders"
+            )
 
     def _reduced_batch(self, input_ids, attention_mask, reduction, image_features, image_prompts) -> ReducedBatch:
         """Each image's run of image tokens shrunk to its rows, and the ``generate`` inputs."""

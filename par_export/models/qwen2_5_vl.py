@@ -137,6 +137,11 @@ class ReducedQwen2_5_VL:
     def merge(self) -> int:
         return self.visual.spatial_merge_size
 
+    def cluster_tokens(self, tokens: torch.Tensor) -> None:
+        """What the reducer clusters on besides the rows it merges: nothing (the merger's input is four
+        tower tokens per row, wider than the row)."""
+        return None
+
     def tokens_per_image(self, image_grid_thw: torch.Tensor) -> list[int]:
         """N of each image: ``t * h * w / merge**2``."""
         return (image_grid_thw.prod(-1) // self.merge ** 2).tolist()

@@ -92,17 +92,16 @@ class TokenReducer(nn.Module):
                 if not self.takes_token_mask:
                     raise ParExportError(f"method {self.name!r} reduces one image per call: it takes no token_mask")
                 token_mask = check_token_mask(token_mask, visual_tokens, budget)
+        extra = {}  # keyword inputs only the reducers that declare them take
         if self.tower_inputs:
             missing = [name for name in self.tower_inputs if name not in (tower or {})]
             if missing:
                 raise ParExportError(f"method {self.name!r} also reads the vision tower's {', '.join(missing)} "
                                  "(tower={...}); the LLaVA adapter supplies them")
-            return self.reduce(visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask,
-                               tower=tower)
+            extra["tower"] = tower
         if cluster_tokens is not None:
-            return self.reduce(visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask,
-                               cluster_tokens=cluster_tokens)
-        return self.reduce(visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask)
+            extra["cluster_tokens"] = cluster_tokens
+        return self.reduce(visual_tokens, prompt_embedding, prompt_mask, attn, budget, width, token_mask, **extra)
 
     def reduce(
         self,
